@@ -1,0 +1,147 @@
+package model
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+)
+
+// Build turns a snapshot into the State the node must program. It never
+// fails: objects it cannot use are left out, exactly as kube-proxy would.
+func Build(snap Snapshot) *State {
+	slicesBySvc := map[NamespacedName][]*EndpointSlice{}
+	for _, es := range snap.Slices {
+		if es == nil || es.ServiceName == "" {
+			continue
+		}
+		n := NamespacedName{Namespace: es.Namespace, Name: es.ServiceName}
+		slicesBySvc[n] = append(slicesBySvc[n], es)
+	}
+	for _, list := range slicesBySvc {
+		slices.SortFunc(list, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
+	}
+
+	st := &State{Node: snap.Node, Services: map[ServicePortKey]*ServicePort{}}
+	for name, svc := range snap.Services {
+		if svc == nil {
+			continue
+		}
+		ips := clusterIPs(svc.ClusterIPs)
+		if len(ips) == 0 {
+			continue
+		}
+		for _, p := range svc.Ports {
+			if !p.Protocol.Valid() || p.Port == 0 {
+				continue
+			}
+			key := ServicePortKey{Namespace: name.Namespace, Name: name.Name, Port: p.Name, Protocol: p.Protocol}
+			if _, dup := st.Services[key]; dup {
+				continue
+			}
+			sp := &ServicePort{
+				Key:                 key,
+				ClusterIPs:          ips,
+				Port:                p.Port,
+				NodePort:            p.NodePort,
+				InternalLocal:       svc.InternalLocal,
+				ExternalLocal:       svc.ExternalLocal,
+				AffinitySeconds:     svc.AffinitySeconds,
+				TrafficDistribution: svc.TrafficDistribution,
+			}
+			sp.Endpoints = mergeEndpoints(slicesBySvc[name], p, families(ips))
+			sp.ClusterEndpoints = SelectEndpoints(sp, snap.Node)
+			st.Services[key] = sp
+		}
+	}
+	return st
+}
+
+// clusterIPs keeps the first valid address of each family, in order.
+func clusterIPs(in []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	seen := map[IPFamily]bool{}
+	for _, ip := range in {
+		if !ip.IsValid() || ip.IsUnspecified() {
+			continue
+		}
+		ip = ip.Unmap()
+		f := FamilyOf(ip)
+		if seen[f] {
+			continue
+		}
+		seen[f] = true
+		out = append(out, ip)
+	}
+	return out
+}
+
+func families(ips []netip.Addr) map[IPFamily]bool {
+	out := map[IPFamily]bool{}
+	for _, ip := range ips {
+		out[FamilyOf(ip)] = true
+	}
+	return out
+}
+
+// mergeEndpoints collects the endpoints of one service port from all the
+// Service's slices: the slice port must match by name and protocol, the
+// family must be one the Service has, and an address seen in several slices
+// counts once (ready wins over not ready, then the first slice by name).
+func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]bool) []Endpoint {
+	byAddr := map[netip.AddrPort]int{}
+	var out []Endpoint
+	for _, es := range list {
+		if !fams[es.Family] {
+			continue
+		}
+		port, ok := slicePort(es.Ports, p)
+		if !ok {
+			continue
+		}
+		for _, se := range es.Endpoints {
+			if len(se.Addresses) == 0 {
+				continue
+			}
+			// Like kube-proxy, only the first address of an endpoint is used.
+			ip := se.Addresses[0].Unmap()
+			if !ip.IsValid() || FamilyOf(ip) != es.Family {
+				continue
+			}
+			ep := Endpoint{
+				IP: ip, Port: port,
+				Ready: se.Ready, Serving: se.Serving, Terminating: se.Terminating,
+				NodeName: se.NodeName, Zone: se.Zone,
+				ZoneHints: sortedCopy(se.ZoneHints), NodeHints: sortedCopy(se.NodeHints),
+			}
+			ap := ep.AddrPort()
+			if i, dup := byAddr[ap]; dup {
+				if !out[i].Ready && ep.Ready {
+					out[i] = ep
+				}
+				continue
+			}
+			byAddr[ap] = len(out)
+			out = append(out, ep)
+		}
+	}
+	slices.SortFunc(out, func(a, b Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
+	return out
+}
+
+func slicePort(ports []SlicePort, p ServicePortSpec) (uint16, bool) {
+	for _, sp := range ports {
+		if sp.Name == p.Name && sp.Protocol == p.Protocol && sp.Port != 0 {
+			return sp.Port, true
+		}
+	}
+	return 0, false
+}
+
+func sortedCopy(in []string) []string {
+	if len(in) == 0 {
+		return nil
+	}
+	out := slices.Clone(in)
+	slices.Sort(out)
+	return slices.Compact(out)
+}

@@ -1,0 +1,62 @@
+package model
+
+import "net/netip"
+
+// Service is the part of a v1.Service that proxyd acts on, as the informer
+// converted it. Services proxyd must ignore (headless, ExternalName, another
+// proxy's) never become a Service.
+type Service struct {
+	Namespace, Name     string
+	ClusterIPs          []netip.Addr
+	Ports               []ServicePortSpec
+	InternalLocal       bool
+	ExternalLocal       bool
+	AffinitySeconds     int32
+	TrafficDistribution string
+}
+
+// ServicePortSpec is one entry of spec.ports.
+type ServicePortSpec struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+	NodePort uint16
+}
+
+// EndpointSlice is the part of a discovery.k8s.io/v1 EndpointSlice proxyd
+// acts on.
+type EndpointSlice struct {
+	Namespace, Name string
+	ServiceName     string // label kubernetes.io/service-name
+	Family          IPFamily
+	Ports           []SlicePort
+	Endpoints       []SliceEndpoint
+}
+
+// SlicePort is one entry of an EndpointSlice's ports; a port without a
+// number is dropped by the informer.
+type SlicePort struct {
+	Name     string
+	Protocol Protocol
+	Port     uint16
+}
+
+// SliceEndpoint is one entry of an EndpointSlice's endpoints, with the API's
+// defaults for unset conditions already applied.
+type SliceEndpoint struct {
+	Addresses   []netip.Addr
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+	ZoneHints   []string
+	NodeHints   []string
+}
+
+// Snapshot is the informers' view at one instant, keyed by object name.
+type Snapshot struct {
+	Node     Node
+	Services map[NamespacedName]*Service
+	Slices   map[NamespacedName]*EndpointSlice
+}

@@ -1,0 +1,82 @@
+package model
+
+import "slices"
+
+// Values of spec.trafficDistribution that change endpoint selection.
+const (
+	TrafficDistributionPreferClose    = "PreferClose"
+	TrafficDistributionPreferSameZone = "PreferSameZone"
+	TrafficDistributionPreferSameNode = "PreferSameNode"
+)
+
+// SelectEndpoints decides which endpoints ClusterIP traffic originating on
+// node may use, the one rule every backend shares (kube-proxy's
+// CategorizeEndpoints is the reference):
+//
+//   - ready endpoints are used; when none is ready, endpoints that are
+//     serving and terminating are used instead, so a rolling update does not
+//     drop connections while the new Pods start;
+//   - internalTrafficPolicy Local restricts the choice to the node's own
+//     endpoints, with the same ready-then-terminating fallback, and never
+//     falls back to remote ones;
+//   - topology hints (trafficDistribution, or the older hints annotation)
+//     narrow the ready set to endpoints hinted for this node or its zone, but
+//     only when every ready endpoint carries hints and at least one matches;
+//     otherwise all ready endpoints are used.
+//
+// An empty result means the ClusterIP rejects new connections.
+func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
+	candidates := sp.Endpoints
+	if sp.InternalLocal {
+		candidates = slices.DeleteFunc(slices.Clone(candidates), func(e Endpoint) bool { return e.NodeName != node.Name })
+	}
+	var ready, terminating []Endpoint
+	for _, e := range candidates {
+		switch {
+		case e.Ready:
+			ready = append(ready, e)
+		case e.Serving && e.Terminating:
+			terminating = append(terminating, e)
+		}
+	}
+	if len(ready) == 0 {
+		return terminating
+	}
+	if sp.InternalLocal {
+		return ready
+	}
+	return applyHints(ready, node)
+}
+
+func applyHints(ready []Endpoint, node Node) []Endpoint {
+	byNode := filterHinted(ready, func(e Endpoint) []string { return e.NodeHints }, node.Name)
+	if byNode != nil {
+		return byNode
+	}
+	if node.Zone == "" {
+		return ready
+	}
+	if byZone := filterHinted(ready, func(e Endpoint) []string { return e.ZoneHints }, node.Zone); byZone != nil {
+		return byZone
+	}
+	return ready
+}
+
+// filterHinted returns the endpoints whose hints include want, or nil when
+// some endpoint has no hints of that kind or none matches.
+func filterHinted(eps []Endpoint, hints func(Endpoint) []string, want string) []Endpoint {
+	if want == "" {
+		return nil
+	}
+	var out []Endpoint
+	for _, e := range eps {
+		h := hints(e)
+		if len(h) == 0 {
+			return nil
+		}
+		if slices.Contains(h, want) {
+			out = append(out, e)
+		}
+	}
+	return out
+}

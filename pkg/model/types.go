@@ -1,0 +1,228 @@
+package model
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+)
+
+// Protocol is a Service port's L4 protocol, spelled as in the Kubernetes API.
+type Protocol string
+
+// The protocols a ClusterIP can carry.
+const (
+	TCP  Protocol = "TCP"
+	UDP  Protocol = "UDP"
+	SCTP Protocol = "SCTP"
+)
+
+// Valid reports whether p is a protocol proxyd programs.
+func (p Protocol) Valid() bool { return p == TCP || p == UDP || p == SCTP }
+
+// Lower is the protocol as nftables and iptables spell it.
+func (p Protocol) Lower() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	case SCTP:
+		return "sctp"
+	}
+	return string(p)
+}
+
+// IPFamily is an IP address family.
+type IPFamily uint8
+
+// The two families; a dual-stack Service has a ClusterIP in each.
+const (
+	IPv4 IPFamily = 4
+	IPv6 IPFamily = 6
+)
+
+// FamilyOf returns the family of a.
+func FamilyOf(a netip.Addr) IPFamily {
+	if a.Unmap().Is4() {
+		return IPv4
+	}
+	return IPv6
+}
+
+func (f IPFamily) String() string {
+	if f == IPv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// NamespacedName names an API object.
+type NamespacedName struct{ Namespace, Name string }
+
+func (n NamespacedName) String() string { return n.Namespace + "/" + n.Name }
+
+// ServicePortKey identifies one port of one Service: the unit every backend
+// programs (kube-proxy's ServicePortName plus the protocol).
+type ServicePortKey struct {
+	Namespace string
+	Name      string
+	Port      string // the port's name; "" for an unnamed single port
+	Protocol  Protocol
+}
+
+// String is "namespace/name:port/protocol", stable and unique.
+func (k ServicePortKey) String() string {
+	return k.Namespace + "/" + k.Name + ":" + k.Port + "/" + string(k.Protocol)
+}
+
+// Service returns the key's Service name.
+func (k ServicePortKey) Service() NamespacedName {
+	return NamespacedName{Namespace: k.Namespace, Name: k.Name}
+}
+
+// Compare orders keys by namespace, name, port name, protocol.
+func (k ServicePortKey) Compare(o ServicePortKey) int {
+	for _, c := range [...][2]string{{k.Namespace, o.Namespace}, {k.Name, o.Name}, {k.Port, o.Port}, {string(k.Protocol), string(o.Protocol)}} {
+		if c[0] != c[1] {
+			if c[0] < c[1] {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// Endpoint is one backend of a Service port after merging all its slices.
+type Endpoint struct {
+	IP          netip.Addr
+	Port        uint16
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+	ZoneHints   []string // hints.forZones: zones this endpoint should serve
+	NodeHints   []string // hints.forNodes: nodes this endpoint should serve
+}
+
+// AddrPort is the endpoint's destination.
+func (e Endpoint) AddrPort() netip.AddrPort { return netip.AddrPortFrom(e.IP, e.Port) }
+
+// String is "ip:port".
+func (e Endpoint) String() string { return e.AddrPort().String() }
+
+// Equal reports whether e and o are the same endpoint in the same condition.
+func (e Endpoint) Equal(o Endpoint) bool {
+	return e.IP == o.IP && e.Port == o.Port && e.Ready == o.Ready && e.Serving == o.Serving &&
+		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone &&
+		slices.Equal(e.ZoneHints, o.ZoneHints) && slices.Equal(e.NodeHints, o.NodeHints)
+}
+
+// ServicePort is everything the node must program for one port of a Service.
+type ServicePort struct {
+	Key        ServicePortKey
+	ClusterIPs []netip.Addr // at most one per family, primary first
+	Port       uint16
+	NodePort   uint16
+
+	// InternalLocal is internalTrafficPolicy: Local.
+	InternalLocal bool
+	// ExternalLocal is externalTrafficPolicy: Local.
+	ExternalLocal bool
+	// AffinitySeconds is sessionAffinity ClientIP's timeout; 0 means none.
+	AffinitySeconds int32
+	// TrafficDistribution is spec.trafficDistribution ("" when unset).
+	TrafficDistribution string
+
+	// Endpoints are all the port's endpoints, deduplicated, sorted by
+	// address, in any condition.
+	Endpoints []Endpoint
+	// ClusterEndpoints are the endpoints traffic to a ClusterIP from this
+	// node may use (see SelectEndpoints); empty means reject.
+	ClusterEndpoints []Endpoint
+}
+
+// ClusterIP returns the port's ClusterIP of family f, if it has one.
+func (s *ServicePort) ClusterIP(f IPFamily) (netip.Addr, bool) {
+	for _, ip := range s.ClusterIPs {
+		if FamilyOf(ip) == f {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// EndpointsOf returns the subset of eps of family f.
+func EndpointsOf(eps []Endpoint, f IPFamily) []Endpoint {
+	var out []Endpoint
+	for _, e := range eps {
+		if FamilyOf(e.IP) == f {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Equal reports whether s and o program the same rules.
+func (s *ServicePort) Equal(o *ServicePort) bool {
+	if s.Key != o.Key || !slices.Equal(s.ClusterIPs, o.ClusterIPs) || s.Port != o.Port ||
+		s.NodePort != o.NodePort || s.InternalLocal != o.InternalLocal || s.ExternalLocal != o.ExternalLocal ||
+		s.AffinitySeconds != o.AffinitySeconds || s.TrafficDistribution != o.TrafficDistribution {
+		return false
+	}
+	return slices.EqualFunc(s.Endpoints, o.Endpoints, Endpoint.Equal) &&
+		slices.EqualFunc(s.ClusterEndpoints, o.ClusterEndpoints, Endpoint.Equal)
+}
+
+func (s *ServicePort) String() string {
+	return fmt.Sprintf("%s %v:%s (%d endpoints, %d usable)", s.Key, s.ClusterIPs, strconv.Itoa(int(s.Port)), len(s.Endpoints), len(s.ClusterEndpoints))
+}
+
+// Node is this node's identity as Build needs it.
+type Node struct {
+	Name  string
+	Zone  string // topology.kubernetes.io/zone
+	IPs   []netip.Addr
+	Ready bool
+}
+
+// State is everything one node must program: the backends' whole input.
+// A State is never mutated after Build returns it.
+type State struct {
+	Node     Node
+	Services map[ServicePortKey]*ServicePort
+}
+
+// Sorted returns the service ports ordered by key, for deterministic output.
+func (s *State) Sorted() []*ServicePort {
+	out := make([]*ServicePort, 0, len(s.Services))
+	for _, sp := range s.Services {
+		out = append(out, sp)
+	}
+	slices.SortFunc(out, func(a, b *ServicePort) int { return a.Key.Compare(b.Key) })
+	return out
+}
+
+// Families returns the IP families that any service port of s uses.
+func (s *State) Families() []IPFamily {
+	var has4, has6 bool
+	for _, sp := range s.Services {
+		for _, ip := range sp.ClusterIPs {
+			if FamilyOf(ip) == IPv4 {
+				has4 = true
+			} else {
+				has6 = true
+			}
+		}
+	}
+	var out []IPFamily
+	if has4 {
+		out = append(out, IPv4)
+	}
+	if has6 {
+		out = append(out, IPv6)
+	}
+	return out
+}

@@ -1,0 +1,41 @@
+// Package proxier connects the model to the kernel: the Backend interface
+// every dataplane mode implements, and the Runner that decides when a sync
+// happens (bounded frequency, retry with backoff) and records the sync
+// metrics kube-proxy users already scrape.
+package proxier
+
+import (
+	"context"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+// Backend programs a State into one kind of kernel dataplane.
+type Backend interface {
+	// Mode is the --mode value that selects this backend.
+	Mode() string
+	// Sync makes the kernel match s. d is what changed since the State of
+	// the last Sync that returned nil; a backend may ignore it and compare
+	// with what it wrote itself. Sync is all or nothing: on error the
+	// kernel keeps the previous rules and the next Sync must not trust any
+	// incremental view (it rewrites in full).
+	Sync(ctx context.Context, s *model.State, d model.Diff) error
+	// Cleanup removes everything this backend owns from the kernel. It is
+	// safe to call when nothing was ever written.
+	Cleanup(ctx context.Context) error
+}
+
+// SyncStats is what a backend may report about its last Sync, for logs and
+// metrics; a backend that reports nothing returns the zero value.
+type SyncStats struct {
+	Full       bool // the whole ruleset was rewritten
+	KernelOps  int  // objects added, changed or deleted in the kernel
+	Skipped    bool // nothing differed, so nothing was written
+	RuleCount  int
+	ChainCount int
+}
+
+// StatsReporter is implemented by backends that can describe their last Sync.
+type StatsReporter interface {
+	LastSyncStats() SyncStats
+}

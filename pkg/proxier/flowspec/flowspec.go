@@ -1,0 +1,195 @@
+// Package flowspec is the one packet-flow specification every backend must
+// satisfy: a State and a list of cases "this packet → one of these
+// endpoints / rejected / untouched, masqueraded or not". Each backend
+// provides a Tracer that evaluates its own rendered rules for a packet; the
+// same cases run against the real kernel in the e2e tests, which is why the
+// addresses match the lab (Pods 10.244.1.11-13, client 10.244.1.100).
+package flowspec
+
+import (
+	"net/netip"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+)
+
+// Packet is the first packet of a new connection as a rule set sees it.
+type Packet struct {
+	Src   netip.Addr
+	Dst   netip.AddrPort
+	Proto model.Protocol
+	// FromNode is true for packets the node itself originates (the output
+	// hook); false for packets forwarded from a Pod or client (prerouting).
+	FromNode bool
+}
+
+// Verdict is what the rules do to a packet.
+type Verdict int
+
+// The possible verdicts.
+const (
+	// Untouched: no proxyd rule claims the packet; it goes on unchanged.
+	Untouched Verdict = iota
+	// DNAT: the destination is rewritten to one endpoint.
+	DNAT
+	// Reject: the sender gets a TCP reset or ICMP unreachable at once.
+	Reject
+	// Drop: the packet is silently discarded.
+	Drop
+)
+
+func (v Verdict) String() string {
+	return [...]string{"untouched", "dnat", "reject", "drop"}[v]
+}
+
+// Result is one traced packet's fate.
+type Result struct {
+	Verdict    Verdict
+	Endpoint   netip.AddrPort // the DNAT target, when Verdict == DNAT
+	Masquerade bool           // the source is rewritten on the way out
+}
+
+// Tracer evaluates a backend's rendered rules for one packet. rnd returns a
+// uniformly distributed value in [0, n) and stands for the kernel's random
+// source (numgen, statistic, the IPVS scheduler), so distributions can be
+// tested.
+type Tracer interface {
+	Trace(p Packet, rnd func(n uint32) uint32) Result
+}
+
+// Case is one expectation of the spec.
+type Case struct {
+	Name   string
+	Packet Packet
+	Want   Verdict
+	// Endpoints are the allowed DNAT targets; every one must be reachable
+	// and no other.
+	Endpoints []netip.AddrPort
+	// Masquerade is the expectation for every DNAT target except
+	// HairpinEndpoint, which is always masqueraded.
+	Masquerade      bool
+	HairpinEndpoint netip.AddrPort
+}
+
+// Lab addresses the spec uses.
+var (
+	Pod1     = netip.MustParseAddr("10.244.1.11")
+	Pod2     = netip.MustParseAddr("10.244.1.12")
+	Pod3     = netip.MustParseAddr("10.244.1.13")
+	Client   = netip.MustParseAddr("10.244.1.100")
+	NodeIP   = netip.MustParseAddr("10.88.0.2")
+	Pod1v6   = netip.MustParseAddr("fd00:10:244:1::11")
+	Pod2v6   = netip.MustParseAddr("fd00:10:244:1::12")
+	Clientv6 = netip.MustParseAddr("fd00:10:244:1::100")
+
+	WebVIP         = netip.MustParseAddr("10.96.0.10")
+	DNSVIP         = netip.MustParseAddr("10.96.0.20")
+	EmptyVIP       = netip.MustParseAddr("10.96.0.30")
+	NotReadyVIP    = netip.MustParseAddr("10.96.0.40")
+	TermVIP        = netip.MustParseAddr("10.96.0.50")
+	SCTPVIP        = netip.MustParseAddr("10.96.0.60")
+	LocalVIP       = netip.MustParseAddr("10.96.0.70")
+	HeadlessLikeIP = netip.MustParseAddr("10.96.0.99")
+	WebVIPv6       = netip.MustParseAddr("fd00:10:96::10")
+)
+
+// EchoPort is the port every lab Pod serves on, TCP and UDP.
+const EchoPort = 8080
+
+// NodeName is the node the spec's State is built for.
+const NodeName = "node1"
+
+// Config is the node configuration the spec assumes.
+func Config() proxier.Config {
+	return proxier.Config{
+		ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:10:244::/56")},
+	}
+}
+
+func ep(ip netip.Addr, node string, ready, serving, terminating bool) model.SliceEndpoint {
+	return model.SliceEndpoint{Addresses: []netip.Addr{ip}, Ready: ready, Serving: serving, Terminating: terminating, NodeName: node}
+}
+
+func ready(ip netip.Addr) model.SliceEndpoint { return ep(ip, "node2", true, true, false) }
+
+func svc(name string, vips []netip.Addr, proto model.Protocol, port uint16, mod func(*model.Service)) *model.Service {
+	s := &model.Service{Namespace: "default", Name: name, ClusterIPs: vips,
+		Ports: []model.ServicePortSpec{{Name: "p", Protocol: proto, Port: port}}}
+	if mod != nil {
+		mod(s)
+	}
+	return s
+}
+
+func slice(svcName, sliceName string, fam model.IPFamily, proto model.Protocol, eps ...model.SliceEndpoint) *model.EndpointSlice {
+	return &model.EndpointSlice{Namespace: "default", Name: sliceName, ServiceName: svcName, Family: fam,
+		Ports: []model.SlicePort{{Name: "p", Protocol: proto, Port: EchoPort}}, Endpoints: eps}
+}
+
+// Snapshot is the informer view the spec's State is built from.
+func Snapshot() model.Snapshot {
+	v4 := func(a netip.Addr) []netip.Addr { return []netip.Addr{a} }
+	services := []*model.Service{
+		svc("web", []netip.Addr{WebVIP, WebVIPv6}, model.TCP, 80, nil),
+		svc("dns", v4(DNSVIP), model.UDP, 53, nil),
+		svc("empty", v4(EmptyVIP), model.TCP, 80, nil),
+		svc("notready", v4(NotReadyVIP), model.TCP, 80, nil),
+		svc("term", v4(TermVIP), model.TCP, 80, nil),
+		svc("sctp", v4(SCTPVIP), model.SCTP, 9999, nil),
+		svc("local", v4(LocalVIP), model.TCP, 80, func(s *model.Service) { s.InternalLocal = true }),
+	}
+	slices := []*model.EndpointSlice{
+		slice("web", "web-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
+		slice("web", "web-b", model.IPv4, model.TCP, ready(Pod3), ready(Pod1)), // Pod1 again: deduplicated
+		slice("web", "web-v6", model.IPv6, model.TCP, ready(Pod1v6), ready(Pod2v6)),
+		slice("dns", "dns-a", model.IPv4, model.UDP, ready(Pod1), ready(Pod2)),
+		slice("notready", "notready-a", model.IPv4, model.TCP, ep(Pod3, "node2", false, false, false)),
+		slice("term", "term-a", model.IPv4, model.TCP, ep(Pod2, "node2", false, true, true), ep(Pod3, "node2", false, false, true)),
+		slice("sctp", "sctp-a", model.IPv4, model.SCTP, ready(Pod1)),
+		slice("local", "local-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
+	}
+	snap := model.Snapshot{
+		Node:     model.Node{Name: NodeName, IPs: []netip.Addr{NodeIP}, Ready: true},
+		Services: map[model.NamespacedName]*model.Service{},
+		Slices:   map[model.NamespacedName]*model.EndpointSlice{},
+	}
+	for _, s := range services {
+		snap.Services[model.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+	}
+	for _, s := range slices {
+		snap.Slices[model.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
+	}
+	return snap
+}
+
+// State is the spec's State.
+func State() *model.State { return model.Build(Snapshot()) }
+
+func at(ips ...netip.Addr) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, ip := range ips {
+		out = append(out, netip.AddrPortFrom(ip, EchoPort))
+	}
+	return out
+}
+
+// Cases are the spec's expectations for State() under Config().
+func Cases() []Case {
+	vip := netip.AddrPortFrom
+	return []Case{
+		{Name: "TCP from a client to a ClusterIP reaches any of its three Pods", Packet: Packet{Src: Client, Dst: vip(WebVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3)},
+		{Name: "TCP from the node itself to a ClusterIP reaches any of its three Pods, masqueraded as it comes from outside the cluster CIDR", Packet: Packet{Src: NodeIP, Dst: vip(WebVIP, 80), Proto: model.TCP, FromNode: true}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), Masquerade: true},
+		{Name: "a Pod reaching itself through its VIP is masqueraded (hairpin)", Packet: Packet{Src: Pod1, Dst: vip(WebVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), HairpinEndpoint: netip.AddrPortFrom(Pod1, EchoPort)},
+		{Name: "UDP to a ClusterIP reaches its two Pods", Packet: Packet{Src: Client, Dst: vip(DNSVIP, 53), Proto: model.UDP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
+		{Name: "UDP to the TCP-only web VIP is not a Service", Packet: Packet{Src: Client, Dst: vip(WebVIP, 80), Proto: model.UDP}, Want: Untouched},
+		{Name: "a port the Service does not have is left alone", Packet: Packet{Src: Client, Dst: vip(WebVIP, 81), Proto: model.TCP}, Want: Untouched},
+		{Name: "a Service without endpoints rejects", Packet: Packet{Src: Client, Dst: vip(EmptyVIP, 80), Proto: model.TCP}, Want: Reject},
+		{Name: "a Service without endpoints rejects node-originated traffic too", Packet: Packet{Src: NodeIP, Dst: vip(EmptyVIP, 80), Proto: model.TCP, FromNode: true}, Want: Reject},
+		{Name: "a Service whose only endpoint is not ready rejects", Packet: Packet{Src: Client, Dst: vip(NotReadyVIP, 80), Proto: model.TCP}, Want: Reject},
+		{Name: "with no ready endpoint, serving terminating endpoints take traffic", Packet: Packet{Src: Client, Dst: vip(TermVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod2)},
+		{Name: "SCTP to a ClusterIP reaches its Pod", Packet: Packet{Src: Client, Dst: vip(SCTPVIP, 9999), Proto: model.SCTP}, Want: DNAT, Endpoints: at(Pod1)},
+		{Name: "internalTrafficPolicy Local uses only this node's endpoint", Packet: Packet{Src: Client, Dst: vip(LocalVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1)},
+		{Name: "an address that is no ClusterIP (a headless Service's name resolves to Pods) is untouched", Packet: Packet{Src: Client, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP}, Want: Untouched},
+		{Name: "IPv6 to the dual-stack ClusterIP reaches the IPv6 endpoints", Packet: Packet{Src: Clientv6, Dst: vip(WebVIPv6, 80), Proto: model.TCP}, Want: DNAT, Endpoints: []netip.AddrPort{netip.AddrPortFrom(Pod1v6, EchoPort), netip.AddrPortFrom(Pod2v6, EchoPort)}},
+	}
+}

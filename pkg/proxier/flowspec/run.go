@@ -1,0 +1,119 @@
+package flowspec
+
+import (
+	"math"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// Samples is how many times a DNAT case is traced: enough that an endpoint
+// the rules can reach is seen with overwhelming probability.
+const Samples = 3000
+
+// Run checks every case against tracer.
+func Run(t *testing.T, tracer Tracer) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, 2))
+	rnd := func(n uint32) uint32 { return rng.Uint32N(n) }
+	for _, c := range Cases() {
+		t.Run(c.Name, func(t *testing.T) {
+			seen := map[netip.AddrPort]int{}
+			n := 1
+			if c.Want == DNAT {
+				n = Samples
+			}
+			for range n {
+				r := tracer.Trace(c.Packet, rnd)
+				if r.Verdict != c.Want {
+					t.Fatalf("verdict %v, want %v (packet %+v)", r.Verdict, c.Want, c.Packet)
+				}
+				if r.Verdict != DNAT {
+					return
+				}
+				if !slices.Contains(c.Endpoints, r.Endpoint) {
+					t.Fatalf("DNAT to %v, want one of %v", r.Endpoint, c.Endpoints)
+				}
+				wantMasq := c.Masquerade || r.Endpoint == c.HairpinEndpoint
+				if r.Masquerade != wantMasq {
+					t.Fatalf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
+				}
+				seen[r.Endpoint]++
+			}
+			counts := make([]int, 0, len(c.Endpoints))
+			for _, e := range c.Endpoints {
+				if seen[e] == 0 {
+					t.Fatalf("endpoint %v never chosen in %d packets: %v", e, n, seen)
+				}
+				counts = append(counts, seen[e])
+			}
+			if p := ChiSquareUniformP(counts); p < 0.01 {
+				t.Fatalf("distribution %v rejected as uniform: chi-square p=%.4f", seen, p)
+			}
+		})
+	}
+}
+
+// ChiSquareUniformP returns the p-value of Pearson's chi-square test that
+// counts come from a uniform distribution.
+func ChiSquareUniformP(counts []int) float64 {
+	k := len(counts)
+	if k < 2 {
+		return 1
+	}
+	total := 0
+	for _, c := range counts {
+		total += c
+	}
+	exp := float64(total) / float64(k)
+	x2 := 0.0
+	for _, c := range counts {
+		d := float64(c) - exp
+		x2 += d * d / exp
+	}
+	return upperGammaQ(float64(k-1)/2, x2/2)
+}
+
+// upperGammaQ is the regularised upper incomplete gamma function Q(a, x),
+// by series for x < a+1 and continued fraction otherwise.
+func upperGammaQ(a, x float64) float64 {
+	if x <= 0 {
+		return 1
+	}
+	lg, _ := math.Lgamma(a)
+	if x < a+1 {
+		sum, term := 1/a, 1/a
+		for n := 1; n < 500; n++ {
+			term *= x / (a + float64(n))
+			sum += term
+			if term < sum*1e-15 {
+				break
+			}
+		}
+		return 1 - sum*math.Exp(-x+a*math.Log(x)-lg)
+	}
+	b := x + 1 - a
+	c := 1 / 1e-300
+	d := 1 / b
+	h := d
+	for i := 1; i < 500; i++ {
+		an := -float64(i) * (float64(i) - a)
+		b += 2
+		d = an*d + b
+		if math.Abs(d) < 1e-300 {
+			d = 1e-300
+		}
+		c = b + an/c
+		if math.Abs(c) < 1e-300 {
+			c = 1e-300
+		}
+		d = 1 / d
+		del := d * c
+		h *= del
+		if math.Abs(del-1) < 1e-15 {
+			break
+		}
+	}
+	return math.Exp(-x+a*math.Log(x)-lg) * h
+}

@@ -1,0 +1,145 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+
+	nft "github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+func tableFamily(f model.IPFamily) nft.TableFamily {
+	if f == model.IPv6 {
+		return nft.TableFamilyIPv6
+	}
+	return nft.TableFamilyIPv4
+}
+
+func table(f model.IPFamily) *nft.Table {
+	return &nft.Table{Name: TableName, Family: tableFamily(f)}
+}
+
+var hooks = map[string]nft.ChainHook{
+	"prerouting":  *nft.ChainHookPrerouting,
+	"input":       *nft.ChainHookInput,
+	"forward":     *nft.ChainHookForward,
+	"output":      *nft.ChainHookOutput,
+	"postrouting": *nft.ChainHookPostrouting,
+}
+
+func nftChain(t *nft.Table, c *Chain) *nft.Chain {
+	ch := &nft.Chain{Name: c.Name, Table: t}
+	if b := c.Base; b != nil {
+		hook := hooks[b.Hook]
+		prio := nft.ChainPriority(b.Priority)
+		policy := nft.ChainPolicyAccept
+		ch.Hooknum, ch.Priority, ch.Policy = &hook, &prio, &policy
+		ch.Type = nft.ChainType(b.Type)
+	}
+	return ch
+}
+
+func nftSet(t *nft.Table, f model.IPFamily, s *Set) *nft.Set {
+	set := &nft.Set{Table: t, Name: s.Name, KeyType: setKeyType(f, s.Fields), Concatenation: len(s.Fields) > 1}
+	if s.Verdicts {
+		set.IsMap, set.DataType = true, nft.TypeVerdict
+	}
+	return set
+}
+
+func nftElements(s *Set, elems []Element) []nft.SetElement {
+	out := make([]nft.SetElement, len(elems))
+	for i, e := range elems {
+		out[i] = nft.SetElement{Key: elementBytes(s.Fields, e.Fields)}
+		if s.Verdicts {
+			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Goto}
+		}
+	}
+	return out
+}
+
+// queue adds the plan's operations to conn's pending batch; nothing reaches
+// the kernel until conn.Flush, which commits them all or none.
+func queue(conn *nft.Conn, p Plan) error {
+	t := table(p.Family)
+	for _, op := range p.Ops {
+		switch op.Kind {
+		case OpRecreateTable:
+			conn.AddTable(t)
+			conn.DelTable(t)
+			conn.AddTable(t)
+		case OpAddSet:
+			if err := conn.AddSet(nftSet(t, p.Family, op.Set), nil); err != nil {
+				return fmt.Errorf("set %s: %w", op.Set.Name, err)
+			}
+		case OpAddChain:
+			conn.AddChain(nftChain(t, op.Chain))
+		case OpFlushChain:
+			conn.FlushChain(nftChain(t, op.Chain))
+		case OpDelChain:
+			conn.DelChain(nftChain(t, op.Chain))
+		case OpAddRule:
+			exprs, err := (&compiler{f: p.Family}).rule(op.Rule)
+			if err != nil {
+				return fmt.Errorf("rule in chain %s: %w", op.Chain.Name, err)
+			}
+			conn.AddRule(&nft.Rule{Table: t, Chain: nftChain(t, op.Chain), Exprs: exprs})
+		case OpAddElements:
+			if err := conn.SetAddElements(nftSet(t, p.Family, op.Set), nftElements(op.Set, op.Elements)); err != nil {
+				return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
+			}
+		case OpDelElements:
+			if err := conn.SetDeleteElements(nftSet(t, p.Family, op.Set), nftElements(op.Set, op.Elements)); err != nil {
+				return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// tableState is what the kernel says about proxyd's table, cheaply: whether
+// it exists and how many chains it has.
+func tableState(conn *nft.Conn, f model.IPFamily) (exists bool, chains int, err error) {
+	tables, err := conn.ListTablesOfFamily(tableFamily(f))
+	if err != nil {
+		return false, 0, fmt.Errorf("list nftables tables: %w", err)
+	}
+	for _, t := range tables {
+		if t.Name == TableName {
+			exists = true
+		}
+	}
+	if !exists {
+		return false, 0, nil
+	}
+	all, err := conn.ListChainsOfTableFamily(tableFamily(f))
+	if err != nil {
+		return true, 0, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, c := range all {
+		if c.Table.Name == TableName {
+			chains++
+		}
+	}
+	return true, chains, nil
+}
+
+// deleteTable removes proxyd's table of family f if it exists.
+func deleteTable(conn *nft.Conn, f model.IPFamily) error {
+	exists, _, err := tableState(conn, f)
+	if err != nil || !exists {
+		return err
+	}
+	conn.DelTable(table(f))
+	if err := conn.Flush(); err != nil && !isNotExist(err) {
+		return fmt.Errorf("delete table %s %s: %w", familyWord(f), TableName, err)
+	}
+	return nil
+}
+
+func isNotExist(err error) bool {
+	return errors.Is(err, unix.ENOENT)
+}

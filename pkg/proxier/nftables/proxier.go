@@ -1,0 +1,142 @@
+package nftables
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	nft "github.com/google/nftables"
+	"k8s.io/klog/v2"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+)
+
+// Proxier is the nftables Backend.
+type Proxier struct {
+	cfg      proxier.Config
+	families []model.IPFamily
+	conn     *nft.Conn
+	// written is what the kernel holds per family as proxyd last wrote it;
+	// nil means "don't trust the kernel's view, rewrite in full".
+	written map[model.IPFamily]*Ruleset
+	stats   proxier.SyncStats
+}
+
+// Option configures a Proxier.
+type Option func(*options)
+
+type options struct {
+	netnsFD  int
+	families []model.IPFamily
+}
+
+// WithNetNS programs the network namespace open at fd instead of the
+// current one (tests use it to stay out of the host's namespace).
+func WithNetNS(fd int) Option { return func(o *options) { o.netnsFD = fd } }
+
+// WithFamilies limits the IP families programmed (default both).
+func WithFamilies(f ...model.IPFamily) Option { return func(o *options) { o.families = f } }
+
+// New connects to the kernel's nftables and checks that it answers.
+func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
+	o := options{families: []model.IPFamily{model.IPv4, model.IPv6}}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	connOpts := []nft.ConnOption{nft.AsLasting()}
+	if o.netnsFD > 0 {
+		connOpts = append(connOpts, nft.WithNetNSFd(o.netnsFD))
+	}
+	conn, err := nft.New(connOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
+	}
+	if _, err := conn.ListTablesOfFamily(nft.TableFamilyIPv4); err != nil {
+		_ = conn.CloseLasting()
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("nftables mode needs CAP_NET_ADMIN: %w", err)
+		}
+		return nil, fmt.Errorf("nftables mode: the kernel's nf_tables does not answer: %w", err)
+	}
+	return &Proxier{cfg: cfg, families: o.families, conn: conn, written: map[model.IPFamily]*Ruleset{}}, nil
+}
+
+// Mode implements proxier.Backend.
+func (p *Proxier) Mode() string { return "nftables" }
+
+// LastSyncStats implements proxier.StatsReporter.
+func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
+
+// Close releases the netlink connection.
+func (p *Proxier) Close() error { return p.conn.CloseLasting() }
+
+// Sync implements proxier.Backend: one transaction per family, holding only
+// what changed since the last successful sync, or everything when proxyd
+// cannot trust what the kernel holds (first sync, after an error, or when
+// the table was changed behind its back).
+func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error {
+	stats := proxier.SyncStats{}
+	for _, f := range p.families {
+		desired := Render(s, p.cfg, f)
+		plan, err := p.plan(f, desired)
+		if err != nil {
+			delete(p.written, f)
+			return err
+		}
+		stats.Full = stats.Full || plan.Full
+		stats.KernelOps += plan.Size()
+		for _, c := range desired.Chains {
+			stats.ChainCount++
+			stats.RuleCount += len(c.Rules)
+		}
+		if plan.Empty() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := queue(p.conn, plan); err != nil {
+			delete(p.written, f)
+			return fmt.Errorf("sync nftables table %s %s: %w", familyWord(f), TableName, err)
+		}
+		if err := p.conn.Flush(); err != nil {
+			delete(p.written, f)
+			return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
+		}
+		p.written[f] = desired
+		klog.V(4).InfoS("Wrote nftables transaction", "family", f, "full", plan.Full, "objects", plan.Size())
+	}
+	stats.Skipped = stats.KernelOps == 0
+	p.stats = stats
+	return nil
+}
+
+func (p *Proxier) plan(f model.IPFamily, desired *Ruleset) (Plan, error) {
+	written := p.written[f]
+	if written == nil {
+		return FullPlan(desired), nil
+	}
+	exists, chains, err := tableState(p.conn, f)
+	if err != nil {
+		return Plan{}, err
+	}
+	if !exists || chains != len(written.Chains) {
+		klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "chains", chains, "expected", len(written.Chains))
+		return FullPlan(desired), nil
+	}
+	return IncrementalPlan(written, desired), nil
+}
+
+// Cleanup implements proxier.Backend: it deletes proxyd's tables.
+func (p *Proxier) Cleanup(context.Context) error {
+	var errs []error
+	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+		if err := deleteTable(p.conn, f); err != nil {
+			errs = append(errs, err)
+		}
+		delete(p.written, f)
+	}
+	return errors.Join(errs...)
+}
