@@ -22,6 +22,18 @@ func Build(snap Snapshot) *State {
 	}
 
 	st := &State{Node: snap.Node, Services: map[ServicePortKey]*ServicePort{}}
+	for _, p := range snap.ServiceCIDRs {
+		if p.IsValid() {
+			st.ServiceCIDRs = append(st.ServiceCIDRs, p.Masked())
+		}
+	}
+	slices.SortFunc(st.ServiceCIDRs, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Bits(), b.Bits())
+	})
+	st.ServiceCIDRs = slices.Compact(st.ServiceCIDRs)
 	for name, svc := range snap.Services {
 		if svc == nil {
 			continue

@@ -59,4 +59,7 @@ type Snapshot struct {
 	Node     Node
 	Services map[NamespacedName]*Service
 	Slices   map[NamespacedName]*EndpointSlice
+	// ServiceCIDRs are the ranges ClusterIPs are allocated from (the
+	// networking.k8s.io ServiceCIDR objects); empty when unknown.
+	ServiceCIDRs []netip.Prefix
 }

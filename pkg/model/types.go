@@ -193,6 +193,22 @@ type Node struct {
 type State struct {
 	Node     Node
 	Services map[ServicePortKey]*ServicePort
+	// ServiceCIDRs are the ClusterIP ranges: traffic to an address in them
+	// that no service port claims is rejected.
+	ServiceCIDRs []netip.Prefix
+}
+
+// ClusterIPs returns every ClusterIP of family f that some port uses,
+// sorted and without duplicates.
+func (s *State) ClusterIPs(f IPFamily) []netip.Addr {
+	var out []netip.Addr
+	for _, sp := range s.Services {
+		if ip, ok := sp.ClusterIP(f); ok {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 // Sorted returns the service ports ordered by key, for deterministic output.

@@ -3,6 +3,7 @@ package nftables
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 
 	nft "github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -85,6 +86,14 @@ func (c *compiler) stmt(s Stmt) ([]expr.Any, error) {
 			&expr.Payload{DestRegister: nextReg(int(al)), Base: expr.PayloadBaseNetworkHeader, Offset: daddrOffset(c.f), Len: al},
 			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
 		}, nil
+	case MatchDestIn:
+		if s.Set != "" {
+			return []expr.Any{
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: daddrOffset(c.f), Len: al},
+				&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
+			}, nil
+		}
+		return prefixMatch(daddrOffset(c.f), s.Prefix, expr.CmpOpEq), nil
 	case MatchCtStateNew:
 		return ctBit(expr.CtKeySTATE, expr.CtStateBitNEW), nil
 	case MatchCtStatusDNAT:
@@ -143,17 +152,22 @@ func markRewrite(mask, xor uint32) []expr.Any {
 	}
 }
 
-// sourceNotIn loads only the prefix's whole bytes when it is byte-aligned,
-// as nft does, and masks otherwise.
 func sourceNotIn(f model.IPFamily, s MatchSourceNotIn) []expr.Any {
-	p := s.Prefix.Masked()
+	return prefixMatch(saddrOffset(f), s.Prefix, expr.CmpOpNeq)
+}
+
+// prefixMatch compares the address at offset with a prefix, loading only
+// the prefix's whole bytes when it is byte-aligned, as nft does, and
+// masking otherwise.
+func prefixMatch(offset uint32, prefix netip.Prefix, op expr.CmpOp) []expr.Any {
+	p := prefix.Masked()
 	addr := p.Addr().AsSlice()
 	bits := p.Bits()
 	if bits%8 == 0 {
 		n := bits / 8
 		return []expr.Any{
-			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: saddrOffset(f), Len: uint32(n)},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: addr[:n]},
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(n)},
+			&expr.Cmp{Op: op, Register: reg1, Data: addr[:n]},
 		}
 	}
 	mask := make([]byte, len(addr))
@@ -168,9 +182,9 @@ func sourceNotIn(f model.IPFamily, s MatchSourceNotIn) []expr.Any {
 		}
 	}
 	return []expr.Any{
-		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: saddrOffset(f), Len: uint32(len(addr))},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(len(addr))},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: uint32(len(addr)), Mask: mask, Xor: make([]byte, len(addr))},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: addr},
+		&expr.Cmp{Op: op, Register: reg1, Data: addr},
 	}
 }
 

@@ -11,15 +11,17 @@ import (
 
 // Names of the objects every proxyd table has.
 const (
-	ServiceIPsMap      = "service-ips"
-	NoEndpointsSet     = "no-endpoint-services"
-	HairpinSet         = "hairpin"
-	chainNatPrerouting = "nat-prerouting"
-	chainNatOutput     = "nat-output"
-	chainNatPostroute  = "nat-postrouting"
-	chainFilterForward = "filter-forward"
-	chainFilterOutput  = "filter-output"
-	serviceChainPrefix = "svc-"
+	ServiceIPsMap       = "service-ips"
+	NoEndpointsSet      = "no-endpoint-services"
+	HairpinSet          = "hairpin"
+	ClusterIPsSet       = "cluster-ips"
+	chainFilterPostDNAT = "filter-output-post-dnat"
+	chainNatPrerouting  = "nat-prerouting"
+	chainNatOutput      = "nat-output"
+	chainNatPostroute   = "nat-postrouting"
+	chainFilterForward  = "filter-forward"
+	chainFilterOutput   = "filter-output"
+	serviceChainPrefix  = "svc-"
 )
 
 // ServiceChain names the chain of one service port: readable, unique and
@@ -36,6 +38,10 @@ func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *Ruleset {
 	noEndpoints := &Set{Name: NoEndpointsSet, Fields: []FieldType{FieldAddr, FieldProto, FieldPort}}
 	hairpin := &Set{Name: HairpinSet, Fields: []FieldType{FieldAddr, FieldAddr}}
 	hairpinAddrs := map[netip.Addr]bool{}
+	clusterIPs := &Set{Name: ClusterIPsSet, Fields: []FieldType{FieldAddr}}
+	for _, ip := range s.ClusterIPs(f) {
+		clusterIPs.Elements = append(clusterIPs.Elements, Element{Fields: []Value{{Addr: ip}}})
+	}
 
 	var serviceChains []*Chain
 	for _, sp := range s.Sorted() {
@@ -72,12 +78,21 @@ func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *Ruleset {
 	for a := range hairpinAddrs {
 		hairpin.Elements = append(hairpin.Elements, Element{Fields: []Value{{Addr: a}, {Addr: a}}})
 	}
-	for _, set := range []*Set{serviceIPs, noEndpoints, hairpin} {
+	for _, set := range []*Set{serviceIPs, noEndpoints, clusterIPs, hairpin} {
 		slices.SortFunc(set.Elements, func(a, b Element) int { return compareElements(set.Fields, a, b) })
 	}
 
 	dispatch := Rule{MatchServiceTuple{Set: ServiceIPsMap, Vmap: true}}
 	reject := Rule{MatchCtStateNew{}, MatchServiceTuple{Set: NoEndpointsSet}, Reject{}}
+	// After DNAT, a packet still addressed to a ClusterIP, or to any
+	// address of the service ranges, matched no service port: refuse it at
+	// once rather than let the client time out.
+	postDNAT := []Rule{{MatchCtStateNew{}, MatchDestIn{Set: ClusterIPsSet}, Reject{}}}
+	for _, cidr := range s.ServiceCIDRs {
+		if model.FamilyOf(cidr.Addr()) == f {
+			postDNAT = append(postDNAT, Rule{MatchCtStateNew{}, MatchDestIn{Prefix: cidr}, Reject{}})
+		}
+	}
 	chains := []*Chain{
 		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: []Rule{dispatch}},
 		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: []Rule{dispatch}},
@@ -85,12 +100,13 @@ func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *Ruleset {
 			{MatchCtStatusDNAT{}, MatchSourceDest{Set: HairpinSet}, Masquerade{}},
 			{MatchMark{Mark: mark}, ClearMark{Mark: mark}, Masquerade{FullyRandom: true}},
 		}},
-		{Name: chainFilterForward, Base: &BaseChain{Type: "filter", Hook: "forward", Priority: -110}, Rules: []Rule{reject}},
+		{Name: chainFilterForward, Base: &BaseChain{Type: "filter", Hook: "forward", Priority: -110}, Rules: append([]Rule{reject}, postDNAT...)},
 		{Name: chainFilterOutput, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -110}, Rules: []Rule{reject}},
+		{Name: chainFilterPostDNAT, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -90}, Rules: postDNAT},
 	}
 	return &Ruleset{
 		Family: f,
-		Sets:   []*Set{serviceIPs, noEndpoints, hairpin},
+		Sets:   []*Set{serviceIPs, noEndpoints, clusterIPs, hairpin},
 		Chains: append(chains, serviceChains...),
 	}
 }

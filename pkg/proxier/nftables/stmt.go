@@ -17,6 +17,13 @@ type MatchServiceTuple struct {
 	Vmap bool
 }
 
+// MatchDestIn tests the destination address for membership in a named set
+// (Set) or a prefix (Prefix).
+type MatchDestIn struct {
+	Set    string
+	Prefix netip.Prefix
+}
+
 // MatchSourceDest tests "saddr . daddr" for membership in a set (hairpin).
 type MatchSourceDest struct{ Set string }
 
@@ -71,6 +78,13 @@ func (s MatchServiceTuple) text(f model.IPFamily) string {
 func (s MatchSourceDest) text(f model.IPFamily) string {
 	w := familyWord(f)
 	return w + " saddr . " + w + " daddr @" + s.Set
+}
+
+func (s MatchDestIn) text(f model.IPFamily) string {
+	if s.Set != "" {
+		return familyWord(f) + " daddr @" + s.Set
+	}
+	return familyWord(f) + " daddr " + s.Prefix.Masked().String()
 }
 
 func (MatchCtStateNew) text(model.IPFamily) string   { return "ct state new" }

@@ -1,0 +1,56 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"k8s.io/klog/v2"
+
+	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/nftables"
+)
+
+// proxierConfig is the node-wide behaviour every backend shares.
+func (o *Options) proxierConfig() proxier.Config {
+	return proxier.Config{
+		ClusterCIDRs:   o.ClusterCIDRs,
+		MasqueradeAll:  o.MasqueradeAll,
+		MasqueradeMark: 1 << uint(o.MasqueradeBit),
+	}
+}
+
+// newBackend builds the Backend of mode; the error says what the node lacks.
+func newBackend(o *Options, mode string) (proxier.Backend, error) {
+	cfg := o.proxierConfig()
+	switch mode {
+	case "nftables":
+		return nftables.New(cfg)
+	}
+	return nil, fmt.Errorf("--mode %s is not available in this build yet", mode)
+}
+
+// CleanupAll removes the rules of every mode except keep ("" removes all):
+// at start that clears what an earlier run in another mode left behind, and
+// with --cleanup it removes everything. A mode the kernel cannot do has
+// nothing to clean and is skipped.
+func CleanupAll(ctx context.Context, o *Options, keep string) error {
+	var errs []error
+	for _, mode := range Modes {
+		if mode == keep {
+			continue
+		}
+		b, err := newBackend(o, mode)
+		if err != nil {
+			klog.V(2).InfoS("Nothing to clean for mode", "mode", mode, "reason", err)
+			continue
+		}
+		if err := b.Cleanup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("clean up %s rules: %w", mode, err))
+		}
+		if c, ok := b.(interface{ Close() error }); ok {
+			_ = c.Close()
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,167 @@
+// Package app is proxyd's command line: flags (with kube-proxy's names
+// accepted too, so a manifest migrates by changing the image), an optional
+// KubeProxyConfiguration file, validation, and the daemon's wiring.
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/klog/v2"
+)
+
+// Modes proxyd can run in.
+var Modes = []string{"nftables", "iptables", "ipvs"}
+
+// Options is everything the command line says.
+type Options struct {
+	Mode               string
+	Kubeconfig         string
+	Master             string
+	HostnameOverride   string
+	SyncPeriod         time.Duration
+	MinSyncPeriod      time.Duration
+	MetricsBindAddress string
+	HealthzBindAddress string
+	Cleanup            bool
+	ClusterCIDRs       []netip.Prefix
+	MasqueradeAll      bool
+	MasqueradeBit      int
+	IPVSScheduler      string
+	ProxyName          string
+	ConfigFile         string
+	ShowVersion        bool
+}
+
+// ErrHelp is returned by Parse when --help was asked for.
+var ErrHelp = pflag.ErrHelp
+
+// Parse reads args into Options. It returns a one-line error for anything
+// invalid; nothing is started.
+func Parse(args []string) (*Options, error) {
+	o := &Options{}
+	fs := pflag.NewFlagSet("proxyd", pflag.ContinueOnError)
+	fs.SetOutput(os.Stderr)
+	var clusterCIDR string
+	fs.StringVar(&o.Mode, "mode", "nftables", "dataplane: "+strings.Join(Modes, ", "))
+	fs.StringVar(&o.Mode, "proxy-mode", "nftables", "alias of --mode (kube-proxy's name)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster config when empty")
+	fs.StringVar(&o.Master, "master", "", "apiserver URL, overrides the kubeconfig's")
+	fs.StringVar(&o.HostnameOverride, "hostname-override", "", "this node's name; the hostname when empty")
+	fs.DurationVar(&o.SyncPeriod, "sync-period", 30*time.Second, "resync at least this often")
+	fs.DurationVar(&o.SyncPeriod, "iptables-sync-period", 30*time.Second, "alias of --sync-period")
+	fs.DurationVar(&o.SyncPeriod, "ipvs-sync-period", 30*time.Second, "alias of --sync-period")
+	fs.DurationVar(&o.MinSyncPeriod, "min-sync-period", time.Second, "sync at most this often when objects change")
+	fs.DurationVar(&o.MinSyncPeriod, "iptables-min-sync-period", time.Second, "alias of --min-sync-period")
+	fs.DurationVar(&o.MinSyncPeriod, "ipvs-min-sync-period", time.Second, "alias of --min-sync-period")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", "127.0.0.1:10249", "host:port of /metrics; empty or port 0 disables it")
+	fs.StringVar(&o.HealthzBindAddress, "healthz-bind-address", "0.0.0.0:10256", "host:port of /healthz and /livez; empty disables it")
+	fs.BoolVar(&o.Cleanup, "cleanup", false, "remove every rule of every mode proxyd owns, then exit")
+	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated Pod CIDRs; ClusterIP traffic from outside them is masqueraded")
+	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to ClusterIPs")
+	fs.IntVar(&o.MasqueradeBit, "iptables-masquerade-bit", 14, "bit of the packet mark that requests masquerade (0-31)")
+	fs.StringVar(&o.IPVSScheduler, "ipvs-scheduler", "rr", "IPVS scheduler: rr, lc, wrr, wlc, sh, dh, mh, sed, nq")
+	fs.StringVar(&o.ProxyName, "service-proxy-name", "", "also program Services labelled service.kubernetes.io/service-proxy-name=NAME")
+	fs.StringVar(&o.ConfigFile, "config", "", "a KubeProxyConfiguration file; flags given explicitly override it")
+	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
+	// Accepted for kube-proxy compatibility; proxyd leaves host-wide
+	// conntrack sizing to the node.
+	for _, name := range []string{"conntrack-max-per-core", "conntrack-min"} {
+		fs.Int32(name, 0, "accepted for kube-proxy compatibility; ignored")
+	}
+	fs.String("bind-address", "0.0.0.0", "accepted for kube-proxy compatibility; ignored")
+
+	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(klogFlags)
+	for _, name := range []string{"v", "vmodule", "logtostderr", "alsologtostderr", "log_file", "stderrthreshold"} {
+		if f := klogFlags.Lookup(name); f != nil {
+			fs.AddGoFlag(f)
+		}
+	}
+	if f := fs.Lookup("v"); f != nil {
+		f.Shorthand = "v"
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.ConfigFile != "" {
+		if err := applyConfigFile(o, &clusterCIDR, fs); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if o.ClusterCIDRs, err = parseCIDRs(clusterCIDR); err != nil {
+		return nil, err
+	}
+	return o, o.Validate()
+}
+
+// Validate checks values that parse but make no sense.
+func (o *Options) Validate() error {
+	var errs []error
+	if !contains(Modes, o.Mode) {
+		errs = append(errs, fmt.Errorf("--mode %q: must be one of %s", o.Mode, strings.Join(Modes, ", ")))
+	}
+	if o.SyncPeriod <= 0 {
+		errs = append(errs, fmt.Errorf("--sync-period %v: must be greater than 0", o.SyncPeriod))
+	}
+	if o.MinSyncPeriod < 0 {
+		errs = append(errs, fmt.Errorf("--min-sync-period %v: must not be negative", o.MinSyncPeriod))
+	}
+	if o.SyncPeriod > 0 && o.MinSyncPeriod > o.SyncPeriod {
+		errs = append(errs, fmt.Errorf("--min-sync-period %v: must not exceed --sync-period %v", o.MinSyncPeriod, o.SyncPeriod))
+	}
+	if o.MasqueradeBit < 0 || o.MasqueradeBit > 31 {
+		errs = append(errs, fmt.Errorf("--iptables-masquerade-bit %d: must be within 0-31", o.MasqueradeBit))
+	}
+	for name, addr := range map[string]string{"--metrics-bind-address": o.MetricsBindAddress, "--healthz-bind-address": o.HealthzBindAddress} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want host:port", name, addr))
+		}
+	}
+	if o.Mode == "ipvs" && !contains([]string{"rr", "lc", "wrr", "wlc", "sh", "dh", "mh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "twos"}, o.IPVSScheduler) {
+		errs = append(errs, fmt.Errorf("--ipvs-scheduler %q: unknown scheduler", o.IPVSScheduler))
+	}
+	return errors.Join(errs...)
+}
+
+func parseCIDRs(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("--cluster-cidr %q: %v", part, err)
+		}
+		out = append(out, p.Masked())
+	}
+	if len(out) > 2 || (len(out) == 2 && out[0].Addr().Is4() == out[1].Addr().Is4()) {
+		return nil, fmt.Errorf("--cluster-cidr %q: at most one CIDR per IP family", s)
+	}
+	return out, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,164 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/proxyd/proxyd/pkg/healthz"
+	"github.com/proxyd/proxyd/pkg/informer"
+	"github.com/proxyd/proxyd/pkg/metrics"
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+)
+
+// Run is the daemon: it returns nil when ctx ends (SIGTERM), leaving the
+// rules in place so traffic keeps flowing across a restart.
+func Run(ctx context.Context, o *Options) error {
+	nodeName, err := o.nodeName()
+	if err != nil {
+		return err
+	}
+	backend, err := newBackend(o, o.Mode)
+	if err != nil {
+		return err
+	}
+	if err := CleanupAll(ctx, o, o.Mode); err != nil {
+		klog.ErrorS(err, "Could not remove rules left by another mode; they may shadow this mode's")
+	}
+	client, err := o.client()
+	if err != nil {
+		return err
+	}
+
+	m := metrics.New(o.Mode)
+	health := healthz.New(clock.RealClock{}, 2*o.SyncPeriod)
+	servers, err := serve(o, m, health)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+	}()
+
+	var inf *informer.Informer
+	runner := proxier.NewRunner(backend, func() *model.State { return model.Build(inf.Snapshot()) }, proxier.RunnerOptions{
+		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health,
+	})
+	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
+	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
+		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
+	health.QueuedUpdate()
+	go inf.Run(ctx)
+
+	// Never program before the first complete list: an empty State would
+	// wipe rules that traffic depends on.
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := inf.WaitForSync(waitCtx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			klog.InfoS("Stopped before the first sync; existing rules left in place")
+			return nil
+		}
+		klog.ErrorS(err, "Still waiting for the apiserver; existing rules are left in place", "server", client.host)
+	}
+	klog.InfoS("Informers synced; programming the kernel", "mode", o.Mode)
+	runner.Run(ctx)
+	klog.InfoS("Stopping; rules stay in place until the next proxyd takes over")
+	return nil
+}
+
+func (o *Options) nodeName() (string, error) {
+	if o.HostnameOverride != "" {
+		return strings.ToLower(strings.TrimSpace(o.HostnameOverride)), nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("node name: %w (set --hostname-override)", err)
+	}
+	return strings.ToLower(h), nil
+}
+
+type apiClient struct {
+	kubernetes.Interface
+	host string
+}
+
+func (o *Options) client() (*apiClient, error) {
+	var cfg *rest.Config
+	var err error
+	if o.Kubeconfig == "" && o.Master == "" {
+		cfg, err = rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --kubeconfig and not in a cluster: %w", err)
+		}
+	} else {
+		cfg, err = clientcmd.BuildConfigFromFlags(o.Master, o.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig %s: %w", o.Kubeconfig, err)
+		}
+	}
+	cfg.UserAgent = "proxyd/" + Version
+	cfg.QPS, cfg.Burst = 50, 100
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("apiserver client: %w", err)
+	}
+	return &apiClient{Interface: cs, host: cfg.Host}, nil
+}
+
+// serve starts the metrics and health endpoints; a port that is taken is
+// an error at start, not a silent absence.
+func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, error) {
+	var servers []*http.Server
+	start := func(addr string, handler http.Handler, what string) error {
+		if addr == "" || strings.HasSuffix(addr, ":0") {
+			return nil
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s on %s: %w", what, addr, err)
+		}
+		s := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+		servers = append(servers, s)
+		go func() {
+			if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				klog.ErrorS(err, "HTTP server stopped", "what", what, "address", addr)
+			}
+		}()
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	hh := h.Handler()
+	mux.Handle("/healthz", hh)
+	mux.Handle("/livez", hh)
+	if err := start(o.MetricsBindAddress, mux, "metrics"); err != nil {
+		return nil, err
+	}
+	if err := start(o.HealthzBindAddress, hh, "healthz"); err != nil {
+		for _, s := range servers {
+			_ = s.Close()
+		}
+		return nil, err
+	}
+	return servers, nil
+}

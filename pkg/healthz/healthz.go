@@ -1,0 +1,87 @@
+// Package healthz serves /healthz and /livez with kube-proxy's semantics:
+// the proxy is unhealthy when a change was queued and not synced within
+// the timeout (twice the sync period).
+package healthz
+
+import (
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// Health tracks queued and completed syncs.
+type Health struct {
+	clock   clock.PassiveClock
+	timeout time.Duration
+
+	mu           sync.Mutex
+	lastUpdated  time.Time
+	oldestQueued time.Time
+}
+
+// New returns a Health that fails once a queued update waits longer than
+// timeout.
+func New(c clock.PassiveClock, timeout time.Duration) *Health {
+	return &Health{clock: c, timeout: timeout}
+}
+
+// QueuedUpdate records that a sync is wanted.
+func (h *Health) QueuedUpdate() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.oldestQueued.IsZero() {
+		h.oldestQueued = h.clock.Now()
+	}
+}
+
+// Updated records a successful sync of everything queued so far.
+func (h *Health) Updated() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.lastUpdated = h.clock.Now()
+	h.oldestQueued = time.Time{}
+}
+
+// Healthy reports whether no queued update is overdue, and the time of the
+// last successful sync.
+func (h *Health) Healthy() (bool, time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.oldestQueued.IsZero() {
+		return true, h.lastUpdated
+	}
+	return h.clock.Since(h.oldestQueued) < h.timeout, h.lastUpdated
+}
+
+type status struct {
+	LastUpdated  string `json:"lastUpdated"`
+	CurrentTime  string `json:"currentTime"`
+	NodeEligible *bool  `json:"nodeEligible,omitempty"`
+}
+
+// Handler serves /healthz and /livez.
+func (h *Health) Handler() http.Handler {
+	mux := http.NewServeMux()
+	serve := func(withEligibility bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			ok, last := h.Healthy()
+			st := status{LastUpdated: last.String(), CurrentTime: h.clock.Now().String()}
+			if withEligibility {
+				eligible := true
+				st.NodeEligible = &eligible
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			if !ok {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+			_ = json.NewEncoder(w).Encode(st)
+		}
+	}
+	mux.HandleFunc("/healthz", serve(true))
+	mux.HandleFunc("/livez", serve(false))
+	return mux
+}

@@ -1,0 +1,432 @@
+package informer
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/klog/v2"
+	"k8s.io/klog/v2/ktesting"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func addrs(ss ...string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ss {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	return out
+}
+
+// service returns a valid single-stack ClusterIP Service ns/web with one
+// TCP port 80, changed by the given edits.
+func service(edits ...func(*v1.Service)) *v1.Service {
+	svc := &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: v1.ServiceSpec{
+			Type:       v1.ServiceTypeClusterIP,
+			ClusterIP:  "10.0.0.1",
+			ClusterIPs: []string{"10.0.0.1"},
+			Ports:      []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}},
+		},
+	}
+	for _, e := range edits {
+		e(svc)
+	}
+	return svc
+}
+
+func withLabel(k, v string) func(*v1.Service) {
+	return func(s *v1.Service) {
+		if s.Labels == nil {
+			s.Labels = map[string]string{}
+		}
+		s.Labels[k] = v
+	}
+}
+
+func modelService(edits ...func(*model.Service)) *model.Service {
+	m := &model.Service{
+		Namespace:  "ns",
+		Name:       "web",
+		ClusterIPs: addrs("10.0.0.1"),
+		Ports:      []model.ServicePortSpec{{Name: "http", Protocol: model.TCP, Port: 80}},
+	}
+	for _, e := range edits {
+		e(m)
+	}
+	return m
+}
+
+func TestConvertService(t *testing.T) {
+	tests := []struct {
+		name      string
+		proxyName string
+		in        *v1.Service
+		want      *model.Service
+	}{
+		{name: "a plain ClusterIP service is converted", in: service(), want: modelService()},
+		{name: "a nil service is ignored", in: nil, want: nil},
+		{name: "an ExternalName service is ignored",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeExternalName
+				s.Spec.ExternalName = "example.com"
+				s.Spec.ClusterIP, s.Spec.ClusterIPs = "", nil
+			})},
+		{name: "a headless service with clusterIP None is ignored",
+			in: service(func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "None", []string{"None"} })},
+		{name: "a service labelled headless is ignored",
+			in: service(withLabel(v1.IsHeadlessService, ""))},
+		{name: "a service without a cluster IP is ignored",
+			in: service(func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "", nil })},
+		{name: "a service for another proxy is ignored",
+			in: service(withLabel(LabelServiceProxyName, "other"))},
+		{name: "a service for another proxy is ignored even when we have a name",
+			proxyName: "proxyd",
+			in:        service(withLabel(LabelServiceProxyName, "other"))},
+		{name: "a service naming our proxy is converted",
+			proxyName: "proxyd",
+			in:        service(withLabel(LabelServiceProxyName, "proxyd")),
+			want:      modelService()},
+		{name: "a service with an empty proxy-name label is not ours",
+			in: service(withLabel(LabelServiceProxyName, ""))},
+		{name: "an unlabelled service is converted when we have a name",
+			proxyName: "proxyd", in: service(), want: modelService()},
+		{name: "a dual-stack service keeps both cluster IPs in order",
+			in:   service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"fd00::1", "10.0.0.1"}; s.Spec.ClusterIP = "fd00::1" }),
+			want: modelService(func(m *model.Service) { m.ClusterIPs = addrs("fd00::1", "10.0.0.1") })},
+		{name: "clusterIP is used when clusterIPs is empty",
+			in:   service(func(s *v1.Service) { s.Spec.ClusterIPs = nil }),
+			want: modelService()},
+		{name: "a malformed cluster IP is dropped and the rest kept",
+			in:   service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"10.0.0.300", "fd00::1"} }),
+			want: modelService(func(m *model.Service) { m.ClusterIPs = addrs("fd00::1") })},
+		{name: "a service whose only cluster IP is malformed is ignored",
+			in: service(func(s *v1.Service) { s.Spec.ClusterIP, s.Spec.ClusterIPs = "bogus", []string{"bogus"} })},
+		{name: "an empty port protocol defaults to TCP",
+			in:   service(func(s *v1.Service) { s.Spec.Ports[0].Protocol = "" }),
+			want: modelService()},
+		{name: "ports keep name, protocol, port and node port",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeNodePort
+				s.Spec.Ports = []v1.ServicePort{
+					{Name: "dns", Protocol: v1.ProtocolUDP, Port: 53, NodePort: 30053},
+					{Name: "sctp", Protocol: v1.ProtocolSCTP, Port: 9000},
+				}
+			}),
+			want: modelService(func(m *model.Service) {
+				m.Ports = []model.ServicePortSpec{
+					{Name: "dns", Protocol: model.UDP, Port: 53, NodePort: 30053},
+					{Name: "sctp", Protocol: model.SCTP, Port: 9000},
+				}
+			})},
+		{name: "a port with an out-of-range number is dropped",
+			in: service(func(s *v1.Service) {
+				s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "bad", Port: 70000}, v1.ServicePort{Name: "zero"})
+			}),
+			want: modelService()},
+		{name: "an out-of-range node port becomes none",
+			in:   service(func(s *v1.Service) { s.Spec.Ports[0].NodePort = -1 }),
+			want: modelService()},
+		{name: "traffic policies Local are converted",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyLocal)
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+			}),
+			want: modelService(func(m *model.Service) { m.InternalLocal, m.ExternalLocal = true, true })},
+		{name: "traffic policies Cluster are not Local",
+			in: service(func(s *v1.Service) {
+				s.Spec.InternalTrafficPolicy = ptr(v1.ServiceInternalTrafficPolicyCluster)
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyCluster
+			}),
+			want: modelService()},
+		{name: "ClientIP affinity without a config uses the default timeout",
+			in:   service(func(s *v1.Service) { s.Spec.SessionAffinity = v1.ServiceAffinityClientIP }),
+			want: modelService(func(m *model.Service) { m.AffinitySeconds = 10800 })},
+		{name: "ClientIP affinity uses the configured timeout",
+			in: service(func(s *v1.Service) {
+				s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr[int32](60)}}
+			}),
+			want: modelService(func(m *model.Service) { m.AffinitySeconds = 60 })},
+		{name: "an affinity config without ClientIP affinity is ignored",
+			in: service(func(s *v1.Service) {
+				s.Spec.SessionAffinity = v1.ServiceAffinityNone
+				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr[int32](60)}}
+			}),
+			want: modelService()},
+		{name: "trafficDistribution is carried over",
+			in:   service(func(s *v1.Service) { s.Spec.TrafficDistribution = ptr(v1.ServiceTrafficDistributionPreferClose) }),
+			want: modelService(func(m *model.Service) { m.TrafficDistribution = "PreferClose" })},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ConvertService(klog.Background(), tt.in, tt.proxyName)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ConvertService:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestConvertServiceLogsMalformedIPWithName(t *testing.T) {
+	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(true)))
+	ConvertService(logger, service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"nonsense"} }), "")
+	out := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
+	if !strings.Contains(out, "ns/web") || !strings.Contains(out, "nonsense") {
+		t.Errorf("log does not name the service and the address:\n%s", out)
+	}
+}
+
+// slice returns a valid IPv4 slice ns/web-abc for Service web with one
+// port and one endpoint, changed by the given edits.
+func slice(edits ...func(*discovery.EndpointSlice)) *discovery.EndpointSlice {
+	es := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "ns", Name: "web-abc",
+			Labels: map[string]string{discovery.LabelServiceName: "web"},
+		},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr("http"), Protocol: ptr(v1.ProtocolTCP), Port: ptr[int32](8080)}},
+		Endpoints: []discovery.Endpoint{{
+			Addresses:  []string{"10.1.0.1"},
+			Conditions: discovery.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)},
+			NodeName:   ptr("node-a"),
+			Zone:       ptr("zone-a"),
+		}},
+	}
+	for _, e := range edits {
+		e(es)
+	}
+	return es
+}
+
+func modelSlice(edits ...func(*model.EndpointSlice)) *model.EndpointSlice {
+	m := &model.EndpointSlice{
+		Namespace: "ns", Name: "web-abc", ServiceName: "web", Family: model.IPv4,
+		Ports: []model.SlicePort{{Name: "http", Protocol: model.TCP, Port: 8080}},
+		Endpoints: []model.SliceEndpoint{{
+			Addresses: addrs("10.1.0.1"), Ready: true, Serving: true,
+			NodeName: "node-a", Zone: "zone-a",
+		}},
+	}
+	for _, e := range edits {
+		e(m)
+	}
+	return m
+}
+
+func TestConvertEndpointSlice(t *testing.T) {
+	tests := []struct {
+		name      string
+		proxyName string
+		in        *discovery.EndpointSlice
+		want      *model.EndpointSlice
+	}{
+		{name: "a plain IPv4 slice is converted", in: slice(), want: modelSlice()},
+		{name: "a nil slice is ignored", in: nil, want: nil},
+		{name: "an IPv6 slice is converted",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.AddressType = discovery.AddressTypeIPv6
+				es.Endpoints[0].Addresses = []string{"fd00::5"}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) {
+				m.Family = model.IPv6
+				m.Endpoints[0].Addresses = addrs("fd00::5")
+			})},
+		{name: "an FQDN slice is ignored",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.AddressType = discovery.AddressTypeFQDN
+				es.Endpoints[0].Addresses = []string{"db.example.com"}
+			})},
+		{name: "a slice without the service-name label is ignored",
+			in: slice(func(es *discovery.EndpointSlice) { delete(es.Labels, discovery.LabelServiceName) })},
+		{name: "a headless service's slice is ignored",
+			in: slice(func(es *discovery.EndpointSlice) { es.Labels[v1.IsHeadlessService] = "" })},
+		{name: "another proxy's slice is ignored",
+			in: slice(func(es *discovery.EndpointSlice) { es.Labels[LabelServiceProxyName] = "other" })},
+		{name: "our proxy's slice is converted",
+			proxyName: "proxyd",
+			in:        slice(func(es *discovery.EndpointSlice) { es.Labels[LabelServiceProxyName] = "proxyd" }),
+			want:      modelSlice()},
+		{name: "a port with a nil number is dropped",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Ports = append(es.Ports, discovery.EndpointPort{Name: ptr("all")})
+			}),
+			want: modelSlice()},
+		{name: "a port's nil name and protocol default to empty and TCP",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Ports = []discovery.EndpointPort{{Port: ptr[int32](8080)}}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) { m.Ports[0].Name = "" })},
+		{name: "a port with an out-of-range number is dropped",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Ports = append(es.Ports, discovery.EndpointPort{Name: ptr("big"), Port: ptr[int32](65536)})
+			}),
+			want: modelSlice()},
+		{name: "nil conditions mean ready, serving and not terminating",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints[0].Conditions = discovery.EndpointConditions{}
+			}),
+			want: modelSlice()},
+		{name: "a nil serving condition follows ready",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints[0].Conditions = discovery.EndpointConditions{Ready: ptr(false)}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) { m.Endpoints[0].Ready, m.Endpoints[0].Serving = false, false })},
+		{name: "a terminating endpoint that still serves is kept as such",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints[0].Conditions = discovery.EndpointConditions{Ready: ptr(false), Serving: ptr(true), Terminating: ptr(true)}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) {
+				m.Endpoints[0].Ready, m.Endpoints[0].Serving, m.Endpoints[0].Terminating = false, true, true
+			})},
+		{name: "nil node name and zone are empty",
+			in:   slice(func(es *discovery.EndpointSlice) { es.Endpoints[0].NodeName, es.Endpoints[0].Zone = nil, nil }),
+			want: modelSlice(func(m *model.EndpointSlice) { m.Endpoints[0].NodeName, m.Endpoints[0].Zone = "", "" })},
+		{name: "zone and node hints are carried over",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints[0].Hints = &discovery.EndpointHints{
+					ForZones: []discovery.ForZone{{Name: "zone-a"}, {Name: "zone-b"}},
+					ForNodes: []discovery.ForNode{{Name: "node-a"}},
+				}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) {
+				m.Endpoints[0].ZoneHints = []string{"zone-a", "zone-b"}
+				m.Endpoints[0].NodeHints = []string{"node-a"}
+			})},
+		{name: "malformed and wrong-family addresses are dropped",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints[0].Addresses = []string{"10.1.0.999", "fd00::1", "10.1.0.2"}
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) { m.Endpoints[0].Addresses = addrs("10.1.0.2") })},
+		{name: "an endpoint left without addresses is dropped",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{"garbage"}})
+			}),
+			want: modelSlice()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ConvertEndpointSlice(klog.Background(), tt.in, tt.proxyName)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ConvertEndpointSlice:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestConvertNode(t *testing.T) {
+	tests := []struct {
+		name string
+		in   *v1.Node
+		want model.Node
+	}{
+		{name: "a nil node is the zero node", in: nil, want: model.Node{}},
+		{name: "a bare node has only its name", in: &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, want: model.Node{Name: "n1"}},
+		{name: "zone, internal then external addresses and readiness are read",
+			in: &v1.Node{
+				ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{v1.LabelTopologyZone: "zone-a"}},
+				Status: v1.NodeStatus{
+					Addresses: []v1.NodeAddress{
+						{Type: v1.NodeExternalIP, Address: "203.0.113.7"},
+						{Type: v1.NodeHostName, Address: "n1"},
+						{Type: v1.NodeInternalIP, Address: "192.168.0.7"},
+						{Type: v1.NodeInternalIP, Address: "fd00::7"},
+						{Type: v1.NodeInternalIP, Address: "not-an-ip"},
+						{Type: v1.NodeExternalIP, Address: "192.168.0.7"},
+					},
+					Conditions: []v1.NodeCondition{
+						{Type: v1.NodeMemoryPressure, Status: v1.ConditionFalse},
+						{Type: v1.NodeReady, Status: v1.ConditionTrue},
+					},
+				},
+			},
+			want: model.Node{Name: "n1", Zone: "zone-a", IPs: addrs("192.168.0.7", "fd00::7", "203.0.113.7"), Ready: true}},
+		{name: "a Ready condition of Unknown is not ready",
+			in: &v1.Node{
+				ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+				Status:     v1.NodeStatus{Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionUnknown}}},
+			},
+			want: model.Node{Name: "n1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ConvertNode(klog.Background(), tt.in)
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ConvertNode:\n got %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSelectors(t *testing.T) {
+	tests := []struct {
+		name   string
+		src    source
+		slices bool
+		want   string
+	}{
+		{"services of the default source exclude headless and named ones", sourceDefault, false,
+			"!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"},
+		{"slices of the default source also need a service name", sourceDefault, true,
+			"!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name,kubernetes.io/service-name"},
+		{"services of the named source select our proxy name", sourceNamed, false,
+			"!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name=proxyd"},
+		{"slices of the named source select our proxy name and need a service name", sourceNamed, true,
+			"!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name=proxyd,kubernetes.io/service-name"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := selector(tt.src, "proxyd", tt.slices); got != tt.want {
+				t.Errorf("selector = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// The two sources' selectors together must admit exactly what Admitted
+// admits, and each source's client-side filter must agree with its selector.
+func TestSelectorsAgreeWithClientSideFilter(t *testing.T) {
+	labelSets := []map[string]string{
+		{},
+		{v1.IsHeadlessService: ""},
+		{LabelServiceProxyName: ""},
+		{LabelServiceProxyName: "proxyd"},
+		{LabelServiceProxyName: "other"},
+		{LabelServiceProxyName: "proxyd", v1.IsHeadlessService: ""},
+	}
+	for _, proxyName := range []string{"", "proxyd"} {
+		srcs := []source{sourceDefault}
+		if proxyName != "" {
+			srcs = append(srcs, sourceNamed)
+		}
+		for _, ls := range labelSets {
+			set := labels.Set(ls)
+			any := false
+			for _, src := range srcs {
+				sel, err := labels.Parse(selector(src, proxyName, false))
+				if err != nil {
+					t.Fatalf("selector for %v does not parse: %v", src, err)
+				}
+				m := sel.Matches(set)
+				any = any || m
+				if m && !src.admits(ls, proxyName) {
+					t.Errorf("proxy %q: %v selector matches %v but the client-side filter rejects it", proxyName, src, ls)
+				}
+			}
+			if want := Admitted(ls, proxyName); any != want {
+				t.Errorf("proxy %q, labels %v: selectors match = %v, Admitted = %v", proxyName, ls, any, want)
+			}
+		}
+	}
+}

@@ -1,0 +1,86 @@
+// Package metrics defines proxyd's Prometheus metrics under kube-proxy's
+// names and meanings, so dashboards and alerts built for kube-proxy keep
+// working when a node switches to proxyd.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds every metric proxyd exports.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	SyncDuration        prometheus.Histogram
+	SyncFullDuration    prometheus.Histogram
+	SyncPartialDuration prometheus.Histogram
+	LastSync            prometheus.Gauge
+	LastQueued          prometheus.Gauge
+	NetworkProgramming  prometheus.Histogram
+	EndpointsPending    prometheus.Gauge
+	EndpointsTotal      prometheus.Counter
+	ServicesPending     prometheus.Gauge
+	ServicesTotal       prometheus.Counter
+	SyncFailures        prometheus.Counter
+	KernelObjects       prometheus.Counter
+	Syncs               *prometheus.CounterVec
+}
+
+func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
+
+// programmingBuckets are kube-proxy's network programming latency buckets.
+func programmingBuckets() []float64 {
+	var b []float64
+	b = append(b, prometheus.LinearBuckets(0.25, 0.25, 2)...)
+	b = append(b, prometheus.LinearBuckets(1, 1, 59)...)
+	b = append(b, prometheus.LinearBuckets(60, 5, 12)...)
+	b = append(b, prometheus.LinearBuckets(120, 30, 7)...)
+	return b
+}
+
+// New registers the metrics in a fresh registry. mode selects the name of
+// the failure counter kube-proxy uses for that mode.
+func New(mode string) *Metrics {
+	failureName := map[string]string{
+		"iptables": "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+		"nftables": "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+	}[mode]
+	if failureName == "" {
+		failureName = "kubeproxy_sync_proxy_rules_" + mode + "_sync_failures_total"
+	}
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		SyncDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_proxy_rules_duration_seconds", Help: "SyncProxyRules latency in seconds", Buckets: syncBuckets()}),
+		SyncFullDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_full_proxy_rules_duration_seconds", Help: "SyncProxyRules latency in seconds for full resyncs", Buckets: syncBuckets()}),
+		SyncPartialDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_sync_partial_proxy_rules_duration_seconds", Help: "SyncProxyRules latency in seconds for partial resyncs", Buckets: syncBuckets()}),
+		LastSync: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_last_timestamp_seconds", Help: "The last time proxy rules were successfully synced"}),
+		LastQueued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds", Help: "The last time a sync of proxy rules was queued"}),
+		NetworkProgramming: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "kubeproxy_network_programming_duration_seconds", Help: "In Cluster Network Programming Latency in seconds", Buckets: programmingBuckets()}),
+		EndpointsPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_endpoint_changes_pending", Help: "Pending proxy rules Endpoint changes"}),
+		EndpointsTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kubeproxy_sync_proxy_rules_endpoint_changes_total", Help: "Cumulative proxy rules Endpoint changes"}),
+		ServicesPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_service_changes_pending", Help: "Pending proxy rules Service changes"}),
+		ServicesTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "kubeproxy_sync_proxy_rules_service_changes_total", Help: "Cumulative proxy rules Service changes"}),
+		SyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: failureName, Help: "Cumulative proxy rules sync failures"}),
+		KernelObjects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "proxyd_kernel_objects_written_total", Help: "Rules, chains and set elements written to the kernel"}),
+		Syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyd_syncs_total", Help: "Syncs by result: full, partial, skipped (nothing to write) or error"}, []string{"result"}),
+	}
+	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
+		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
+		m.SyncFailures, m.KernelObjects, m.Syncs,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

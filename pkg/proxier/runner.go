@@ -1,0 +1,234 @@
+package proxier
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/proxyd/proxyd/pkg/healthz"
+	"github.com/proxyd/proxyd/pkg/metrics"
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+// RunnerOptions configure a Runner.
+type RunnerOptions struct {
+	// MinInterval is --min-sync-period: syncs are at least this far apart.
+	MinInterval time.Duration
+	// MaxInterval is --sync-period: a sync happens at least this often.
+	MaxInterval time.Duration
+	// RetryMin is the first retry delay after a failed sync; it doubles up
+	// to MaxInterval. Default 1s.
+	RetryMin time.Duration
+	Clock    clock.WithTicker
+	Metrics  *metrics.Metrics
+	Health   *healthz.Health
+}
+
+// Runner owns time: it turns change notifications into bounded-frequency
+// syncs of a Backend and records what they cost.
+type Runner struct {
+	backend Backend
+	build   func() *model.State
+	opts    RunnerOptions
+	wake    chan struct{}
+
+	mu      sync.Mutex
+	pending pendingChanges
+
+	// Owned by the Run goroutine.
+	last      *model.State
+	lastSync  time.Time
+	retryAt   time.Time
+	retryWait time.Duration
+	dirty     bool
+}
+
+type pendingChanges struct {
+	services, endpoints int
+	triggers            []time.Time
+}
+
+// NewRunner returns a Runner that syncs the State built by build.
+func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner {
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	if opts.RetryMin <= 0 {
+		opts.RetryMin = time.Second
+	}
+	if opts.MaxInterval <= 0 {
+		opts.MaxInterval = 30 * time.Second
+	}
+	return &Runner{backend: b, build: build, opts: opts, wake: make(chan struct{}, 1)}
+}
+
+// OnChange records a change and asks for a sync; it never blocks. kind is
+// "service", "endpoints" or "node"; triggerTime, when known, is when the
+// change happened in the API (for network programming latency).
+func (r *Runner) OnChange(kind string, triggerTime time.Time) {
+	r.mu.Lock()
+	switch kind {
+	case "service":
+		r.pending.services++
+		if m := r.opts.Metrics; m != nil {
+			m.ServicesTotal.Inc()
+			m.ServicesPending.Set(float64(r.pending.services))
+		}
+	case "endpoints":
+		r.pending.endpoints++
+		if m := r.opts.Metrics; m != nil {
+			m.EndpointsTotal.Inc()
+			m.EndpointsPending.Set(float64(r.pending.endpoints))
+		}
+	}
+	if !triggerTime.IsZero() {
+		r.pending.triggers = append(r.pending.triggers, triggerTime)
+	}
+	r.mu.Unlock()
+	if m := r.opts.Metrics; m != nil {
+		m.LastQueued.SetToCurrentTime()
+	}
+	if h := r.opts.Health; h != nil {
+		h.QueuedUpdate()
+	}
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run syncs once at start, then whenever asked (no more often than
+// MinInterval), at least every MaxInterval, and retries failures with
+// backoff, until ctx ends.
+func (r *Runner) Run(ctx context.Context) {
+	if h := r.opts.Health; h != nil {
+		h.QueuedUpdate()
+	}
+	r.dirty = true
+	for {
+		wait := r.nextSync().Sub(r.opts.Clock.Now())
+		if wait <= 0 {
+			r.syncOnce(ctx)
+			continue
+		}
+		t := r.opts.Clock.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-r.wake:
+			t.Stop()
+			r.dirty = true
+		case <-t.C():
+			if r.retryAt.IsZero() && !r.dirty {
+				r.dirty = true // the periodic resync
+			}
+			r.syncOnce(ctx)
+		}
+	}
+}
+
+// nextSync is when the next sync is due: a retry, a wanted sync no sooner
+// than MinInterval after the last, or the periodic one.
+func (r *Runner) nextSync() time.Time {
+	periodic := r.lastSync.Add(r.opts.MaxInterval)
+	next := periodic
+	if !r.retryAt.IsZero() && r.retryAt.Before(next) {
+		next = r.retryAt
+	}
+	if r.dirty && r.retryAt.IsZero() {
+		soonest := r.lastSync.Add(r.opts.MinInterval)
+		if soonest.Before(next) {
+			next = soonest
+		}
+	}
+	return next
+}
+
+func (r *Runner) syncOnce(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	r.mu.Lock()
+	taken := r.pending
+	r.pending = pendingChanges{}
+	r.mu.Unlock()
+
+	start := r.opts.Clock.Now()
+	state := r.build()
+	diff := model.Compute(r.last, state)
+	err := r.backend.Sync(ctx, state, diff)
+	elapsed := r.opts.Clock.Since(start)
+	r.lastSync = r.opts.Clock.Now()
+	r.dirty = false
+
+	var stats SyncStats
+	if sr, ok := r.backend.(StatsReporter); ok {
+		stats = sr.LastSyncStats()
+	}
+	m := r.opts.Metrics
+	if err != nil {
+		r.requeue(taken)
+		if r.retryWait == 0 {
+			r.retryWait = r.opts.RetryMin
+		} else {
+			r.retryWait = min(2*r.retryWait, r.opts.MaxInterval)
+		}
+		r.retryAt = r.lastSync.Add(r.retryWait)
+		if m != nil {
+			m.SyncFailures.Inc()
+			m.Syncs.WithLabelValues("error").Inc()
+		}
+		klog.ErrorS(err, "Sync failed; the kernel keeps the previous rules", "mode", r.backend.Mode(), "retryIn", r.retryWait)
+		return
+	}
+	r.retryAt, r.retryWait = time.Time{}, 0
+	r.last = state
+	if m != nil {
+		m.SyncDuration.Observe(elapsed.Seconds())
+		result := "partial"
+		switch {
+		case stats.Full:
+			result = "full"
+			m.SyncFullDuration.Observe(elapsed.Seconds())
+		case stats.Skipped:
+			result = "skipped"
+		default:
+			m.SyncPartialDuration.Observe(elapsed.Seconds())
+		}
+		m.Syncs.WithLabelValues(result).Inc()
+		m.KernelObjects.Add(float64(stats.KernelOps))
+		m.LastSync.SetToCurrentTime()
+		m.ServicesPending.Set(0)
+		m.EndpointsPending.Set(0)
+		now := r.opts.Clock.Now()
+		for _, t := range taken.triggers {
+			if d := now.Sub(t); d >= 0 {
+				m.NetworkProgramming.Observe(d.Seconds())
+			}
+		}
+	}
+	if h := r.opts.Health; h != nil {
+		r.mu.Lock()
+		stillPending := r.pending.services+r.pending.endpoints > 0
+		r.mu.Unlock()
+		if !stillPending {
+			h.Updated()
+		}
+	}
+	klog.V(2).InfoS("Synced", "mode", r.backend.Mode(), "servicePorts", len(state.Services), "full", stats.Full,
+		"kernelObjects", stats.KernelOps, "changed", len(diff.Changed()), "elapsed", elapsed)
+}
+
+// requeue puts changes of a failed sync back so their latency is measured
+// when they finally land.
+func (r *Runner) requeue(p pendingChanges) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending.services += p.services
+	r.pending.endpoints += p.endpoints
+	r.pending.triggers = append(p.triggers, r.pending.triggers...)
+}
