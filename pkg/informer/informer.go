@@ -3,6 +3,7 @@ package informer
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"sync"
 	"sync/atomic"
@@ -65,6 +66,7 @@ type Informer struct {
 	services *store[model.Service]
 	slices   *store[model.EndpointSlice]
 	node     model.Node
+	cidrs    map[string][]netip.Prefix
 }
 
 // watched is one running informer and its handler's registration, whose
@@ -73,6 +75,9 @@ type watched struct {
 	what     string
 	informer cache.SharedIndexInformer
 	reg      cache.ResourceEventHandlerRegistration
+	// optional informers do not gate WaitForSync: proxyd works without
+	// them (an apiserver or RBAC role that lacks the resource).
+	optional bool
 }
 
 // New creates the informers (none runs until Run) and registers their event
@@ -85,7 +90,9 @@ func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
 		services: newStore[model.Service](),
 		slices:   newStore[model.EndpointSlice](),
 		node:     model.Node{Name: opts.NodeName},
+		cidrs:    map[string][]netip.Prefix{},
 	}
+	i.watchServiceCIDRs(client, opts.ResyncPeriod)
 
 	srcs := []source{sourceDefault}
 	if opts.ProxyName != "" {
@@ -177,7 +184,9 @@ func (i *Informer) Run(ctx context.Context) {
 func (i *Informer) WaitForSync(ctx context.Context) error {
 	checkers := make([]cache.DoneChecker, 0, len(i.watches))
 	for _, w := range i.watches {
-		checkers = append(checkers, w.reg.HasSyncedChecker())
+		if !w.optional {
+			checkers = append(checkers, w.reg.HasSyncedChecker())
+		}
 	}
 	if !cache.WaitFor(ctx, "", checkers...) {
 		return fmt.Errorf("wait for informers to sync: %w", context.Cause(ctx))
@@ -189,7 +198,7 @@ func (i *Informer) WaitForSync(ctx context.Context) error {
 // Synced reports whether every informer's initial list has been delivered.
 func (i *Informer) Synced() bool {
 	for _, w := range i.watches {
-		if !w.reg.HasSynced() {
+		if !w.optional && !w.reg.HasSynced() {
 			return false
 		}
 	}
@@ -202,9 +211,10 @@ func (i *Informer) Snapshot() model.Snapshot {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	return model.Snapshot{
-		Node:     i.node,
-		Services: i.services.snapshot(),
-		Slices:   i.slices.snapshot(),
+		Node:         i.node,
+		Services:     i.services.snapshot(),
+		Slices:       i.slices.snapshot(),
+		ServiceCIDRs: i.serviceCIDRs(),
 	}
 }
 

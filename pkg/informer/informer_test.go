@@ -3,11 +3,14 @@ package informer
 import (
 	"context"
 	"errors"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
+	networking "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -299,8 +302,8 @@ func TestInformerTracksServicesSlicesAndNode(t *testing.T) {
 
 func TestInformerWithoutProxyNameIgnoresLabelledObjects(t *testing.T) {
 	client, inf, rec := start(t, Options{NodeName: "node-a"})
-	if len(inf.watches) != 3 {
-		t.Errorf("%d informers, want services, slices and node", len(inf.watches))
+	if len(inf.watches) != 4 {
+		t.Errorf("%d informers, want servicecidrs, services, slices and node", len(inf.watches))
 	}
 	create(t, client,
 		service(func(s *v1.Service) { s.Name = "named" }, withLabel(LabelServiceProxyName, "proxyd")),
@@ -320,8 +323,8 @@ func TestInformerWithoutProxyNameIgnoresLabelledObjects(t *testing.T) {
 
 func TestInformerWithInvalidProxyNameWatchesOnlyUnlabelled(t *testing.T) {
 	inf := New(fake.NewClientset(), Options{ProxyName: "not a label value!"}, nil)
-	if len(inf.watches) != 2 {
-		t.Errorf("%d informers, want services and slices only", len(inf.watches))
+	if len(inf.watches) != 3 {
+		t.Errorf("%d informers, want servicecidrs, services and slices only", len(inf.watches))
 	}
 }
 
@@ -391,5 +394,32 @@ func TestResyncsTriggerNothing(t *testing.T) {
 	case c := <-rec.ch:
 		t.Errorf("resync triggered %+v", c)
 	default:
+	}
+}
+
+func TestServiceCIDRsReachTheSnapshotWithoutGatingSync(t *testing.T) {
+	client := fake.NewClientset()
+	rec := newRecorder()
+	inf := New(client, Options{}, rec)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go inf.Run(ctx)
+	if err := inf.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, err := client.NetworkingV1().ServiceCIDRs().Create(ctx, &networking.ServiceCIDR{
+		ObjectMeta: metav1.ObjectMeta{Name: "kubernetes"},
+		Spec:       networking.ServiceCIDRSpec{CIDRs: []string{"10.96.0.0/16", "not-a-cidr", "fd00:10:96::/112"}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.next(t); got.kind != KindService {
+		t.Fatalf("change = %+v, want service", got)
+	}
+	got := inf.Snapshot().ServiceCIDRs
+	want := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:10:96::/112")}
+	if !slices.Equal(got, want) {
+		t.Errorf("ServiceCIDRs = %v, want %v", got, want)
 	}
 }

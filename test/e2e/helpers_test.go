@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"log"
 	"net/http"
 	"os"
 	"regexp"
@@ -54,7 +55,7 @@ func needEnv(t *testing.T) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Logf: t.Logf})
+	l, err := lab.Start(ctx, lab.Config{Logf: log.Printf})
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}
