@@ -9,7 +9,7 @@ GO ?= go
 CACHE ?= $(HOME)/.cache/proxyd
 BIN := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
-APT_PACKAGES := nftables iptables conntrack ipset iproute2 openssl curl kmod \
+APT_PACKAGES := nftables iptables conntrack ipset iproute2 openssl curl \
 	qemu-system-x86 busybox-static cpio xz-utils
 E2E_TIMEOUT ?= 30m
 
@@ -35,7 +35,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo ">>> installing Debian packages:$$missing"; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 	$(GO) mod download
 
