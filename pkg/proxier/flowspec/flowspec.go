@@ -91,6 +91,9 @@ var (
 	LocalVIP       = netip.MustParseAddr("10.96.0.70")
 	HeadlessLikeIP = netip.MustParseAddr("10.96.0.99")
 	WebVIPv6       = netip.MustParseAddr("fd00:10:96::10")
+
+	ServiceCIDR   = netip.MustParsePrefix("10.96.0.0/16")
+	ServiceCIDRv6 = netip.MustParsePrefix("fd00:10:96::/112")
 )
 
 // EchoPort is the port every lab Pod serves on, TCP and UDP.
@@ -149,9 +152,10 @@ func Snapshot() model.Snapshot {
 		slice("local", "local-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
 	}
 	snap := model.Snapshot{
-		Node:     model.Node{Name: NodeName, IPs: []netip.Addr{NodeIP}, Ready: true},
-		Services: map[model.NamespacedName]*model.Service{},
-		Slices:   map[model.NamespacedName]*model.EndpointSlice{},
+		Node:         model.Node{Name: NodeName, IPs: []netip.Addr{NodeIP}, Ready: true},
+		ServiceCIDRs: []netip.Prefix{ServiceCIDR, ServiceCIDRv6},
+		Services:     map[model.NamespacedName]*model.Service{},
+		Slices:       map[model.NamespacedName]*model.EndpointSlice{},
 	}
 	for _, s := range services {
 		snap.Services[model.NamespacedName{Namespace: s.Namespace, Name: s.Name}] = s
@@ -181,15 +185,19 @@ func Cases() []Case {
 		{Name: "TCP from the node itself to a ClusterIP reaches any of its three Pods, masqueraded as it comes from outside the cluster CIDR", Packet: Packet{Src: NodeIP, Dst: vip(WebVIP, 80), Proto: model.TCP, FromNode: true}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), Masquerade: true},
 		{Name: "a Pod reaching itself through its VIP is masqueraded (hairpin)", Packet: Packet{Src: Pod1, Dst: vip(WebVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), HairpinEndpoint: netip.AddrPortFrom(Pod1, EchoPort)},
 		{Name: "UDP to a ClusterIP reaches its two Pods", Packet: Packet{Src: Client, Dst: vip(DNSVIP, 53), Proto: model.UDP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
-		{Name: "UDP to the TCP-only web VIP is not a Service", Packet: Packet{Src: Client, Dst: vip(WebVIP, 80), Proto: model.UDP}, Want: Untouched},
-		{Name: "a port the Service does not have is left alone", Packet: Packet{Src: Client, Dst: vip(WebVIP, 81), Proto: model.TCP}, Want: Untouched},
+		{Name: "UDP to the TCP-only web VIP is refused, as a port the Service does not have", Packet: Packet{Src: Client, Dst: vip(WebVIP, 80), Proto: model.UDP}, Want: Reject},
+		{Name: "a port the Service does not have is refused", Packet: Packet{Src: Client, Dst: vip(WebVIP, 81), Proto: model.TCP}, Want: Reject},
+		{Name: "a port the Service does not have is refused from the node too", Packet: Packet{Src: NodeIP, Dst: vip(WebVIP, 81), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a Service without endpoints rejects", Packet: Packet{Src: Client, Dst: vip(EmptyVIP, 80), Proto: model.TCP}, Want: Reject},
 		{Name: "a Service without endpoints rejects node-originated traffic too", Packet: Packet{Src: NodeIP, Dst: vip(EmptyVIP, 80), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a Service whose only endpoint is not ready rejects", Packet: Packet{Src: Client, Dst: vip(NotReadyVIP, 80), Proto: model.TCP}, Want: Reject},
 		{Name: "with no ready endpoint, serving terminating endpoints take traffic", Packet: Packet{Src: Client, Dst: vip(TermVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod2)},
 		{Name: "SCTP to a ClusterIP reaches its Pod", Packet: Packet{Src: Client, Dst: vip(SCTPVIP, 9999), Proto: model.SCTP}, Want: DNAT, Endpoints: at(Pod1)},
 		{Name: "internalTrafficPolicy Local uses only this node's endpoint", Packet: Packet{Src: Client, Dst: vip(LocalVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1)},
-		{Name: "an address that is no ClusterIP (a headless Service's name resolves to Pods) is untouched", Packet: Packet{Src: Client, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP}, Want: Untouched},
+		{Name: "an unallocated address in the service range is refused", Packet: Packet{Src: Client, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP}, Want: Reject},
+		{Name: "an unallocated address in the service range is refused from the node too", Packet: Packet{Src: NodeIP, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP, FromNode: true}, Want: Reject},
+		{Name: "a Pod address (what a headless Service's name resolves to) is untouched", Packet: Packet{Src: Client, Dst: vip(Pod1, EchoPort), Proto: model.TCP}, Want: Untouched},
+		{Name: "a Pod address is untouched from the node too", Packet: Packet{Src: NodeIP, Dst: vip(Pod1, EchoPort), Proto: model.TCP, FromNode: true}, Want: Untouched},
 		{Name: "IPv6 to the dual-stack ClusterIP reaches the IPv6 endpoints", Packet: Packet{Src: Clientv6, Dst: vip(WebVIPv6, 80), Proto: model.TCP}, Want: DNAT, Endpoints: []netip.AddrPort{netip.AddrPortFrom(Pod1v6, EchoPort), netip.AddrPortFrom(Pod2v6, EchoPort)}},
 	}
 }

@@ -183,7 +183,11 @@ func (p Plan) String() string {
 				verb = "delete"
 			}
 			for _, e := range op.Elements {
-				fmt.Fprintf(&b, "%s element %s { %s }\n", verb, op.Set.Name, strings.TrimSuffix(elementID(op.Set.Fields, e), " : "))
+				elem := e.Key(op.Set.Fields)
+				if op.Set.Verdicts {
+					elem += " : goto " + e.Goto
+				}
+				fmt.Fprintf(&b, "%s element %s { %s }\n", verb, op.Set.Name, elem)
 			}
 		}
 	}

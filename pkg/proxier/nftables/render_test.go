@@ -1,0 +1,122 @@
+package nftables
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func TestRenderGolden(t *testing.T) {
+	st := flowspec.State()
+	golden(t, "flowspec-ipv4.nft", Render(st, flowspec.Config(), model.IPv4).String())
+	golden(t, "flowspec-ipv6.nft", Render(st, flowspec.Config(), model.IPv6).String())
+}
+
+func TestPacketFlowSpec(t *testing.T) {
+	st := flowspec.State()
+	flowspec.Run(t, NewTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6)))
+}
+
+func TestRenderIsDeterministic(t *testing.T) {
+	a := Render(flowspec.State(), flowspec.Config(), model.IPv4).String()
+	for range 20 {
+		if b := Render(flowspec.State(), flowspec.Config(), model.IPv4).String(); b != a {
+			t.Fatalf("two renderings of one State differ:\n%s\n%s", a, b)
+		}
+	}
+}
+
+// The ruleset grows by one chain per service port and one rule per
+// endpoint (plus the masquerade rule): nothing per endpoint beyond that.
+func TestRuleCountGrowsLinearly(t *testing.T) {
+	st := bigState(100, 10)
+	r := Render(st, flowspec.Config(), model.IPv4)
+	chains, rules := 0, 0
+	for _, c := range r.Chains {
+		if strings.HasPrefix(c.Name, serviceChainPrefix) {
+			chains++
+			rules += len(c.Rules)
+		}
+	}
+	if chains != 100 || rules != 100*(10+1) {
+		t.Errorf("100 services × 10 endpoints: %d service chains, %d rules; want 100 and 1100", chains, rules)
+	}
+}
+
+func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
+	cfg := flowspec.Config()
+	before := bigState(3, 3)
+	t.Run("no change writes nothing", func(t *testing.T) {
+		p := IncrementalPlan(Render(before, cfg, model.IPv4), Render(bigState(3, 3), cfg, model.IPv4))
+		if !p.Empty() {
+			t.Errorf("plan:\n%s", p)
+		}
+	})
+	t.Run("an endpoint change rewrites one chain", func(t *testing.T) {
+		after := bigState(3, 3)
+		sp := after.Services[svcKey(1)]
+		sp.ClusterEndpoints = sp.ClusterEndpoints[:2]
+		golden(t, "plan-endpoint-removed.txt", IncrementalPlan(Render(before, cfg, model.IPv4), Render(after, cfg, model.IPv4)).String())
+	})
+	t.Run("a new and a deleted Service add and delete a chain and its elements", func(t *testing.T) {
+		after := bigState(3, 3)
+		delete(after.Services, svcKey(0))
+		extra := bigState(4, 3).Services[svcKey(3)]
+		after.Services[extra.Key] = extra
+		golden(t, "plan-service-added-removed.txt", IncrementalPlan(Render(before, cfg, model.IPv4), Render(after, cfg, model.IPv4)).String())
+	})
+}
+
+func svcKey(i int) model.ServicePortKey {
+	return model.ServicePortKey{Namespace: "bench", Name: fmt.Sprintf("svc-%05d", i), Port: "http", Protocol: model.TCP}
+}
+
+// bigState has n Services with eps ready endpoints each.
+func bigState(n, eps int) *model.State { return model.Build(bigSnapshot(n, eps)) }
+
+func bigSnapshot(n, eps int) model.Snapshot {
+	snap := model.Snapshot{Node: model.Node{Name: "node1"}, Services: map[model.NamespacedName]*model.Service{}, Slices: map[model.NamespacedName]*model.EndpointSlice{}}
+	for i := range n {
+		name := fmt.Sprintf("svc-%05d", i)
+		vip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		snap.Services[model.NamespacedName{Namespace: "bench", Name: name}] = &model.Service{Namespace: "bench", Name: name,
+			ClusterIPs: []netip.Addr{vip}, Ports: []model.ServicePortSpec{{Name: "http", Protocol: model.TCP, Port: 80}}}
+		es := &model.EndpointSlice{Namespace: "bench", Name: name + "-1", ServiceName: name, Family: model.IPv4,
+			Ports: []model.SlicePort{{Name: "http", Protocol: model.TCP, Port: 8080}}}
+		for j := range eps {
+			ip := netip.AddrFrom4([4]byte{10, byte(128 + (i*eps+j)>>16), byte((i*eps + j) >> 8), byte(i*eps + j)})
+			es.Endpoints = append(es.Endpoints, model.SliceEndpoint{Addresses: []netip.Addr{ip}, Ready: true, Serving: true})
+		}
+		snap.Slices[model.NamespacedName{Namespace: "bench", Name: es.Name}] = es
+	}
+	return snap
+}

@@ -1,0 +1,160 @@
+package nftables
+
+import (
+	"net/netip"
+
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+// Tracer evaluates a rendered Ruleset for one packet the way the kernel
+// would walk proxyd's chains: nat prerouting or output, the filter hooks,
+// then nat postrouting.
+type Tracer struct{ R *Ruleset }
+
+type packet struct {
+	flowspec.Packet
+	dst    netip.AddrPort
+	mark   uint32
+	dnat   bool
+	masq   bool
+	reject bool
+}
+
+// Trace implements flowspec.Tracer.
+func (t Tracer) Trace(p flowspec.Packet, rnd func(uint32) uint32) flowspec.Result {
+	pk := &packet{Packet: p, dst: p.Dst}
+	natHook, filterHooks := chainNatPrerouting, []string{chainFilterForward}
+	if p.FromNode {
+		natHook, filterHooks = chainNatOutput, []string{chainFilterOutput, chainFilterPostDNAT}
+	}
+	// The filter chain at -110 on output runs before nat output at -100.
+	if p.FromNode {
+		t.run(t.R.Chain(chainFilterOutput), pk, rnd)
+		filterHooks = filterHooks[1:]
+	}
+	if !pk.reject {
+		t.run(t.R.Chain(natHook), pk, rnd)
+	}
+	for _, h := range filterHooks {
+		if pk.reject {
+			break
+		}
+		t.run(t.R.Chain(h), pk, rnd)
+	}
+	if pk.reject {
+		return flowspec.Result{Verdict: flowspec.Reject}
+	}
+	t.run(t.R.Chain(chainNatPostroute), pk, rnd)
+	if !pk.dnat {
+		return flowspec.Result{Verdict: flowspec.Untouched, Masquerade: pk.masq}
+	}
+	return flowspec.Result{Verdict: flowspec.DNAT, Endpoint: pk.dst, Masquerade: pk.masq}
+}
+
+// run evaluates a chain; it returns true when a verdict ended evaluation.
+func (t Tracer) run(c *Chain, pk *packet, rnd func(uint32) uint32) bool {
+	if c == nil {
+		return false
+	}
+	for _, r := range c.Rules {
+		if t.rule(r, pk, rnd) {
+			return true
+		}
+	}
+	return false
+}
+
+func (t Tracer) rule(r Rule, pk *packet, rnd func(uint32) uint32) bool {
+	for _, s := range r {
+		switch s := s.(type) {
+		case MatchServiceTuple:
+			e, ok := t.lookup(s.Set, []Value{{Addr: pk.dst.Addr()}, {Proto: pk.Proto}, {Port: pk.dst.Port()}})
+			if !ok {
+				return false
+			}
+			if s.Vmap {
+				t.run(t.R.Chain(e.Goto), pk, rnd)
+				return true // goto: the calling chain does not resume
+			}
+		case MatchSourceDest:
+			if _, ok := t.lookup(s.Set, []Value{{Addr: pk.Src}, {Addr: pk.dst.Addr()}}); !ok {
+				return false
+			}
+		case MatchDestIn:
+			if s.Set != "" {
+				if _, ok := t.lookup(s.Set, []Value{{Addr: pk.dst.Addr()}}); !ok {
+					return false
+				}
+			} else if !s.Prefix.Contains(pk.dst.Addr()) {
+				return false
+			}
+		case MatchCtStateNew:
+		case MatchCtStatusDNAT:
+			if !pk.dnat {
+				return false
+			}
+		case MatchMark:
+			if pk.mark&s.Mark != s.Mark {
+				return false
+			}
+		case MatchSourceNotIn:
+			if s.Prefix.Contains(pk.Src) {
+				return false
+			}
+		case MatchL4Proto:
+			if s.Proto != pk.Proto {
+				return false
+			}
+		case PickOneIn:
+			if rnd(uint32(s.N)) != 0 {
+				return false
+			}
+		case SetMark:
+			pk.mark |= s.Mark
+		case ClearMark:
+			pk.mark ^= s.Mark
+		case Masquerade:
+			pk.masq = true
+			return true
+		case Reject:
+			pk.reject = true
+			return true
+		case DNAT:
+			pk.dst, pk.dnat = s.Target, true
+			return true
+		case Jump:
+			if t.run(t.R.Chain(s.Chain), pk, rnd) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (t Tracer) lookup(set string, key []Value) (Element, bool) {
+	s := t.R.Set(set)
+	if s == nil {
+		return Element{}, false
+	}
+	want := Element{Fields: key}.Key(s.Fields)
+	for _, e := range s.Elements {
+		if e.Key(s.Fields) == want {
+			return e, true
+		}
+	}
+	return Element{}, false
+}
+
+// familyTracer picks the ruleset of the packet's family.
+type familyTracer struct{ v4, v6 *Ruleset }
+
+// NewTracer returns a flowspec.Tracer over both families' rulesets.
+func NewTracer(v4, v6 *Ruleset) flowspec.Tracer { return familyTracer{v4, v6} }
+
+func (f familyTracer) Trace(p flowspec.Packet, rnd func(uint32) uint32) flowspec.Result {
+	r := f.v4
+	if p.Dst.Addr().Is6() {
+		r = f.v6
+	}
+	return Tracer{R: r}.Trace(p, rnd)
+}
