@@ -25,6 +25,9 @@ type RunnerOptions struct {
 	Clock    clock.WithTicker
 	Metrics  *metrics.Metrics
 	Health   *healthz.Health
+	// AfterSync, if set, runs after every successful sync with what it
+	// wrote (conntrack clean-up consumes the Diff).
+	AfterSync func(*model.State, model.Diff)
 }
 
 // Runner owns time: it turns change notifications into bounded-frequency
@@ -187,6 +190,9 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	}
 	r.retryAt, r.retryWait = time.Time{}, 0
 	r.last = state
+	if r.opts.AfterSync != nil {
+		r.opts.AfterSync(state, diff)
+	}
 	if m != nil {
 		m.SyncDuration.Observe(elapsed.Seconds())
 		result := "partial"

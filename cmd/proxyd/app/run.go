@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/healthz"
 	"github.com/proxyd/proxyd/pkg/informer"
 	"github.com/proxyd/proxyd/pkg/metrics"
@@ -55,9 +56,16 @@ func Run(ctx context.Context, o *Options) error {
 		}
 	}()
 
+	var afterSync func(*model.State, model.Diff)
+	if cleaner, err := conntrack.New(); err != nil {
+		klog.ErrorS(err, "Stale UDP flows will not be cleared; they expire on their own")
+	} else {
+		defer cleaner.Close()
+		afterSync = func(s *model.State, d model.Diff) { cleaner.Clean(conntrack.Filters(d, s)) }
+	}
 	var inf *informer.Informer
 	runner := proxier.NewRunner(backend, func() *model.State { return model.Build(inf.Snapshot()) }, proxier.RunnerOptions{
-		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health,
+		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
