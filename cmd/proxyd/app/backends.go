@@ -8,6 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
 	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
 
@@ -26,6 +27,8 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 	switch mode {
 	case "nftables":
 		return nftables.New(cfg)
+	case "ipvs":
+		return ipvs.New(cfg, ipvs.WithScheduler(o.IPVSScheduler))
 	}
 	return nil, fmt.Errorf("--mode %s is not available in this build yet", mode)
 }
@@ -38,6 +41,14 @@ func CleanupAll(ctx context.Context, o *Options, keep string) error {
 	var errs []error
 	for _, mode := range Modes {
 		if mode == keep {
+			continue
+		}
+		if mode == "ipvs" {
+			// Works without ip_vs too: it still removes proxyd's
+			// interface and netfilter table.
+			if err := ipvs.Cleanup(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("clean up ipvs rules: %w", err))
+			}
 			continue
 		}
 		b, err := newBackend(o, mode)

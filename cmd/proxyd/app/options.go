@@ -15,6 +15,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
+
+	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
 )
 
 // Modes proxyd can run in.
@@ -132,8 +134,10 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", name, addr))
 		}
 	}
-	if o.Mode == "ipvs" && !contains([]string{"rr", "lc", "wrr", "wlc", "sh", "dh", "mh", "sed", "nq", "lblc", "lblcr", "fo", "ovf", "twos"}, o.IPVSScheduler) {
-		errs = append(errs, fmt.Errorf("--ipvs-scheduler %q: unknown scheduler", o.IPVSScheduler))
+	if o.Mode == "ipvs" {
+		if _, err := ipvs.ValidateScheduler(o.IPVSScheduler); err != nil {
+			errs = append(errs, fmt.Errorf("--ipvs-scheduler: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

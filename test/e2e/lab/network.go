@@ -199,7 +199,7 @@ func (l *Lab) buildEcho(ctx context.Context) error {
 	}
 	goBin, err := exec.LookPath("go")
 	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goBin = "/usr/local/go/bin/go"
 	}
 	out := filepath.Join(l.Dir, "echo")
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, EchoPackage)

@@ -1,0 +1,124 @@
+package ipvs
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+// TableName is the nftables table (family inet) the backend owns.
+const TableName = "proxyd-ipvs"
+
+// Tuple is a ClusterIP, protocol and port: one virtual server.
+type Tuple struct {
+	Addr     netip.Addr
+	Protocol model.Protocol
+	Port     uint16
+}
+
+// HairpinTuple is an endpoint that may be reached through a Service by
+// itself; such a connection is masqueraded (kube-proxy's KUBE-LOOP-BACK).
+type HairpinTuple struct {
+	Endpoint netip.AddrPort
+	Protocol model.Protocol
+}
+
+// Ruleset is the netfilter side of the IPVS table: the sets and switches
+// the proxyd-ipvs nftables table is made of. It masquerades, and rejects
+// new connections IPVS does not take: to a ClusterIP on a port or protocol
+// no virtual server has, or to an address of the service ranges that is
+// no ClusterIP. (A virtual server without real servers needs no rule: IPVS
+// rejects those itself.) Its String is the table in
+// `nft list` syntax, the golden text of tests.
+type Ruleset struct {
+	// ClusterIPs are all virtual servers; traffic to them from outside
+	// the cluster CIDR of its family is marked for masquerade.
+	ClusterIPs []Tuple
+	// ServiceCIDRs are the ClusterIP ranges; new connections to an address
+	// in them that IPVS did not take are rejected.
+	ServiceCIDRs []netip.Prefix
+	// Hairpin are the endpoints whose connections to themselves through
+	// a Service are masqueraded.
+	Hairpin []HairpinTuple
+	// ClusterCIDR4 and ClusterCIDR6 are the Pod ranges; an invalid prefix
+	// means none for that family, and then only MasqueradeAll marks.
+	ClusterCIDR4, ClusterCIDR6 netip.Prefix
+	MasqueradeAll              bool
+	// Mark is the masquerade mark bit.
+	Mark uint32
+}
+
+// Equal reports whether r and o program the same table.
+func (r *Ruleset) Equal(o *Ruleset) bool {
+	if r == nil || o == nil {
+		return r == o
+	}
+	return slices.Equal(r.ClusterIPs, o.ClusterIPs) && slices.Equal(r.ServiceCIDRs, o.ServiceCIDRs) &&
+		slices.Equal(r.Hairpin, o.Hairpin) && r.ClusterCIDR4 == o.ClusterCIDR4 && r.ClusterCIDR6 == o.ClusterCIDR6 &&
+		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark
+}
+
+// vips returns the distinct ClusterIPs, sorted.
+func (r *Ruleset) vips() []netip.Addr {
+	var out []netip.Addr
+	for _, t := range r.ClusterIPs {
+		out = append(out, t.Addr)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// inServiceCIDR reports whether a is in one of the service ranges.
+func (r *Ruleset) inServiceCIDR(a netip.Addr) bool {
+	return slices.ContainsFunc(r.ServiceCIDRs, func(p netip.Prefix) bool { return p.Contains(a) })
+}
+
+// has reports whether t is in list.
+func has(list []Tuple, t Tuple) bool { return slices.Contains(list, t) }
+
+// marks reports whether a new connection from src to a ClusterIP is
+// marked for masquerade.
+func (r *Ruleset) marks(src netip.Addr) bool {
+	if r.MasqueradeAll {
+		return true
+	}
+	cidr := r.ClusterCIDR4
+	if !src.Is4() {
+		cidr = r.ClusterCIDR6
+	}
+	return cidr.IsValid() && !cidr.Contains(src)
+}
+
+func (r *Ruleset) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table inet %s {\n", TableName)
+	for _, s := range r.sets() {
+		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, s.keyType.Name)
+		if len(s.elements) > 0 {
+			b.WriteString("\t\telements = {\n")
+			for _, e := range s.elements {
+				fmt.Fprintf(&b, "\t\t\t%s,\n", e.text)
+			}
+			b.WriteString("\t\t}\n")
+		}
+		b.WriteString("\t}\n")
+	}
+	rules := r.rules()
+	for _, c := range chains {
+		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
+		if c.hook != "" {
+			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.kind, c.hook, c.priorityText)
+		}
+		for _, rl := range rules {
+			if rl.chain == c.name {
+				fmt.Fprintf(&b, "\t\t%s\n", rl.text)
+			}
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}

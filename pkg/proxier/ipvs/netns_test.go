@@ -1,0 +1,102 @@
+package ipvs
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+// testNetns creates a network namespace pxd-ipvs-<pid>-<name> for a test that
+// needs a real kernel, and deletes it afterwards. The root namespace is
+// never touched. It skips unless running as root with ip(8) available.
+func testNetns(t *testing.T, name string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip(8)")
+	}
+	ns := fmt.Sprintf("pxd-ipvs-%d-%s", os.Getpid(), name)
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Skipf("cannot create netns %s: %v: %s", ns, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("delete netns %s: %v: %s", ns, err, out)
+		}
+	})
+	return ns
+}
+
+func nftList(t *testing.T, ns string) (string, error) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns, "nft", "list", "table", "inet", TableName).CombinedOutput()
+	return string(out), err
+}
+
+// normalise makes nft's listing and Ruleset.String comparable: nft lists
+// set elements several to a line, in hash order.
+func normalise(s string) string {
+	var out, run []string
+	flush := func() {
+		slices.Sort(run)
+		out = append(out, run...)
+		run = nil
+	}
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(l), ","))
+		l = strings.TrimPrefix(l, "elements = { ")
+		l = strings.TrimSuffix(l, " }")
+		if l == "" || l == "elements = {" || l == "}" {
+			continue
+		}
+		for _, e := range strings.Split(l, ", ") {
+			e = strings.TrimSpace(e)
+			if strings.Contains(e, " . ") && !strings.Contains(e, "@") && !strings.HasPrefix(e, "type ") {
+				run = append(run, e)
+				continue
+			}
+			flush()
+			out = append(out, e)
+		}
+	}
+	flush()
+	return strings.Join(out, "\n")
+}
+
+func TestNftablesTableInANetns(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft(8) to read the table back")
+	}
+	ns := testNetns(t, "nft")
+	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
+	if err := fw.Delete(); err != nil {
+		t.Fatalf("Delete with no table: %v", err)
+	}
+	tab := Render(flowspec.State(), "rr")
+	r := RenderNetfilter(tab, flowspec.Config())
+	for range 2 { // the second Apply replaces the first
+		if err := fw.Apply(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := nftList(t, ns)
+	if err != nil {
+		t.Fatalf("nft list: %v: %s", err, got)
+	}
+	if g, w := normalise(got), normalise(r.String()); g != w {
+		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
+	}
+	if err := fw.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := nftList(t, ns); err == nil {
+		t.Fatalf("table still there after Delete:\n%s", out)
+	}
+}

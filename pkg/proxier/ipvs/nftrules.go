@@ -1,0 +1,258 @@
+package ipvs
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// This file is the one place the proxyd-ipvs nftables table is described:
+// every rule carries its nft text (for String and golden tests) next to the
+// expressions the kernel gets, so a reader can map one onto the other.
+
+type chainSpec struct {
+	name, kind, hook, priorityText string
+	hooknum                        *nftables.ChainHook
+	priority                       *nftables.ChainPriority
+}
+
+// chains: marking runs in nat prerouting/output, before IPVS sees the
+// packet (IPVS hooks LOCAL_IN at priority 99 and LOCAL_OUT at -98);
+// masquerade in nat postrouting, after IPVS rewrote the destination. The
+// reject chains run where IPVS has already taken what it serves: input at
+// 110 (IPVS steals its packets at 99), output at -90 (IPVS rewrites at -98),
+// so any new connection still addressed to a ClusterIP there is one IPVS
+// has no virtual server for; forward sees only addresses that are not
+// local, i.e. no ClusterIP, so an address of the service ranges there is an
+// unallocated one.
+var chains = []chainSpec{
+	{name: "prerouting", kind: "nat", hook: "prerouting", priorityText: "dstnat", hooknum: nftables.ChainHookPrerouting, priority: nftables.ChainPriorityNATDest},
+	{name: "output", kind: "nat", hook: "output", priorityText: "-100", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityNATDest},
+	{name: "mark-masq"},
+	{name: "postrouting", kind: "nat", hook: "postrouting", priorityText: "srcnat", hooknum: nftables.ChainHookPostrouting, priority: nftables.ChainPriorityNATSource},
+	{name: "reject-input", kind: "filter", hook: "input", priorityText: "110", hooknum: nftables.ChainHookInput, priority: nftables.ChainPriorityRef(110)},
+	{name: "reject-output", kind: "filter", hook: "output", priorityText: "-90", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityRef(-90)},
+	{name: "reject-forward", kind: "filter", hook: "forward", priorityText: "-110", hooknum: nftables.ChainHookForward, priority: nftables.ChainPriorityRef(-110)},
+}
+
+type setElem struct {
+	text string
+	key  []byte
+}
+
+type setSpec struct {
+	name     string
+	keyType  nftables.SetDatatype
+	elements []setElem
+}
+
+type ruleSpec struct {
+	chain string
+	text  string
+	exprs []expr.Any
+}
+
+type family struct {
+	suffix, ip string
+	nfproto    byte
+	saddr      uint32 // network header offsets
+	daddr      uint32
+	addrLen    uint32
+	addrType   nftables.SetDatatype
+	is4        bool
+}
+
+var families = []family{
+	{suffix: "v4", ip: "ip", nfproto: unix.NFPROTO_IPV4, saddr: 12, daddr: 16, addrLen: 4, addrType: nftables.TypeIPAddr, is4: true},
+	{suffix: "v6", ip: "ip6", nfproto: unix.NFPROTO_IPV6, saddr: 8, daddr: 24, addrLen: 16, addrType: nftables.TypeIP6Addr},
+}
+
+// concat joins key parts the way nftables stores a concatenation: each
+// part padded to a multiple of 4 bytes.
+func concat(parts ...[]byte) []byte {
+	var out []byte
+	for _, p := range parts {
+		out = append(out, p...)
+		if pad := len(p) % 4; pad != 0 {
+			out = append(out, make([]byte, 4-pad)...)
+		}
+	}
+	return out
+}
+
+func port(p uint16) []byte { return binaryutil.BigEndian.PutUint16(p) }
+
+func concatType(types ...nftables.SetDatatype) nftables.SetDatatype {
+	t, err := nftables.ConcatSetType(types...)
+	if err != nil { // only for more than five types: a bug here, not input
+		return nftables.TypeInvalid
+	}
+	return t
+}
+
+func (r *Ruleset) sets() []setSpec {
+	var out []setSpec
+	for _, f := range families {
+		svcType := concatType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService)
+		tupleSet := func(name string, list []Tuple) setSpec {
+			s := setSpec{name: name + "-" + f.suffix, keyType: svcType}
+			for _, t := range list {
+				if t.Addr.Is4() != f.is4 {
+					continue
+				}
+				s.elements = append(s.elements, setElem{
+					text: fmt.Sprintf("%s . %s . %d", t.Addr, t.Protocol.Lower(), t.Port),
+					key:  concat(t.Addr.AsSlice(), []byte{byte(protoNumber(t.Protocol))}, port(t.Port)),
+				})
+			}
+			return s
+		}
+		vips := setSpec{name: "cluster-vips-" + f.suffix, keyType: f.addrType}
+		for _, a := range r.vips() {
+			if a.Is4() == f.is4 {
+				vips.elements = append(vips.elements, setElem{text: a.String(), key: a.AsSlice()})
+			}
+		}
+		out = append(out, tupleSet("cluster-ips", r.ClusterIPs), vips)
+		hp := setSpec{name: "hairpin-" + f.suffix, keyType: concatType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService, f.addrType)}
+		for _, h := range r.Hairpin {
+			a := h.Endpoint.Addr()
+			if a.Is4() != f.is4 {
+				continue
+			}
+			hp.elements = append(hp.elements, setElem{
+				text: fmt.Sprintf("%s . %s . %d . %s", a, h.Protocol.Lower(), h.Endpoint.Port(), a),
+				key:  concat(a.AsSlice(), []byte{byte(protoNumber(h.Protocol))}, port(h.Endpoint.Port()), a.AsSlice()),
+			})
+		}
+		out = append(out, hp)
+	}
+	return out
+}
+
+// Register numbers: a concatenation is loaded into consecutive 32-bit
+// registers starting at NFT_REG_1 (= NFT_REG32_00, 8).
+const reg1 = 1
+
+func reg32(byteOffset uint32) uint32 { return unix.NFT_REG32_00 + byteOffset/4 }
+
+// loadTuple loads "<ip> daddr . meta l4proto . th dport" into reg 1 on,
+// after checking the family; it returns the byte length loaded.
+func (f family) loadTuple() ([]expr.Any, uint32) {
+	ex := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{f.nfproto}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(f.addrLen)},
+		&expr.Payload{DestRegister: reg32(f.addrLen + 4), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+	return ex, f.addrLen + 8
+}
+
+func lookup(set string) *expr.Lookup { return &expr.Lookup{SourceRegister: reg1, SetName: set} }
+
+func markBit(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+	}
+}
+
+func (r *Ruleset) rules() []ruleSpec {
+	mark := fmt.Sprintf("0x%08x", r.Mark)
+	out := []ruleSpec{
+		{chain: "prerouting", text: "jump mark-masq", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "mark-masq"}}},
+		{chain: "output", text: "jump mark-masq", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "mark-masq"}}},
+	}
+	for _, f := range families {
+		cidr := r.ClusterCIDR4
+		if !f.is4 {
+			cidr = r.ClusterCIDR6
+		}
+		tuple, _ := f.loadTuple()
+		tupleText := f.ip + " daddr . meta l4proto . th dport"
+		switch {
+		case r.MasqueradeAll:
+			ex := append(append(tuple, lookup("cluster-ips-"+f.suffix)), markBit(r.Mark)...)
+			out = append(out, ruleSpec{chain: "mark-masq", text: fmt.Sprintf("%s @cluster-ips-%s meta mark set meta mark | %s", tupleText, f.suffix, mark), exprs: ex})
+		case cidr.IsValid():
+			ex := append(tuple, lookup("cluster-ips-"+f.suffix),
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: f.addrLen, Mask: prefixMask(cidr), Xor: make([]byte, f.addrLen)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: cidr.Addr().AsSlice()})
+			ex = append(ex, markBit(r.Mark)...)
+			out = append(out, ruleSpec{chain: "mark-masq", text: fmt.Sprintf("%s @cluster-ips-%s %s saddr != %s meta mark set meta mark | %s", tupleText, f.suffix, f.ip, cidr, mark), exprs: ex})
+		}
+	}
+	for _, f := range families {
+		tuple, n := f.loadTuple()
+		ex := append(tuple,
+			&expr.Payload{DestRegister: reg32(n), Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
+			lookup("hairpin-"+f.suffix), &expr.Masq{})
+		out = append(out, ruleSpec{chain: "postrouting", text: fmt.Sprintf("%s daddr . meta l4proto . th dport . %s saddr @hairpin-%s masquerade", f.ip, f.ip, f.suffix), exprs: ex})
+	}
+	out = append(out, ruleSpec{chain: "postrouting",
+		text: fmt.Sprintf("meta mark & %s != 0x00000000 meta mark set meta mark & 0x%08x masquerade", mark, ^r.Mark),
+		exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(r.Mark), Xor: make([]byte, 4)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(^r.Mark), Xor: make([]byte, 4)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
+			&expr.Masq{},
+		}})
+	for _, f := range families {
+		for _, chain := range []string{"reject-input", "reject-output"} {
+			ex := append(ctNew(), &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{f.nfproto}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
+				lookup("cluster-vips-"+f.suffix), rejectExpr())
+			out = append(out, ruleSpec{chain: chain, text: fmt.Sprintf("ct state new %s daddr @cluster-vips-%s reject", f.ip, f.suffix), exprs: ex})
+		}
+	}
+	for _, cidr := range r.ServiceCIDRs {
+		f := families[0]
+		if !cidr.Addr().Is4() {
+			f = families[1]
+		}
+		for _, chain := range []string{"reject-output", "reject-forward"} {
+			ex := append(ctNew(), &expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{f.nfproto}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: f.addrLen, Mask: prefixMask(cidr), Xor: make([]byte, f.addrLen)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: cidr.Addr().AsSlice()},
+				rejectExpr())
+			out = append(out, ruleSpec{chain: chain, text: fmt.Sprintf("ct state new %s daddr %s reject", f.ip, cidr), exprs: ex})
+		}
+	}
+	return out
+}
+
+func ctNew() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
+		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitNEW), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: make([]byte, 4)},
+	}
+}
+
+// rejectExpr answers with ICMP (or ICMPv6) port unreachable, like IPVS
+// and proxyd's other modes.
+func rejectExpr() expr.Any {
+	return &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}
+}
+
+func prefixMask(p netip.Prefix) []byte {
+	n := p.Addr().BitLen() / 8
+	m := make([]byte, n)
+	for i := range p.Bits() {
+		m[i/8] |= 0x80 >> (i % 8)
+	}
+	return m
+}

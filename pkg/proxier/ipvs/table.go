@@ -1,0 +1,141 @@
+package ipvs
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+// VSKey is a virtual server's identity in the kernel.
+type VSKey struct {
+	Addr     netip.Addr
+	Protocol model.Protocol
+	Port     uint16
+}
+
+func (k VSKey) String() string {
+	return fmt.Sprintf("%s %s", k.Protocol, netip.AddrPortFrom(k.Addr, k.Port))
+}
+
+// Compare orders keys by address, port, protocol.
+func (k VSKey) Compare(o VSKey) int {
+	if c := k.Addr.Compare(o.Addr); c != 0 {
+		return c
+	}
+	if k.Port != o.Port {
+		if k.Port < o.Port {
+			return -1
+		}
+		return 1
+	}
+	return strings.Compare(string(k.Protocol), string(o.Protocol))
+}
+
+// RealServer is one destination of a virtual server, always forwarded by
+// masquerading (NAT).
+type RealServer struct {
+	Addr   netip.AddrPort
+	Weight int
+}
+
+// VirtualServer is one IPVS service proxyd wants.
+type VirtualServer struct {
+	VSKey
+	Scheduler string
+	// Timeout is the persistence timeout in seconds (sessionAffinity
+	// ClientIP); 0 means not persistent.
+	Timeout uint32
+	// Service is the service port this virtual server implements.
+	Service model.ServicePortKey
+	// RealServers are sorted by address.
+	RealServers []RealServer
+}
+
+// Persistent reports whether the virtual server pins clients.
+func (v *VirtualServer) Persistent() bool { return v.Timeout > 0 }
+
+// Table is the IPVS table proxyd wants, plus the addresses it binds.
+type Table struct {
+	Servers map[VSKey]*VirtualServer
+	// Conflicts are service ports left out because an earlier one (by key
+	// order) already claimed the same address, port and protocol.
+	Conflicts []string
+	// ServiceCIDRs are the State's ClusterIP ranges.
+	ServiceCIDRs []netip.Prefix
+}
+
+// Sorted returns the virtual servers ordered by key.
+func (t *Table) Sorted() []*VirtualServer {
+	out := make([]*VirtualServer, 0, len(t.Servers))
+	for _, v := range t.Servers {
+		out = append(out, v)
+	}
+	slices.SortFunc(out, func(a, b *VirtualServer) int { return a.Compare(b.VSKey) })
+	return out
+}
+
+// VIPs returns the distinct virtual server addresses, sorted.
+func (t *Table) VIPs() []netip.Addr {
+	var out []netip.Addr
+	for k := range t.Servers {
+		out = append(out, k.Addr)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
+}
+
+// String renders the table like `ipvsadm -Ln`, deterministic, for logs and
+// golden tests.
+func (t *Table) String() string {
+	var b strings.Builder
+	for _, v := range t.Sorted() {
+		fmt.Fprintf(&b, "%-4s %s %s", v.Protocol, netip.AddrPortFrom(v.Addr, v.Port), v.Scheduler)
+		if v.Persistent() {
+			fmt.Fprintf(&b, " persistent %d", v.Timeout)
+		}
+		if v.Service != (model.ServicePortKey{}) {
+			fmt.Fprintf(&b, "  # %s", v.Service)
+		}
+		b.WriteString("\n")
+		for _, r := range v.RealServers {
+			fmt.Fprintf(&b, "  -> %s Masq %d\n", r.Addr, r.Weight)
+		}
+	}
+	for _, c := range t.Conflicts {
+		fmt.Fprintf(&b, "# conflict: %s\n", c)
+	}
+	return b.String()
+}
+
+func protoNumber(p model.Protocol) uint16 {
+	switch p {
+	case model.UDP:
+		return syscall.IPPROTO_UDP
+	case model.SCTP:
+		return syscall.IPPROTO_SCTP
+	}
+	return syscall.IPPROTO_TCP
+}
+
+func protoOf(n uint16) (model.Protocol, bool) {
+	switch n {
+	case syscall.IPPROTO_TCP:
+		return model.TCP, true
+	case syscall.IPPROTO_UDP:
+		return model.UDP, true
+	case syscall.IPPROTO_SCTP:
+		return model.SCTP, true
+	}
+	return "", false
+}
+
+func protoName(n uint16) string {
+	if p, ok := protoOf(n); ok {
+		return string(p)
+	}
+	return fmt.Sprintf("proto-%d", n)
+}
