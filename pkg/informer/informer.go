@@ -178,6 +178,10 @@ func (i *Informer) Run(ctx context.Context) {
 	wg.Wait()
 }
 
+// OptionalSyncWait bounds how long WaitForSync waits for optional
+// informers once the required ones have synced.
+var OptionalSyncWait = 3 * time.Second
+
 // WaitForSync waits until every informer's initial list has been delivered
 // to the Informer, so that Snapshot reflects the apiserver's state. It
 // returns an error if ctx ends first.
@@ -190,6 +194,19 @@ func (i *Informer) WaitForSync(ctx context.Context) error {
 	}
 	if !cache.WaitFor(ctx, "", checkers...) {
 		return fmt.Errorf("wait for informers to sync: %w", context.Cause(ctx))
+	}
+	// Give optional informers a moment, so the first sync already has
+	// them; one that cannot list (RBAC) only delays the start by this.
+	optCtx, cancel := context.WithTimeout(ctx, OptionalSyncWait)
+	defer cancel()
+	var optional []cache.DoneChecker
+	for _, w := range i.watches {
+		if w.optional {
+			optional = append(optional, w.reg.HasSyncedChecker())
+		}
+	}
+	if len(optional) > 0 && !cache.WaitFor(optCtx, "", optional...) {
+		i.logger.Info("Optional informers not synced; continuing without them for now", "waited", OptionalSyncWait)
 	}
 	i.logger.V(2).Info("Informers synced")
 	return nil
