@@ -132,6 +132,8 @@ func run(ctx context.Context) error {
 
 func step(s string) { fmt.Printf("\n==> %s\n", s) }
 
-func indent(s string) string { return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ") }
+func indent(s string) string {
+	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
+}
 
 func ptr[T any](v T) *T { return &v }
