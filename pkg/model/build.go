@@ -8,7 +8,27 @@ import (
 
 // Build turns a snapshot into the State the node must program. It never
 // fails: objects it cannot use are left out, exactly as kube-proxy would.
-func Build(snap Snapshot) *State {
+func Build(snap Snapshot) *State { return new(Builder).Build(snap) }
+
+// Builder is Build with memory: a Service whose object, slices and node
+// are the same pointers and values as in the previous call keeps its
+// ServicePorts instead of being rebuilt. Informer objects are immutable,
+// so pointer identity means "unchanged", and a one-endpoint change costs
+// one Service's work plus a walk over the snapshot. The zero value is
+// ready to use; a Builder is not safe for concurrent use.
+type Builder struct {
+	memo map[NamespacedName]memoEntry
+	node Node
+}
+
+type memoEntry struct {
+	svc    *Service
+	slices []*EndpointSlice
+	ports  []*ServicePort
+}
+
+// Build is like the package-level Build.
+func (b *Builder) Build(snap Snapshot) *State {
 	slicesBySvc := map[NamespacedName][]*EndpointSlice{}
 	for _, es := range snap.Slices {
 		if es == nil || es.ServiceName == "" {
@@ -18,54 +38,85 @@ func Build(snap Snapshot) *State {
 		slicesBySvc[n] = append(slicesBySvc[n], es)
 	}
 	for _, list := range slicesBySvc {
-		slices.SortFunc(list, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-	}
-
-	st := &State{Node: snap.Node, Services: map[ServicePortKey]*ServicePort{}}
-	for _, p := range snap.ServiceCIDRs {
-		if p.IsValid() {
-			st.ServiceCIDRs = append(st.ServiceCIDRs, p.Masked())
+		if len(list) > 1 {
+			slices.SortFunc(list, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
 		}
 	}
-	slices.SortFunc(st.ServiceCIDRs, func(a, b netip.Prefix) int {
+	if b.memo == nil || !b.node.equal(snap.Node) {
+		b.memo = map[NamespacedName]memoEntry{}
+		b.node = snap.Node
+	}
+
+	st := &State{Node: snap.Node, Services: make(map[ServicePortKey]*ServicePort, len(snap.Services))}
+	st.ServiceCIDRs = serviceCIDRs(snap.ServiceCIDRs)
+	memo := make(map[NamespacedName]memoEntry, len(snap.Services))
+	for name, svc := range snap.Services {
+		if svc == nil {
+			continue
+		}
+		list := slicesBySvc[name]
+		e, ok := b.memo[name]
+		if !ok || e.svc != svc || !slices.Equal(e.slices, list) {
+			e = memoEntry{svc: svc, slices: list, ports: buildService(name, svc, list, snap.Node)}
+		}
+		memo[name] = e
+		for _, sp := range e.ports {
+			if _, dup := st.Services[sp.Key]; !dup {
+				st.Services[sp.Key] = sp
+			}
+		}
+	}
+	b.memo = memo
+	return st
+}
+
+func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node Node) []*ServicePort {
+	ips := clusterIPs(svc.ClusterIPs)
+	if len(ips) == 0 {
+		return nil
+	}
+	var out []*ServicePort
+	seen := map[ServicePortKey]bool{}
+	for _, p := range svc.Ports {
+		if !p.Protocol.Valid() || p.Port == 0 {
+			continue
+		}
+		key := ServicePortKey{Namespace: name.Namespace, Name: name.Name, Port: p.Name, Protocol: p.Protocol}
+		if seen[key] {
+			continue
+		}
+		seen[key] = true
+		sp := &ServicePort{
+			Key:                 key,
+			ClusterIPs:          ips,
+			Port:                p.Port,
+			NodePort:            p.NodePort,
+			InternalLocal:       svc.InternalLocal,
+			ExternalLocal:       svc.ExternalLocal,
+			AffinitySeconds:     svc.AffinitySeconds,
+			TrafficDistribution: svc.TrafficDistribution,
+		}
+		sp.Endpoints = mergeEndpoints(list, p, families(ips))
+		sp.ClusterEndpoints = SelectEndpoints(sp, node)
+		out = append(out, sp)
+	}
+	return out
+}
+
+func serviceCIDRs(in []netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range in {
+		if p.IsValid() {
+			out = append(out, p.Masked())
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Bits(), b.Bits())
 	})
-	st.ServiceCIDRs = slices.Compact(st.ServiceCIDRs)
-	for name, svc := range snap.Services {
-		if svc == nil {
-			continue
-		}
-		ips := clusterIPs(svc.ClusterIPs)
-		if len(ips) == 0 {
-			continue
-		}
-		for _, p := range svc.Ports {
-			if !p.Protocol.Valid() || p.Port == 0 {
-				continue
-			}
-			key := ServicePortKey{Namespace: name.Namespace, Name: name.Name, Port: p.Name, Protocol: p.Protocol}
-			if _, dup := st.Services[key]; dup {
-				continue
-			}
-			sp := &ServicePort{
-				Key:                 key,
-				ClusterIPs:          ips,
-				Port:                p.Port,
-				NodePort:            p.NodePort,
-				InternalLocal:       svc.InternalLocal,
-				ExternalLocal:       svc.ExternalLocal,
-				AffinitySeconds:     svc.AffinitySeconds,
-				TrafficDistribution: svc.TrafficDistribution,
-			}
-			sp.Endpoints = mergeEndpoints(slicesBySvc[name], p, families(ips))
-			sp.ClusterEndpoints = SelectEndpoints(sp, snap.Node)
-			st.Services[key] = sp
-		}
-	}
-	return st
+	return slices.Compact(out)
 }
 
 // clusterIPs keeps the first valid address of each family, in order.

@@ -196,3 +196,38 @@ func TestComputeDiff(t *testing.T) {
 		}
 	})
 }
+
+func TestBuilderReusesUnchangedServicesAndRebuildsChangedOnes(t *testing.T) {
+	other := &Service{Namespace: "ns", Name: "db", ClusterIPs: []netip.Addr{addr("10.96.0.20")}, Ports: []ServicePortSpec{{Name: "sql", Protocol: TCP, Port: 5432}}}
+	otherSlice := &EndpointSlice{Namespace: "ns", Name: "db-1", ServiceName: "db", Family: IPv4,
+		Ports: []SlicePort{{Name: "sql", Protocol: TCP, Port: 5432}}, Endpoints: []SliceEndpoint{readyEP("10.0.1.1")}}
+	snap := snapshot([]*Service{web("10.96.0.10"), other}, webSlice("a", IPv4, readyEP("10.0.0.1")), otherSlice)
+	var b Builder
+	first := b.Build(snap)
+	dbKey := ServicePortKey{Namespace: "ns", Name: "db", Port: "sql", Protocol: TCP}
+
+	snap.Slices[NamespacedName{"ns", "a"}] = webSlice("a", IPv4, readyEP("10.0.0.1"), readyEP("10.0.0.2"))
+	second := b.Build(snap)
+	if second.Services[dbKey] != first.Services[dbKey] {
+		t.Error("an untouched Service was rebuilt")
+	}
+	if second.Services[httpKey] == first.Services[httpKey] {
+		t.Error("a Service whose slice changed was not rebuilt")
+	}
+	if got := endpointsOf(second); !slices.Equal(got, []string{"10.0.0.1:8080", "10.0.0.2:8080"}) {
+		t.Errorf("endpoints = %v", got)
+	}
+	if d := Compute(first, second); !slices.Equal(d.Updated, []ServicePortKey{httpKey}) || len(d.Added)+len(d.Removed) != 0 {
+		t.Errorf("diff = %+v", d)
+	}
+
+	snap.Node = Node{Name: "n1", Zone: "z"}
+	third := b.Build(snap)
+	if third.Services[dbKey] == second.Services[dbKey] {
+		t.Error("a node change did not rebuild every Service")
+	}
+	fresh := Build(snap)
+	if d := Compute(fresh, third); !d.Empty() {
+		t.Errorf("memoised build differs from a fresh one: %+v", d)
+	}
+}

@@ -52,7 +52,7 @@ func Compute(old, new *State) Diff {
 		switch {
 		case !ok:
 			d.Added = append(d.Added, k)
-		case !o.Equal(n):
+		case o != n && !o.Equal(n):
 			d.Updated = append(d.Updated, k)
 			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, n)...)
 			if len(o.ClusterEndpoints) == 0 && len(n.ClusterEndpoints) > 0 {

@@ -188,6 +188,10 @@ type Node struct {
 	Ready bool
 }
 
+func (n Node) equal(o Node) bool {
+	return n.Name == o.Name && n.Zone == o.Zone && n.Ready == o.Ready && slices.Equal(n.IPs, o.IPs)
+}
+
 // State is everything one node must program: the backends' whole input.
 // A State is never mutated after Build returns it.
 type State struct {

@@ -3,6 +3,7 @@ package nftables
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	nft "github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -61,6 +62,12 @@ func nftElements(s *Set, elems []Element) []nft.SetElement {
 	return out
 }
 
+// elementsPerMessage keeps each element message's nested element list
+// under netlink's 64 KiB attribute length: a longer list overflows the
+// 16-bit nla_len and the kernel misreads the batch (seen as ENOENT).
+// Several messages in one batch are still one transaction.
+const elementsPerMessage = 256
+
 // queue adds the plan's operations to conn's pending batch; nothing reaches
 // the kernel until conn.Flush, which commits them all or none.
 func queue(conn *nft.Conn, p Plan) error {
@@ -87,13 +94,16 @@ func queue(conn *nft.Conn, p Plan) error {
 				return fmt.Errorf("rule in chain %s: %w", op.Chain.Name, err)
 			}
 			conn.AddRule(&nft.Rule{Table: t, Chain: nftChain(t, op.Chain), Exprs: exprs})
-		case OpAddElements:
-			if err := conn.SetAddElements(nftSet(t, p.Family, op.Set), nftElements(op.Set, op.Elements)); err != nil {
-				return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
+		case OpAddElements, OpDelElements:
+			write := conn.SetAddElements
+			if op.Kind == OpDelElements {
+				write = conn.SetDeleteElements
 			}
-		case OpDelElements:
-			if err := conn.SetDeleteElements(nftSet(t, p.Family, op.Set), nftElements(op.Set, op.Elements)); err != nil {
-				return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
+			set := nftSet(t, p.Family, op.Set)
+			for chunk := range slices.Chunk(op.Elements, elementsPerMessage) {
+				if err := write(set, nftElements(op.Set, chunk)); err != nil {
+					return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
+				}
 			}
 		}
 	}

@@ -22,20 +22,28 @@ func BenchmarkBuildAndRender(b *testing.B) {
 	}
 }
 
-// BenchmarkIncrementalPlan is the CPU side of a one-endpoint change.
+// BenchmarkIncrementalPlan is the CPU side of a one-endpoint change:
+// Build with memory, the diff and the plan.
 func BenchmarkIncrementalPlan(b *testing.B) {
-	for _, n := range []int{1000, 10000} {
+	for _, n := range []int{1000, 10000, 30000} {
 		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
-			before := Render(bigState(n, 10), flowspec.Config(), model.IPv4)
-			st := bigState(n, 10)
-			sp := st.Services[svcKey(n/2)]
-			sp.ClusterEndpoints = sp.ClusterEndpoints[1:]
-			after := Render(st, flowspec.Config(), model.IPv4)
+			snap := bigSnapshot(n, 10)
+			var builder model.Builder
+			cfg := flowspec.Config()
+			prev := builder.Build(snap)
+			_, w := renderAll(prev, cfg, model.IPv4)
+			name := model.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("svc-%05d-1", n/2)}
+			orig := snap.Slices[name]
 			b.ReportAllocs()
-			for b.Loop() {
-				if p := IncrementalPlan(before, after); p.Size() == 0 {
+			for i := 0; b.Loop(); i++ {
+				es := *orig
+				es.Endpoints = orig.Endpoints[1+i%2:]
+				snap.Slices[name] = &es
+				next := builder.Build(snap)
+				if p := w.update(next, model.Compute(prev, next).Changed(), cfg, model.IPv4); p.Size() == 0 {
 					b.Fatal("empty plan")
 				}
+				prev = next
 			}
 		})
 	}

@@ -76,3 +76,29 @@ func TestKernelListingMatchesRenderingAndNft(t *testing.T) {
 		}
 	}
 }
+
+// A large full sync is one batch: it must fit the socket (buffers forced
+// past the sysctl limits) and keep each element list under netlink's
+// 16-bit attribute length, or the kernel misreads it.
+func TestKernelSyncOfALargeTable(t *testing.T) {
+	ns := testns.New(t, "nftbig")
+	p := newKernelProxier(t, ns)
+	st := bigState(1500, 10)
+	if err := p.Sync(context.Background(), st, model.Compute(nil, st)); err != nil {
+		t.Fatalf("sync of 1500 services × 10 endpoints: %v", err)
+	}
+	if got := p.LastSyncStats(); !got.Full || got.ChainCount < 1500 {
+		t.Errorf("stats = %+v", got)
+	}
+	out := ns.Run(t, "nft", "list", "map", "ip", TableName, ServiceIPsMap)
+	if n := strings.Count(out, "goto svc-"); n != 1500 {
+		t.Errorf("service-ips has %d elements, want 1500", n)
+	}
+	// A second sync of the same State writes nothing.
+	if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.LastSyncStats(); !got.Skipped || got.KernelOps != 0 {
+		t.Errorf("idle resync wrote %d objects", got.KernelOps)
+	}
+}

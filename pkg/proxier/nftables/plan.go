@@ -65,66 +65,12 @@ func FullPlan(desired *Ruleset) Plan {
 	return p
 }
 
-// IncrementalPlan writes only what differs between written (what the
-// kernel holds, as proxyd last wrote it) and desired. Sets and base chains
-// are fixed by Render, so only elements and service chains come and go.
-func IncrementalPlan(written, desired *Ruleset) Plan {
-	p := Plan{Family: desired.Family}
-	var newChains, changed, gone []*Chain
-	old := map[string]*Chain{}
-	for _, c := range written.Chains {
-		old[c.Name] = c
-	}
-	for _, c := range desired.Chains {
-		o, ok := old[c.Name]
-		switch {
-		case !ok:
-			newChains = append(newChains, c)
-		case !sameRules(o, c, desired):
-			changed = append(changed, c)
-		}
-		delete(old, c.Name)
-	}
-	for _, c := range written.Chains {
-		if _, ok := old[c.Name]; ok {
-			gone = append(gone, c)
-		}
-	}
-	for _, c := range newChains {
-		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
-		for _, r := range c.Rules {
-			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
-		}
-	}
-	for _, c := range changed {
-		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
-		for _, r := range c.Rules {
-			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
-		}
-	}
-	var adds []Op
-	for _, s := range desired.Sets {
-		del, add := diffElements(written.Set(s.Name), s)
-		if len(del) > 0 {
-			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: s, Elements: del})
-		}
-		if len(add) > 0 {
-			adds = append(adds, Op{Kind: OpAddElements, Set: s, Elements: add})
-		}
-	}
-	p.Ops = append(p.Ops, adds...)
-	for _, c := range gone {
-		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c}, Op{Kind: OpDelChain, Chain: c})
-	}
-	return p
-}
-
-func sameRules(a, b *Chain, r *Ruleset) bool {
+func sameRules(a, b *Chain, f model.IPFamily) bool {
 	if len(a.Rules) != len(b.Rules) {
 		return false
 	}
 	for i := range a.Rules {
-		if a.Rules[i].text(r.Family) != b.Rules[i].text(r.Family) {
+		if a.Rules[i].text(f) != b.Rules[i].text(f) {
 			return false
 		}
 	}
@@ -132,33 +78,6 @@ func sameRules(a, b *Chain, r *Ruleset) bool {
 }
 
 func elementID(types []FieldType, e Element) string { return e.Key(types) + " : " + e.Goto }
-
-// diffElements returns the elements of old missing from new (to delete) and
-// of new missing from old (to add); a changed verdict is a delete and an add.
-func diffElements(old, new *Set) (del, add []Element) {
-	have := map[string]bool{}
-	if old != nil {
-		for _, e := range old.Elements {
-			have[elementID(old.Fields, e)] = true
-		}
-	}
-	want := map[string]bool{}
-	for _, e := range new.Elements {
-		id := elementID(new.Fields, e)
-		want[id] = true
-		if !have[id] {
-			add = append(add, e)
-		}
-	}
-	if old != nil {
-		for _, e := range old.Elements {
-			if !want[elementID(old.Fields, e)] {
-				del = append(del, e)
-			}
-		}
-	}
-	return del, add
-}
 
 // String prints the plan one operation a line, nft-style.
 func (p Plan) String() string {

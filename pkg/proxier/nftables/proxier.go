@@ -19,8 +19,8 @@ type Proxier struct {
 	families []model.IPFamily
 	conn     *nft.Conn
 	// written is what the kernel holds per family as proxyd last wrote it;
-	// nil means "don't trust the kernel's view, rewrite in full".
-	written map[model.IPFamily]*Ruleset
+	// none means "don't trust the kernel's view, rewrite in full".
+	written map[model.IPFamily]*written
 	stats   proxier.SyncStats
 }
 
@@ -45,7 +45,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	connOpts := []nft.ConnOption{nft.AsLasting()}
+	connOpts := []nft.ConnOption{nft.AsLasting(), nft.WithSockOptions(largeBuffers)}
 	if o.netnsFD > 0 {
 		connOpts = append(connOpts, nft.WithNetNSFd(o.netnsFD))
 	}
@@ -60,7 +60,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		}
 		return nil, fmt.Errorf("nftables mode: the kernel's nf_tables does not answer: %w", err)
 	}
-	return &Proxier{cfg: cfg, families: o.families, conn: conn, written: map[model.IPFamily]*Ruleset{}}, nil
+	return &Proxier{cfg: cfg, families: o.families, conn: conn, written: map[model.IPFamily]*written{}}, nil
 }
 
 // Mode implements proxier.Backend.
@@ -73,28 +73,27 @@ func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
 func (p *Proxier) Close() error { return p.conn.CloseLasting() }
 
 // Sync implements proxier.Backend: one transaction per family, holding only
-// what changed since the last successful sync, or everything when proxyd
+// what d changed since the last successful sync, or everything when proxyd
 // cannot trust what the kernel holds (first sync, after an error, or when
-// the table was changed behind its back).
-func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error {
+// the table was changed behind its back, which the periodic resync checks).
+func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error {
 	stats := proxier.SyncStats{}
+	changed := d.Changed()
 	for _, f := range p.families {
-		desired := Render(s, p.cfg, f)
-		plan, err := p.plan(f, desired)
+		plan, next, err := p.plan(s, changed, f)
 		if err != nil {
 			delete(p.written, f)
 			return err
 		}
 		stats.Full = stats.Full || plan.Full
 		stats.KernelOps += plan.Size()
-		for _, c := range desired.Chains {
-			stats.ChainCount++
-			stats.RuleCount += len(c.Rules)
-		}
+		stats.ChainCount += next.chains
 		if plan.Empty() {
+			p.written[f] = next
 			continue
 		}
 		if err := ctx.Err(); err != nil {
+			delete(p.written, f)
 			return err
 		}
 		if err := queue(p.conn, plan); err != nil {
@@ -105,7 +104,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 			delete(p.written, f)
 			return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
 		}
-		p.written[f] = desired
+		p.written[f] = next
 		klog.V(4).InfoS("Wrote nftables transaction", "family", f, "full", plan.Full, "objects", plan.Size())
 	}
 	stats.Skipped = stats.KernelOps == 0
@@ -113,20 +112,26 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 	return nil
 }
 
-func (p *Proxier) plan(f model.IPFamily, desired *Ruleset) (Plan, error) {
-	written := p.written[f]
-	if written == nil {
-		return FullPlan(desired), nil
+// plan decides between a full and an incremental write. The returned view
+// replaces p.written[f] once the plan is in the kernel.
+func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.IPFamily) (Plan, *written, error) {
+	w := p.written[f]
+	if w != nil && len(changed) == 0 {
+		exists, chains, err := tableState(p.conn, f)
+		if err != nil {
+			return Plan{}, nil, err
+		}
+		if !exists || chains != w.chains {
+			klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "chains", chains, "expected", w.chains)
+			w = nil
+		}
 	}
-	exists, chains, err := tableState(p.conn, f)
-	if err != nil {
-		return Plan{}, err
+	if w == nil {
+		desired, fresh := renderAll(s, p.cfg, f)
+		return FullPlan(desired), fresh, nil
 	}
-	if !exists || chains != len(written.Chains) {
-		klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "chains", chains, "expected", len(written.Chains))
-		return FullPlan(desired), nil
-	}
-	return IncrementalPlan(written, desired), nil
+	delete(p.written, f) // w is updated in place; only a success puts it back
+	return w.update(s, changed, p.cfg, f), w, nil
 }
 
 // Cleanup implements proxier.Backend: it deletes proxyd's tables.

@@ -3,9 +3,12 @@ package nftables
 import (
 	"flag"
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -72,28 +75,90 @@ func TestRuleCountGrowsLinearly(t *testing.T) {
 	}
 }
 
-func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
+// incremental returns the plan from before to after and checks, on the
+// fake kernel, that it leaves exactly after's table.
+func incremental(t *testing.T, before, after *model.State) Plan {
+	t.Helper()
 	cfg := flowspec.Config()
+	r, w := renderAll(before, cfg, model.IPv4)
+	table := tableOf(r)
+	p := w.update(after, model.Compute(before, after).Changed(), cfg, model.IPv4)
+	if err := table.apply(p); err != nil {
+		t.Fatalf("the kernel would refuse the plan: %v\n%s", err, p)
+	}
+	if got, want := table.String(), tableOf(Render(after, cfg, model.IPv4)).String(); got != want {
+		t.Fatalf("after the plan the table differs from a fresh render\n--- got\n%s\n--- want\n%s\n--- plan\n%s", got, want, p)
+	}
+	return p
+}
+
+func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
 	before := bigState(3, 3)
 	t.Run("no change writes nothing", func(t *testing.T) {
-		p := IncrementalPlan(Render(before, cfg, model.IPv4), Render(bigState(3, 3), cfg, model.IPv4))
-		if !p.Empty() {
+		if p := incremental(t, before, bigState(3, 3)); !p.Empty() {
 			t.Errorf("plan:\n%s", p)
 		}
 	})
 	t.Run("an endpoint change rewrites one chain", func(t *testing.T) {
-		after := bigState(3, 3)
-		sp := after.Services[svcKey(1)]
-		sp.ClusterEndpoints = sp.ClusterEndpoints[:2]
-		golden(t, "plan-endpoint-removed.txt", IncrementalPlan(Render(before, cfg, model.IPv4), Render(after, cfg, model.IPv4)).String())
+		after := withEndpoints(before, 1, 2)
+		golden(t, "plan-endpoint-removed.txt", incremental(t, before, after).String())
 	})
 	t.Run("a new and a deleted Service add and delete a chain and its elements", func(t *testing.T) {
 		after := bigState(3, 3)
 		delete(after.Services, svcKey(0))
 		extra := bigState(4, 3).Services[svcKey(3)]
 		after.Services[extra.Key] = extra
-		golden(t, "plan-service-added-removed.txt", IncrementalPlan(Render(before, cfg, model.IPv4), Render(after, cfg, model.IPv4)).String())
+		golden(t, "plan-service-added-removed.txt", incremental(t, before, after).String())
 	})
+	t.Run("losing every endpoint moves the port from its chain to the reject set", func(t *testing.T) {
+		golden(t, "plan-endpoints-gone.txt", incremental(t, before, withEndpoints(before, 2, 0)).String())
+	})
+}
+
+// withEndpoints is s with port i keeping only its first n usable endpoints.
+func withEndpoints(s *model.State, i, n int) *model.State {
+	next := &model.State{Node: s.Node, ServiceCIDRs: s.ServiceCIDRs, Services: maps.Clone(s.Services)}
+	sp := *next.Services[svcKey(i)]
+	sp.ClusterEndpoints = sp.ClusterEndpoints[:n]
+	next.Services[sp.Key] = &sp
+	return next
+}
+
+// Random walks of changes: after every step the incrementally written
+// table equals a fresh rendering, and the fake kernel accepts every plan.
+func TestIncrementalPlansMatchFullRenderingsOnRandomChanges(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	cfg := flowspec.Config()
+	pool := bigState(12, 4) // the universe the walk draws from
+	state := &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}
+	r, w := renderAll(state, cfg, model.IPv4)
+	table := tableOf(r)
+	for step := range 300 {
+		next := &model.State{Services: maps.Clone(state.Services)}
+		idx := rng.IntN(12)
+		k := svcKey(idx)
+		switch rng.IntN(3) {
+		case 0:
+			delete(next.Services, k)
+		default:
+			sp := *pool.Services[k]
+			n := rng.IntN(len(sp.ClusterEndpoints) + 1)
+			sp.ClusterEndpoints = slices.Clone(sp.ClusterEndpoints[rng.IntN(len(sp.ClusterEndpoints)-n+1):][:n])
+			if rng.IntN(4) == 0 { // another port of the same VIP
+				sp.ClusterIPs = pool.Services[svcKey(0)].ClusterIPs
+				sp.Key.Port, sp.Port = "alt", uint16(1000+idx)
+			}
+			next.Services[sp.Key] = &sp
+		}
+		p := w.update(next, model.Compute(state, next).Changed(), cfg, model.IPv4)
+		if err := table.apply(p); err != nil {
+			t.Fatalf("step %d: the kernel would refuse the plan: %v\n%s", step, err, p)
+		}
+		if got, want := table.String(), tableOf(Render(next, cfg, model.IPv4)).String(); got != want {
+			t.Fatalf("step %d: table differs from a fresh render\n--- got\n%s\n--- want\n%s\n--- plan\n%s", step, got, want, p)
+		}
+		state = next
+	}
 }
 
 func svcKey(i int) model.ServicePortKey {

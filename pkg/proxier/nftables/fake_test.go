@@ -1,0 +1,142 @@
+package nftables
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"syscall"
+)
+
+// fakeTable applies plans the way the kernel applies a transaction: all
+// or nothing, with the kernel's reference checks (a goto to a missing
+// chain, deleting a referenced or non-empty chain, deleting a missing
+// element, re-adding an element with other data), so tests assert the
+// resulting table, not the calls.
+type fakeTable struct {
+	chains map[string][]string            // chain → rule texts
+	sets   map[string]map[string]string   // set → element key → goto
+	fields map[string][]FieldType
+}
+
+func newFakeTable() *fakeTable {
+	return &fakeTable{chains: map[string][]string{}, sets: map[string]map[string]string{}, fields: map[string][]FieldType{}}
+}
+
+func (t *fakeTable) clone() *fakeTable {
+	c := &fakeTable{chains: maps.Clone(t.chains), sets: map[string]map[string]string{}, fields: maps.Clone(t.fields)}
+	for k, v := range t.sets {
+		c.sets[k] = maps.Clone(v)
+	}
+	return c
+}
+
+func (t *fakeTable) apply(p Plan) error {
+	next := t.clone()
+	for i, op := range p.Ops {
+		if err := next.op(p, op); err != nil {
+			return fmt.Errorf("op %d (%v): %w", i, op.Kind, err)
+		}
+	}
+	*t = *next
+	return nil
+}
+
+func (t *fakeTable) op(p Plan, op Op) error {
+	switch op.Kind {
+	case OpRecreateTable:
+		*t = *newFakeTable()
+	case OpAddSet:
+		if _, ok := t.sets[op.Set.Name]; !ok {
+			t.sets[op.Set.Name] = map[string]string{}
+			t.fields[op.Set.Name] = op.Set.Fields
+		}
+	case OpAddChain:
+		if _, ok := t.chains[op.Chain.Name]; !ok {
+			t.chains[op.Chain.Name] = nil
+		}
+	case OpFlushChain:
+		if _, ok := t.chains[op.Chain.Name]; !ok {
+			return syscall.ENOENT
+		}
+		t.chains[op.Chain.Name] = nil
+	case OpDelChain:
+		rules, ok := t.chains[op.Chain.Name]
+		if !ok {
+			return syscall.ENOENT
+		}
+		if len(rules) > 0 || t.referenced(op.Chain.Name) {
+			return syscall.EBUSY
+		}
+		delete(t.chains, op.Chain.Name)
+	case OpAddRule:
+		if _, ok := t.chains[op.Chain.Name]; !ok {
+			return syscall.ENOENT
+		}
+		t.chains[op.Chain.Name] = append(t.chains[op.Chain.Name], op.Rule.text(p.Family))
+	case OpAddElements, OpDelElements:
+		set, ok := t.sets[op.Set.Name]
+		if !ok {
+			return syscall.ENOENT
+		}
+		for _, e := range op.Elements {
+			key := e.Key(op.Set.Fields)
+			old, exists := set[key]
+			switch {
+			case op.Kind == OpDelElements && !exists:
+				return fmt.Errorf("element %s: %w", key, syscall.ENOENT)
+			case op.Kind == OpDelElements:
+				delete(set, key)
+			case exists && old != e.Goto:
+				return fmt.Errorf("element %s: %w", key, syscall.EBUSY)
+			default:
+				if _, ok := t.chains[e.Goto]; e.Goto != "" && !ok {
+					return fmt.Errorf("goto %s: %w", e.Goto, syscall.ENOENT)
+				}
+				set[key] = e.Goto
+			}
+		}
+	default:
+		return errors.New("unknown op")
+	}
+	return nil
+}
+
+func (t *fakeTable) referenced(chain string) bool {
+	for _, set := range t.sets {
+		for _, g := range set {
+			if g == chain {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// String is a canonical listing: chains and elements sorted.
+func (t *fakeTable) String() string {
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(t.sets)) {
+		fmt.Fprintf(&b, "set %s\n", name)
+		for _, k := range slices.Sorted(maps.Keys(t.sets[name])) {
+			fmt.Fprintf(&b, "\t%s : %s\n", k, t.sets[name][k])
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(t.chains)) {
+		fmt.Fprintf(&b, "chain %s\n", name)
+		for _, r := range t.chains[name] {
+			fmt.Fprintf(&b, "\t%s\n", r)
+		}
+	}
+	return b.String()
+}
+
+// tableOf is the fake table holding exactly r.
+func tableOf(r *Ruleset) *fakeTable {
+	t := newFakeTable()
+	if err := t.apply(FullPlan(r)); err != nil {
+		panic(err)
+	}
+	return t
+}

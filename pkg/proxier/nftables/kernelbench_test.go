@@ -1,0 +1,55 @@
+package nftables
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/proxyd/proxyd/internal/testns"
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+// BenchmarkKernelSync measures a full sync and a one-endpoint change into
+// a real kernel (in a fresh network namespace), the costs the performance
+// targets are about.
+func BenchmarkKernelSync(b *testing.B) {
+	for _, n := range []int{1000, 10000} {
+		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
+			ns := testns.New(b, "nftbench")
+			p, err := New(cfgForBench(), WithNetNS(ns.FD), WithFamilies(model.IPv4))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			snap := bigSnapshot(n, 10)
+			var builder model.Builder
+			st := builder.Build(snap)
+			start := time.Now()
+			if err := p.Sync(context.Background(), st, model.Compute(nil, st)); err != nil {
+				b.Fatal(err)
+			}
+			full := time.Since(start)
+			prev := st
+			b.ResetTimer()
+			// Each iteration is one endpoint change as the runner sees it:
+			// Build with memory, the diff, the plan and the transaction.
+			for i := range b.N {
+				name := model.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("svc-%05d-1", i%n)}
+				es := *snap.Slices[name]
+				es.Endpoints = es.Endpoints[1:]
+				snap.Slices[name] = &es
+				next := builder.Build(snap)
+				if err := p.Sync(context.Background(), next, model.Compute(prev, next)); err != nil {
+					b.Fatal(err)
+				}
+				prev = next
+			}
+			b.ReportMetric(full.Seconds(), "full-sync-s")
+		})
+	}
+}
+
+func cfgForBench() proxier.Config { return flowspec.Config() }

@@ -1,0 +1,178 @@
+package nftables
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+)
+
+// written is what proxyd last wrote into one family's table, kept per
+// service port so that a change touches only what it changed.
+type written struct {
+	base       []*Chain
+	services   map[model.ServicePortKey]serviceRules
+	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
+	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
+	chains     int
+}
+
+func newWritten(base []*Chain) *written {
+	return &written{base: base, services: map[model.ServicePortKey]serviceRules{},
+		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, chains: len(base)}
+}
+
+func (w *written) add(k model.ServicePortKey, sr serviceRules) {
+	w.services[k] = sr
+	w.clusterIPs[sr.clusterIP]++
+	for _, ip := range sr.hairpin {
+		w.hairpin[ip]++
+	}
+	if sr.chain != nil {
+		w.chains++
+	}
+}
+
+func (w *written) remove(k model.ServicePortKey) {
+	sr, ok := w.services[k]
+	if !ok {
+		return
+	}
+	delete(w.services, k)
+	decrement(w.clusterIPs, sr.clusterIP)
+	for _, ip := range sr.hairpin {
+		decrement(w.hairpin, ip)
+	}
+	if sr.chain != nil {
+		w.chains--
+	}
+}
+
+func decrement(m map[netip.Addr]int, a netip.Addr) {
+	if m[a]--; m[a] <= 0 {
+		delete(m, a)
+	}
+}
+
+// presence remembers whether shared elements existed before an update,
+// so that only those whose existence changed are written.
+type presence map[netip.Addr]bool
+
+func (p presence) note(counts map[netip.Addr]int, addrs ...netip.Addr) {
+	for _, a := range addrs {
+		if _, seen := p[a]; !seen {
+			p[a] = counts[a] > 0
+		}
+	}
+}
+
+func (p presence) changes(counts map[netip.Addr]int, elem func(netip.Addr) Element) (del, add []Element) {
+	for a, was := range p {
+		switch now := counts[a] > 0; {
+		case was && !now:
+			del = append(del, elem(a))
+		case !was && now:
+			add = append(add, elem(a))
+		}
+	}
+	return del, add
+}
+
+// update moves w to s for the ports in changed, and returns the plan that
+// does the same to the kernel. Base chains are compared whole: they are
+// few and small. w must be discarded if the plan fails.
+func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg proxier.Config, f model.IPFamily) Plan {
+	p := Plan{Family: f}
+	serviceIPs, noEndpoints, clusterIPs, hairpin := newSets()
+	var newChains, changedChains, goneChains []*Chain
+	del, add := map[*Set][]Element{}, map[*Set][]Element{}
+
+	base := renderBase(s, cfg, f)
+	for i, c := range base {
+		if !sameRules(w.base[i], c, f) {
+			changedChains = append(changedChains, c)
+		}
+	}
+	w.base = base
+
+	vips, pins := presence{}, presence{}
+	for _, k := range changed {
+		old, hadOld := w.services[k]
+		var next serviceRules
+		hasNext := false
+		if sp := s.Services[k]; sp != nil {
+			next, hasNext = renderServicePort(sp, cfg, f)
+		}
+		if hadOld {
+			vips.note(w.clusterIPs, old.clusterIP)
+			pins.note(w.hairpin, old.hairpin...)
+			w.remove(k)
+		}
+		if hasNext {
+			vips.note(w.clusterIPs, next.clusterIP)
+			pins.note(w.hairpin, next.hairpin...)
+			w.add(k, next)
+		}
+		switch {
+		case old.chain == nil && next.chain != nil:
+			newChains = append(newChains, next.chain)
+		case old.chain != nil && next.chain != nil:
+			if !sameRules(old.chain, next.chain, f) {
+				changedChains = append(changedChains, next.chain)
+			}
+		case old.chain != nil:
+			goneChains = append(goneChains, old.chain)
+		}
+		diffElement(del, add, serviceIPs, old.dispatch, next.dispatch)
+		diffElement(del, add, noEndpoints, old.noEndpoint, next.noEndpoint)
+	}
+	del[clusterIPs], add[clusterIPs] = vips.changes(w.clusterIPs, vipElement)
+	del[hairpin], add[hairpin] = pins.changes(w.hairpin, hairpinElement)
+
+	for _, c := range newChains {
+		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
+		for _, r := range c.Rules {
+			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
+		}
+	}
+	for _, c := range changedChains {
+		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
+		for _, r := range c.Rules {
+			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
+		}
+	}
+	sets := []*Set{serviceIPs, noEndpoints, clusterIPs, hairpin}
+	for _, set := range sets {
+		if len(del[set]) > 0 {
+			slices.SortFunc(del[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
+			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: set, Elements: del[set]})
+		}
+	}
+	for _, set := range sets {
+		if len(add[set]) > 0 {
+			slices.SortFunc(add[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
+			p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: set, Elements: add[set]})
+		}
+	}
+	for _, c := range goneChains {
+		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c}, Op{Kind: OpDelChain, Chain: c})
+	}
+	return p
+}
+
+func diffElement(del, add map[*Set][]Element, set *Set, old, next *Element) {
+	if old != nil && next != nil && elementID(set.Fields, *old) == elementID(set.Fields, *next) {
+		return
+	}
+	if old != nil {
+		del[set] = append(del[set], *old)
+	}
+	if next != nil {
+		add[set] = append(add[set], *next)
+	}
+}
+
+func vipElement(ip netip.Addr) Element     { return Element{Fields: []Value{{Addr: ip}}} }
+func hairpinElement(ip netip.Addr) Element { return Element{Fields: []Value{{Addr: ip}, {Addr: ip}}} }
+
