@@ -15,8 +15,8 @@ import (
 // element, re-adding an element with other data), so tests assert the
 // resulting table, not the calls.
 type fakeTable struct {
-	chains map[string][]string            // chain → rule texts
-	sets   map[string]map[string]string   // set → element key → goto
+	chains map[string][]string          // chain → rule texts
+	sets   map[string]map[string]string // set → element key → goto
 	fields map[string][]FieldType
 }
 

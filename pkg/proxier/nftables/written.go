@@ -175,4 +175,3 @@ func diffElement(del, add map[*Set][]Element, set *Set, old, next *Element) {
 
 func vipElement(ip netip.Addr) Element     { return Element{Fields: []Value{{Addr: ip}}} }
 func hairpinElement(ip netip.Addr) Element { return Element{Fields: []Value{{Addr: ip}, {Addr: ip}}} }
-
