@@ -9,13 +9,15 @@ GO ?= go
 CACHE ?= $(HOME)/.cache/proxyd
 BIN := $(CURDIR)/bin
 STATICCHECK_VERSION := v0.8.2
+# containerd, runc and the CNI plugins are installed by test/e2e/node itself,
+# under a policy-rc.d that keeps the package from starting a host daemon.
 APT_PACKAGES := nftables iptables conntrack ipset iproute2 openssl curl \
 	qemu-system-x86 busybox-static cpio xz-utils
 E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit e2e lint deps tools demo bench clean ipvs-vm help
+.PHONY: all build test unit e2e e2e-node images lint deps tools demo bench clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -43,7 +45,7 @@ deps:
 # the very first time on 2 cores; progress lines show it is alive).
 tools:
 	@mkdir -p $(CACHE)
-	@hack/build-tools.sh $(CACHE) etcd kube-apiserver kubectl kube-proxy > $(CACHE)/.bin-path
+	@hack/build-tools.sh $(CACHE) etcd kube-apiserver kubectl kube-proxy kubelet kube-controller-manager kube-scheduler > $(CACHE)/.bin-path
 	@echo ">>> upstream binaries in $$(cat $(CACHE)/.bin-path)"
 
 lint:
@@ -61,7 +63,32 @@ e2e: build tools
 ipvs-vm:
 	hack/ipvs-vm/run.sh $(CACHE)
 
-test: deps lint unit e2e ipvs-vm
+# images writes OCI tarballs (proxyd:dev with the iptables userspace from
+# Debian packages, pause, echo) without Docker.
+images: build
+	$(GO) run ./hack/image -out $(BIN)/images -proxyd $(BIN)/proxyd
+
+# e2e-node runs proxyd as the DaemonSet of a real kubelet + containerd node.
+e2e-node: build tools images
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd PROXYD_NODE_IMAGES=$(BIN)/images \
+		$(GO) test -count=1 -tags e2enode -timeout $(E2E_TIMEOUT) -v ./test/e2e/node/
+
+test: deps lint unit e2e e2e-node ipvs-vm
+
+# kind, for users with Docker (not exercised in CI; see deploy/kind/README.md).
+kind-up:
+	kind create cluster --name proxyd --config deploy/kind/kind-config.yaml
+
+kind-deploy:
+	docker build -t proxyd:dev .
+	kind load docker-image proxyd:dev --name proxyd
+	kubectl apply -f deploy/daemonset.yaml
+	CP=$$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' proxyd-control-plane); \
+		kubectl -n kube-system set env daemonset/proxyd KUBERNETES_SERVICE_HOST=$$CP KUBERNETES_SERVICE_PORT=6443
+	kubectl -n kube-system rollout status daemonset/proxyd
+
+kind-down:
+	kind delete cluster --name proxyd
 
 demo: deps build tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd $(GO) run ./test/e2e/demo

@@ -18,22 +18,51 @@ import (
 )
 
 // Filter is one set of flows to delete: those sent to VIP with the given
-// protocol and, when Endpoint is valid, DNATed to it.
+// protocol and, when Endpoint is valid, DNATed to it. For TCP only
+// connections still waiting for the endpoint's SYN-ACK match.
 type Filter struct {
 	Proto    model.Protocol
 	VIP      netip.AddrPort
 	Endpoint netip.Addr
 }
 
+// tcpSynSent is conntrack's TCP_CONNTRACK_SYN_SENT.
+const tcpSynSent = 1
+
+// Match reports whether a flow is one f deletes.
+func (f Filter) Match(flow *netlink.ConntrackFlow) bool {
+	proto := map[model.Protocol]uint8{model.TCP: unix.IPPROTO_TCP, model.UDP: unix.IPPROTO_UDP, model.SCTP: unix.IPPROTO_SCTP}[f.Proto]
+	fw, rv := flow.Forward, flow.Reverse
+	if fw.Protocol != proto || fw.DstPort != f.VIP.Port() || !sameIP(fw.DstIP, f.VIP.Addr()) {
+		return false
+	}
+	if f.Endpoint.IsValid() && !sameIP(rv.SrcIP, f.Endpoint) {
+		return false
+	}
+	if f.Proto == model.TCP {
+		tcp, ok := flow.ProtoInfo.(*netlink.ProtoInfoTCP)
+		return ok && tcp.State == tcpSynSent
+	}
+	return true
+}
+
+func sameIP(ip net.IP, a netip.Addr) bool {
+	b, ok := netip.AddrFromSlice(ip)
+	return ok && b.Unmap() == a.Unmap()
+}
+
+// MatchConntrackFlow implements netlink.CustomConntrackFilter.
+func (f Filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool { return f.Match(flow) }
+
 // Filters returns the flows d makes stale: UDP and SCTP flows to a removed
-// endpoint, and flows to a VIP that just got its first endpoint (created
-// while it rejected, they would keep failing). TCP is left to the stack.
+// endpoint, TCP connections to it that never got an answer (a client that
+// reuses the source port would otherwise be sent to the dead Pod until the
+// entry expires), and UDP/SCTP flows to a VIP that just got its first
+// endpoint (created while it rejected, they would keep failing).
+// Established TCP connections are left alone: the stack ends them.
 func Filters(d model.Diff, s *model.State) []Filter {
 	var out []Filter
 	for _, se := range d.StaleEndpoints {
-		if se.Key.Protocol == model.TCP {
-			continue
-		}
 		for _, vip := range se.VIPs {
 			out = append(out, Filter{Proto: se.Key.Protocol, VIP: vip, Endpoint: se.Endpoint.IP})
 		}
@@ -62,15 +91,23 @@ func New() (*Cleaner, error) {
 	return &Cleaner{h: h}, nil
 }
 
-// Clean deletes the flows of every filter; failures are logged, not fatal,
-// since the rules are already right and the entries will time out anyway.
+// Clean deletes the flows of every filter, walking the conntrack table
+// once per family; failures are logged, not fatal, since the rules are
+// already right and the entries expire anyway.
 func (c *Cleaner) Clean(filters []Filter) int {
-	deleted := 0
+	byFamily := map[netlink.InetFamily][]netlink.CustomConntrackFilter{}
 	for _, f := range filters {
-		n, err := c.clean(f)
+		family := netlink.InetFamily(unix.AF_INET)
+		if f.VIP.Addr().Is6() {
+			family = unix.AF_INET6
+		}
+		byFamily[family] = append(byFamily[family], f)
+	}
+	deleted := 0
+	for family, fs := range byFamily {
+		n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, family, fs...)
 		if err != nil {
-			klog.ErrorS(err, "Could not delete conntrack entries", "vip", f.VIP, "endpoint", f.Endpoint, "protocol", f.Proto)
-			continue
+			klog.ErrorS(err, "Could not delete stale conntrack entries", "family", family, "filters", len(fs))
 		}
 		deleted += int(n)
 	}
@@ -78,33 +115,6 @@ func (c *Cleaner) Clean(filters []Filter) int {
 		klog.V(2).InfoS("Deleted stale conntrack entries", "entries", deleted, "filters", len(filters))
 	}
 	return deleted
-}
-
-func (c *Cleaner) clean(f Filter) (uint, error) {
-	cf := &netlink.ConntrackFilter{}
-	proto := uint8(unix.IPPROTO_UDP)
-	if f.Proto == model.SCTP {
-		proto = unix.IPPROTO_SCTP
-	}
-	if err := cf.AddProtocol(proto); err != nil {
-		return 0, err
-	}
-	if err := cf.AddIP(netlink.ConntrackOrigDstIP, net.IP(f.VIP.Addr().AsSlice())); err != nil {
-		return 0, err
-	}
-	if err := cf.AddPort(netlink.ConntrackOrigDstPort, f.VIP.Port()); err != nil {
-		return 0, err
-	}
-	if f.Endpoint.IsValid() {
-		if err := cf.AddIP(netlink.ConntrackReplySrcIP, net.IP(f.Endpoint.AsSlice())); err != nil {
-			return 0, err
-		}
-	}
-	family := netlink.InetFamily(unix.AF_INET)
-	if f.VIP.Addr().Is6() {
-		family = unix.AF_INET6
-	}
-	return c.h.ConntrackDeleteFilters(netlink.ConntrackTable, family, cf)
 }
 
 // Close releases the netlink handle.
