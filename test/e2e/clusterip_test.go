@@ -12,6 +12,8 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
 
 // modes are the dataplanes every e2e assertion runs against.
@@ -187,7 +189,7 @@ func (e *env) assertNftGolden(t *testing.T) {
 			t.Errorf("listing contains %q:\n%s", bad, out)
 		}
 	}
-	got := canonicalNft(out)
+	got := nftables.CanonicalListing(out)
 	golden := filepath.Join("testdata", "nftables-clusterip.golden")
 	if os.Getenv("UPDATE_GOLDEN") != "" {
 		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {

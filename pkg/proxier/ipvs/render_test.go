@@ -1,6 +1,7 @@
 package ipvs
 
 import (
+	"github.com/proxyd/proxyd/internal/golden"
 	"strings"
 	"testing"
 
@@ -11,7 +12,7 @@ import (
 
 func TestRenderFlowspecStateGolden(t *testing.T) {
 	tab := Render(flowspec.State(), DefaultScheduler)
-	golden(t, "flowspec.golden", tab.String()+"\n"+RenderNetfilter(tab, flowspec.Config()).String())
+	golden.Check(t, "flowspec.golden", tab.String()+"\n"+RenderNetfilter(tab, flowspec.Config()).String())
 }
 
 func TestRenderGolden(t *testing.T) {
@@ -23,7 +24,7 @@ func TestRenderGolden(t *testing.T) {
 	s := state(sticky, dual, clash, sp("sctp", model.SCTP, "10.96.0.60", 9999))
 	tab := Render(s, "sh")
 	cfg := proxier.Config{MasqueradeAll: true, MasqueradeMark: 1 << 3}
-	golden(t, "render.golden", tab.String()+"\n"+RenderNetfilter(tab, cfg).String())
+	golden.Check(t, "render.golden", tab.String()+"\n"+RenderNetfilter(tab, cfg).String())
 }
 
 func TestRenderPicksTheFamilyOfEachClusterIP(t *testing.T) {

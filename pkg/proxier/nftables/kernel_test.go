@@ -2,7 +2,6 @@ package nftables
 
 import (
 	"context"
-	"slices"
 	"strings"
 	"testing"
 
@@ -10,32 +9,6 @@ import (
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
-
-// canonical sorts the element lines of every set so that listings compare
-// regardless of the kernel's hash order.
-func canonical(listing string) string {
-	lines := strings.Split(listing, "\n")
-	var out []string
-	for i := 0; i < len(lines); i++ {
-		l := lines[i]
-		if !strings.HasPrefix(strings.TrimSpace(l), "elements = {") {
-			out = append(out, l)
-			continue
-		}
-		body := strings.TrimPrefix(strings.TrimSpace(l), "elements = { ")
-		for !strings.HasSuffix(body, "}") && i+1 < len(lines) {
-			i++
-			body += " " + strings.TrimSpace(lines[i])
-		}
-		var elems []string
-		for _, e := range strings.Split(strings.TrimSuffix(strings.TrimSpace(body), "}"), ",") {
-			elems = append(elems, strings.TrimSpace(e))
-		}
-		slices.Sort(elems)
-		out = append(out, "\t\telements = { "+strings.Join(elems, ", ")+" }")
-	}
-	return strings.Join(out, "\n")
-}
 
 func newKernelProxier(t *testing.T, ns *testns.NS) *Proxier {
 	t.Helper()
@@ -60,7 +33,7 @@ func TestKernelListingMatchesRenderingAndNft(t *testing.T) {
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(st, flowspec.Config(), f).String()
 		got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if canonical(got) != canonical(want) {
+		if CanonicalListing(got) != CanonicalListing(want) {
 			t.Errorf("%v: kernel listing differs from rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 		ref := testns.New(t, "nftref")
@@ -68,7 +41,7 @@ func TestKernelListingMatchesRenderingAndNft(t *testing.T) {
 			t.Fatalf("nft -f of the rendering: %v\n%s", err, out)
 		}
 		byNft := ref.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if canonical(byNft) != canonical(got) {
+		if CanonicalListing(byNft) != CanonicalListing(got) {
 			t.Errorf("%v: netlink-written table lists differently from the nft-written one\n--- proxyd\n%s\n--- nft\n%s", f, got, byNft)
 		}
 		if strings.Contains(got, "unknown") || strings.Contains(got, "invalid") {

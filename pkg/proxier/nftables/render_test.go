@@ -1,47 +1,23 @@
 package nftables
 
 import (
-	"flag"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/proxyd/proxyd/internal/golden"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
-
 func TestRenderGolden(t *testing.T) {
 	st := flowspec.State()
-	golden(t, "flowspec-ipv4.nft", Render(st, flowspec.Config(), model.IPv4).String())
-	golden(t, "flowspec-ipv6.nft", Render(st, flowspec.Config(), model.IPv6).String())
+	golden.Check(t, "flowspec-ipv4.nft", Render(st, flowspec.Config(), model.IPv4).String())
+	golden.Check(t, "flowspec-ipv6.nft", Render(st, flowspec.Config(), model.IPv6).String())
 }
 
 func TestPacketFlowSpec(t *testing.T) {
@@ -101,17 +77,17 @@ func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
 	})
 	t.Run("an endpoint change rewrites one chain", func(t *testing.T) {
 		after := withEndpoints(before, 1, 2)
-		golden(t, "plan-endpoint-removed.txt", incremental(t, before, after).String())
+		golden.Check(t, "plan-endpoint-removed.txt", incremental(t, before, after).String())
 	})
 	t.Run("a new and a deleted Service add and delete a chain and its elements", func(t *testing.T) {
 		after := bigState(3, 3)
 		delete(after.Services, svcKey(0))
 		extra := bigState(4, 3).Services[svcKey(3)]
 		after.Services[extra.Key] = extra
-		golden(t, "plan-service-added-removed.txt", incremental(t, before, after).String())
+		golden.Check(t, "plan-service-added-removed.txt", incremental(t, before, after).String())
 	})
 	t.Run("losing every endpoint moves the port from its chain to the reject set", func(t *testing.T) {
-		golden(t, "plan-endpoints-gone.txt", incremental(t, before, withEndpoints(before, 2, 0)).String())
+		golden.Check(t, "plan-endpoints-gone.txt", incremental(t, before, withEndpoints(before, 2, 0)).String())
 	})
 }
 
