@@ -16,19 +16,28 @@ import (
 	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
 
-// modes are the dataplanes every e2e assertion runs against.
-var modes = []string{"nftables"}
+// dataplane is one way of running proxyd that every e2e assertion covers.
+type dataplane struct {
+	name string   // subtest name
+	mode string   // --mode
+	args []string // further flags
+	list string   // shell command that lists what the kernel holds
+}
 
-// ruleset returns what the kernel holds for mode, as an admin would list it.
-func (e *env) ruleset(t *testing.T, mode string) string {
+var dataplanes = []dataplane{
+	{name: "nftables", mode: "nftables", list: "nft list ruleset"},
+	{name: "iptables-nft", mode: "iptables", args: []string{"--iptables-backend=nft"}, list: "iptables-nft-save; ip6tables-nft-save"},
+	{name: "iptables-legacy", mode: "iptables", args: []string{"--iptables-backend=legacy"}, list: "iptables-legacy-save; ip6tables-legacy-save"},
+}
+
+// everything lists what every dataplane holds, for checks that nothing of
+// proxyd's is left.
+const everything = "nft list ruleset; iptables-nft-save; ip6tables-nft-save; iptables-legacy-save; ip6tables-legacy-save"
+
+// ruleset returns what the kernel holds for dp, as an admin would list it.
+func (e *env) ruleset(t *testing.T, list string) string {
 	t.Helper()
-	var argv []string
-	switch mode {
-	case "nftables":
-		argv = []string{"nft", "list", "ruleset"}
-	default:
-		argv = []string{"sh", "-c", "iptables-save; ip6tables-save"}
-	}
+	argv := []string{"sh", "-c", list}
 	out, err := e.lab.Exec(context.Background(), e.lab.NodeNS, argv...)
 	if err != nil {
 		t.Fatalf("%v: %v", argv, err)
@@ -38,12 +47,12 @@ func (e *env) ruleset(t *testing.T, mode string) string {
 
 func TestClusterIP(t *testing.T) {
 	e := needEnv(t)
-	for _, mode := range modes {
-		t.Run(mode, func(t *testing.T) { e.clusterIPSuite(t, mode) })
+	for _, dp := range dataplanes {
+		t.Run(dp.name, func(t *testing.T) { e.clusterIPSuite(t, dp) })
 	}
 }
 
-func (e *env) clusterIPSuite(t *testing.T, mode string) {
+func (e *env) clusterIPSuite(t *testing.T, dp dataplane) {
 	const vip = "10.96.0.10"
 	ports := []svcPort{{"tcp", v1.ProtocolTCP, 80}, {"udp", v1.ProtocolUDP, 80}}
 	target := []svcPort{{"tcp", v1.ProtocolTCP, 8080}, {"udp", v1.ProtocolUDP, 8080}}
@@ -57,7 +66,7 @@ func (e *env) clusterIPSuite(t *testing.T, mode string) {
 	e.createService(t, "other", "10.96.0.11", map[string]string{"service.kubernetes.io/service-proxy-name": "other"}, ports...)
 	e.createSlice(t, e.slice("other-1", "other", all, target...))
 
-	px := e.startProxyd(t, mode)
+	px := e.startProxyd(t, dp.mode, dp.args...)
 	addr := vip + ":80"
 	e.eventually(t, 10*time.Second, "the VIP answers", func() error {
 		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", addr, 1, 1)
@@ -84,7 +93,7 @@ func (e *env) clusterIPSuite(t *testing.T, mode string) {
 	})
 
 	t.Run("the headless Service gets no rules and its Pods are reached directly", func(t *testing.T) {
-		rules := e.ruleset(t, mode)
+		rules := e.ruleset(t, dp.list)
 		if strings.Contains(rules, "default/headless") {
 			t.Errorf("headless Service is in the ruleset:\n%s", rules)
 		}
@@ -95,7 +104,7 @@ func (e *env) clusterIPSuite(t *testing.T, mode string) {
 	})
 
 	t.Run("a Service for another proxy is not programmed", func(t *testing.T) {
-		rules := e.ruleset(t, mode)
+		rules := e.ruleset(t, dp.list)
 		if strings.Contains(rules, "default/other") || strings.Contains(rules, "10.96.0.11") {
 			t.Errorf("service-proxy-name=other is in the ruleset:\n%s", rules)
 		}
@@ -118,7 +127,7 @@ func (e *env) clusterIPSuite(t *testing.T, mode string) {
 		}
 	})
 
-	if mode == "nftables" {
+	if dp.mode == "nftables" {
 		t.Run("nft lists the table readably and as the golden text", func(t *testing.T) {
 			e.assertNftGolden(t)
 		})
@@ -170,7 +179,7 @@ func (e *env) clusterIPSuite(t *testing.T, mode string) {
 		if err != nil {
 			t.Fatalf("proxyd --cleanup: %v\n%s", err, out)
 		}
-		rules := e.ruleset(t, mode)
+		rules := e.ruleset(t, everything)
 		for _, s := range []string{"proxyd", "PROXYD"} {
 			if strings.Contains(rules, s) {
 				t.Errorf("%q left after --cleanup:\n%s", s, rules)

@@ -8,6 +8,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
 	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
@@ -29,6 +30,12 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 		return nftables.New(cfg)
 	case "ipvs":
 		return ipvs.New(cfg, ipvs.WithScheduler(o.IPVSScheduler))
+	case "iptables":
+		var opts []iptables.Option
+		if o.IPTablesBackend != "auto" {
+			opts = append(opts, iptables.WithVariant(iptables.Variant(o.IPTablesBackend)))
+		}
+		return iptables.New(cfg, opts...)
 	}
 	return nil, fmt.Errorf("--mode %s is not available in this build yet", mode)
 }
@@ -41,6 +48,20 @@ func CleanupAll(ctx context.Context, o *Options, keep string) error {
 	var errs []error
 	for _, mode := range Modes {
 		if mode == keep {
+			continue
+		}
+		if mode == "iptables" {
+			// Rules may sit in either variant (iptables-nft or legacy).
+			for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
+				b, err := iptables.New(o.proxierConfig(), iptables.WithVariant(v))
+				if err != nil {
+					klog.V(2).InfoS("Nothing to clean for iptables variant", "variant", v, "reason", err)
+					continue
+				}
+				if err := b.Cleanup(ctx); err != nil {
+					errs = append(errs, fmt.Errorf("clean up iptables-%s rules: %w", v, err))
+				}
+			}
 			continue
 		}
 		if mode == "ipvs" {

@@ -37,6 +37,7 @@ type Options struct {
 	MasqueradeAll      bool
 	MasqueradeBit      int
 	IPVSScheduler      string
+	IPTablesBackend    string
 	ProxyName          string
 	ConfigFile         string
 	ShowVersion        bool
@@ -69,6 +70,7 @@ func Parse(args []string) (*Options, error) {
 	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated Pod CIDRs; ClusterIP traffic from outside them is masqueraded")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to ClusterIPs")
 	fs.IntVar(&o.MasqueradeBit, "iptables-masquerade-bit", 14, "bit of the packet mark that requests masquerade (0-31)")
+	fs.StringVar(&o.IPTablesBackend, "iptables-backend", "auto", "iptables variant: auto (the one the node already uses), nft or legacy")
 	fs.StringVar(&o.IPVSScheduler, "ipvs-scheduler", "rr", "IPVS scheduler: rr, lc, wrr, wlc, sh, dh, mh, sed, nq")
 	fs.StringVar(&o.ProxyName, "service-proxy-name", "", "also program Services labelled service.kubernetes.io/service-proxy-name=NAME")
 	fs.StringVar(&o.ConfigFile, "config", "", "a KubeProxyConfiguration file; flags given explicitly override it")
@@ -133,6 +135,9 @@ func (o *Options) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", name, addr))
 		}
+	}
+	if !contains([]string{"auto", "nft", "legacy"}, o.IPTablesBackend) {
+		errs = append(errs, fmt.Errorf("--iptables-backend %q: must be auto, nft or legacy", o.IPTablesBackend))
 	}
 	if o.Mode == "ipvs" {
 		if _, err := ipvs.ValidateScheduler(o.IPVSScheduler); err != nil {

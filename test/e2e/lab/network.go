@@ -32,6 +32,11 @@ var nodeSysctls = []struct{ key, value string }{
 	{"net.ipv4.conf.default.send_redirects", "0"},
 	{"net.ipv4.conf.all.route_localnet", "1"},
 	{"net.netfilter.nf_conntrack_tcp_be_liberal", "1"},
+	// Tests send thousands of connections to VIPs that refuse: without
+	// these the kernel rate-limits the ICMP unreachables per client and a
+	// refused connection shows up as a timeout.
+	{"net.ipv4.icmp_ratelimit", "0"},
+	{"net.ipv6.icmp.ratelimit", "0"},
 }
 
 // noDADSysctls keep IPv6 addresses (link-local ones too) usable at once.

@@ -1,0 +1,255 @@
+package iptables
+
+import (
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/proxyd/proxyd/pkg/model"
+)
+
+// written is what a family's tables hold after the last successful write,
+// as far as proxyd's chains go. It is trusted only while no write failed.
+type written struct {
+	// sps holds every service port with a ClusterIP of the family.
+	sps map[model.ServicePortKey]writtenSP
+	// spRules is the sum of the service ports' rules; the dispatch and
+	// base rules come on top (see ruleCount).
+	spRules  int
+	spChains int
+	// cidrs are the family's ServiceCIDRs, and refuseRules the REJECTs
+	// at the end of filter's PROXYD-SERVICES they and the ClusterIPs
+	// outside them took.
+	cidrs       []netip.Prefix
+	refuseRules int
+}
+
+// writtenSP is one service port as it was rendered.
+type writtenSP struct {
+	sp     *model.ServicePort
+	chains []string // its nat chains: the service chain, then the endpoints'
+	rules  int      // the rules in those chains
+}
+
+// baseRules and baseChains are what every family carries beside its
+// service ports: PROXYD-POSTROUTING (3 rules), PROXYD-MARK-MASQ (1) and
+// PROXYD-SERVICES in nat and filter.
+const (
+	baseRules  = 4
+	baseChains = 4
+)
+
+// ruleCount is the number of rules in proxyd's chains of the family: the
+// base rules, one dispatch rule per service port (a jump in nat or a
+// REJECT in filter) and the service ports' own chains.
+func (w *written) ruleCount() int { return baseRules + len(w.sps) + w.spRules + w.refuseRules }
+
+// chainCount is the number of proxyd chains of the family.
+func (w *written) chainCount() int { return baseChains + w.spChains }
+
+// fullState renders every chain of the family for sps (sorted by key) and
+// the ServiceCIDRs into t, deleting the chains of stale that it does not
+// write again, and returns what the tables will hold.
+func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []netip.Prefix, stale staleChains) *written {
+	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam)}
+	r.base(t)
+	w.refuseRules = r.services(t, sps, w.cidrs)
+	for _, sp := range sps {
+		if _, ok := programmable(sp, r.fam); !ok {
+			continue
+		}
+		chains, rules := r.servicePort(t, sp, nil)
+		w.add(sp, chains, rules)
+	}
+	for _, c := range sortedKeys(stale[tableFilter]) {
+		if c != ChainServices {
+			t.deleteChain(tableFilter, c)
+		}
+	}
+	if len(stale[tableNAT]) > 0 {
+		keep := map[string]bool{ChainServices: true, ChainPostrouting: true, ChainMarkMasq: true}
+		for _, wsp := range w.sps {
+			for _, c := range wsp.chains {
+				keep[c] = true
+			}
+		}
+		for _, c := range sortedKeys(stale[tableNAT]) {
+			if !keep[c] {
+				t.deleteChain(tableNAT, c)
+			}
+		}
+	}
+	return w
+}
+
+func (w *written) add(sp *model.ServicePort, chains []string, rules int) {
+	w.sps[sp.Key] = writtenSP{sp: sp, chains: chains, rules: rules}
+	w.spRules += rules
+	w.spChains += len(chains)
+}
+
+func (w *written) remove(k model.ServicePortKey) writtenSP {
+	old := w.sps[k]
+	delete(w.sps, k)
+	w.spRules -= old.rules
+	w.spChains -= len(old.chains)
+	return old
+}
+
+// partial renders into t only what differs between w and s: the chains of
+// the service ports whose rules changed (the chain line flushes a chain
+// before its rules are appended again), -X for the chains no longer
+// wanted, and PROXYD-SERVICES of a table only when its content changes.
+// It updates w to describe the tables after the write; if the write fails
+// the caller must drop w. sorted returns s's service ports sorted, and is
+// called only when a PROXYD-SERVICES chain is rewritten.
+func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted func() []*model.ServicePort, alwaysServices bool) {
+	var changed []*model.ServicePort
+	natDispatch, filterDispatch := alwaysServices, alwaysServices
+	if cidrs := familyCIDRs(s.ServiceCIDRs, r.fam); !slices.Equal(cidrs, w.cidrs) {
+		w.cidrs = cidrs
+		filterDispatch = true
+	}
+	// A ClusterIP outside the ServiceCIDRs has its own REJECT in filter.
+	outside := func(sp *model.ServicePort) bool {
+		vip, ok := programmable(sp, r.fam)
+		return ok && !inAny(w.cidrs, vip)
+	}
+	for k, sp := range s.Services {
+		if _, ok := programmable(sp, r.fam); !ok {
+			continue
+		}
+		old, had := w.sps[k]
+		if had && sameRules(old.sp, sp, r.fam) {
+			if old.sp != sp {
+				old.sp = sp
+				w.sps[k] = old
+			}
+			continue
+		}
+		changed = append(changed, sp)
+		if !had || !sameDispatch(old.sp, sp, r.fam) {
+			if !had || hasEndpoints(old.sp, r.fam) || hasEndpoints(sp, r.fam) {
+				natDispatch = true
+			}
+			if !had || !hasEndpoints(old.sp, r.fam) || !hasEndpoints(sp, r.fam) || outside(old.sp) || outside(sp) {
+				filterDispatch = true
+			}
+		}
+	}
+	var removed []model.ServicePortKey
+	for k := range w.sps {
+		sp, ok := s.Services[k]
+		if !ok {
+			removed = append(removed, k)
+		} else if _, ok := programmable(sp, r.fam); !ok {
+			removed = append(removed, k)
+		}
+	}
+	slices.SortFunc(removed, model.ServicePortKey.Compare)
+	for _, k := range removed {
+		old := w.remove(k)
+		if hasEndpoints(old.sp, r.fam) {
+			natDispatch = true
+		}
+		if !hasEndpoints(old.sp, r.fam) || outside(old.sp) {
+			filterDispatch = true
+		}
+		for _, c := range old.chains {
+			t.deleteChain(tableNAT, c)
+		}
+	}
+
+	slices.SortFunc(changed, func(a, b *model.ServicePort) int { return a.Key.Compare(b.Key) })
+	for _, sp := range changed {
+		old, had := w.sps[sp.Key]
+		var unchanged map[string]bool
+		if had {
+			w.remove(sp.Key)
+			// An endpoint chain's name hashes the service port and the
+			// endpoint, so with the same affinity its rules are the same.
+			if old.sp.AffinitySeconds == sp.AffinitySeconds && len(old.chains) > 1 {
+				unchanged = make(map[string]bool, len(old.chains)-1)
+				for _, c := range old.chains[1:] {
+					unchanged[c] = true
+				}
+			}
+		}
+		chains, rules := r.servicePort(t, sp, unchanged)
+		w.add(sp, chains, rules)
+		for _, c := range old.chains {
+			if !slices.Contains(chains, c) {
+				t.deleteChain(tableNAT, c)
+			}
+		}
+	}
+
+	if natDispatch || filterDispatch {
+		all := sorted()
+		if natDispatch {
+			t.natChain(ChainServices)
+		}
+		if filterDispatch {
+			t.filterChain(ChainServices)
+		}
+		for _, sp := range all {
+			r.dispatchTo(t, sp, natDispatch, filterDispatch)
+		}
+		if filterDispatch {
+			w.refuseRules = r.refuse(t, all, w.cidrs)
+		}
+	}
+}
+
+// sameRules reports whether a and b render the same chains in family fam:
+// only what reaches the rules counts, not the conditions of endpoints that
+// were not selected.
+func sameRules(a, b *model.ServicePort, fam model.IPFamily) bool {
+	if a == b {
+		return true
+	}
+	va, _ := a.ClusterIP(fam)
+	vb, _ := b.ClusterIP(fam)
+	if a.Key != b.Key || va != vb || a.Port != b.Port || a.AffinitySeconds != b.AffinitySeconds {
+		return false
+	}
+	i, j := 0, 0
+	for {
+		for i < len(a.ClusterEndpoints) && model.FamilyOf(a.ClusterEndpoints[i].IP) != fam {
+			i++
+		}
+		for j < len(b.ClusterEndpoints) && model.FamilyOf(b.ClusterEndpoints[j].IP) != fam {
+			j++
+		}
+		if i == len(a.ClusterEndpoints) || j == len(b.ClusterEndpoints) {
+			return i == len(a.ClusterEndpoints) && j == len(b.ClusterEndpoints)
+		}
+		if a.ClusterEndpoints[i].AddrPort() != b.ClusterEndpoints[j].AddrPort() {
+			return false
+		}
+		i++
+		j++
+	}
+}
+
+// sameDispatch reports whether a and b render the same PROXYD-SERVICES
+// rules in family fam.
+func sameDispatch(a, b *model.ServicePort, fam model.IPFamily) bool {
+	va, _ := a.ClusterIP(fam)
+	vb, _ := b.ClusterIP(fam)
+	return va == vb && a.Port == b.Port && hasEndpoints(a, fam) == hasEndpoints(b, fam)
+}
+
+// programmable returns sp's ClusterIP of family fam, unless sp has none
+// or could not be written at all (the model never builds such a port, but
+// one bad port must not block every sync).
+func programmable(sp *model.ServicePort, fam model.IPFamily) (netip.Addr, bool) {
+	if !sp.Key.Protocol.Valid() || sp.Port == 0 {
+		return netip.Addr{}, false
+	}
+	return sp.ClusterIP(fam)
+}
+
+func sortedKeys(m map[string]bool) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,507 @@
+package iptables
+
+import (
+	"context"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+var (
+	webKey   = model.ServicePortKey{Namespace: "default", Name: "web", Port: "p", Protocol: model.TCP}
+	dnsKey   = model.ServicePortKey{Namespace: "default", Name: "dns", Port: "p", Protocol: model.UDP}
+	emptyKey = model.ServicePortKey{Namespace: "default", Name: "empty", Port: "p", Protocol: model.TCP}
+)
+
+// withPort returns a copy of s in which k's service port is changed by
+// mod (added when missing if mod is given a zero port), or removed when
+// mod is nil. s itself is not changed: States are immutable.
+func withPort(s *model.State, k model.ServicePortKey, mod func(*model.ServicePort)) *model.State {
+	out := &model.State{Node: s.Node, Services: maps.Clone(s.Services), ServiceCIDRs: s.ServiceCIDRs}
+	if out.Services == nil {
+		out.Services = map[model.ServicePortKey]*model.ServicePort{}
+	}
+	if mod == nil {
+		delete(out.Services, k)
+		return out
+	}
+	sp := &model.ServicePort{Key: k}
+	if old, ok := s.Services[k]; ok {
+		c := *old
+		sp = &c
+		sp.ClusterIPs = slices.Clone(old.ClusterIPs)
+		sp.Endpoints = slices.Clone(old.Endpoints)
+		sp.ClusterEndpoints = slices.Clone(old.ClusterEndpoints)
+	}
+	mod(sp)
+	out.Services[k] = sp
+	return out
+}
+
+func endpoint(ip netip.Addr) model.Endpoint {
+	return model.Endpoint{IP: ip, Port: flowspec.EchoPort, Ready: true, Serving: true}
+}
+
+func setEndpoints(eps ...model.Endpoint) func(*model.ServicePort) {
+	return func(sp *model.ServicePort) { sp.Endpoints, sp.ClusterEndpoints = eps, eps }
+}
+
+// restoreSummary is what one restore input does, per table.
+type restoreSummary struct {
+	Declared map[string][]string // chain lines (create or flush), sorted
+	Deleted  map[string][]string // -X, sorted
+}
+
+func summarize(t *testing.T, text string) restoreSummary {
+	t.Helper()
+	blocks, err := parseRestore([]byte(text))
+	if err != nil {
+		t.Fatalf("parse the written text: %v", err)
+	}
+	s := restoreSummary{Declared: map[string][]string{}, Deleted: map[string][]string{}}
+	for _, b := range blocks {
+		for _, o := range b.ops {
+			switch o.kind {
+			case opChain:
+				s.Declared[b.name] = append(s.Declared[b.name], o.chain)
+			case opDelX:
+				s.Deleted[b.name] = append(s.Deleted[b.name], o.chain)
+			}
+		}
+		slices.Sort(s.Declared[b.name])
+		slices.Sort(s.Deleted[b.name])
+	}
+	return s
+}
+
+func sorted(names ...string) []string { return slices.Sorted(slices.Values(names)) }
+
+func sepOf(k model.ServicePortKey, ip netip.Addr) string { return sepChain(k, endpoint(ip)) }
+
+func TestFirstSyncIsFullAndSatisfiesTheFlowSpec(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	st := tp.sync(t, flowspec.State())
+	if !st.Full || st.Skipped {
+		t.Errorf("first sync stats %+v, want a full write", st)
+	}
+	v4, v6 := tp.kernels[model.IPv4], tp.kernels[model.IPv6]
+	if len(v4.writes) != 1 || len(v6.writes) != 1 {
+		t.Errorf("%d IPv4 and %d IPv6 restores, want one each", len(v4.writes), len(v6.writes))
+	}
+	tr, err := NewTracer(v4.saveAll(), v6.saveAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowspec.Run(t, tr)
+	// The kernel's own count agrees with the stats.
+	rules := 0
+	for _, k := range tp.kernels {
+		for _, table := range []string{tableNAT, tableFilter} {
+			for _, c := range k.proxydChains(table) {
+				rules += len(k.tables[table].chains[c].rules)
+			}
+		}
+	}
+	if rules != st.RuleCount {
+		t.Errorf("stats say %d rules, the tables hold %d", st.RuleCount, rules)
+	}
+}
+
+func TestJumpRulesAreInsertedOnceAtTheTop(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	k := tp.kernels[model.IPv4]
+	foreign := []string{"-s", "192.0.2.1/32", "-j", "ACCEPT"}
+	for _, chain := range []string{"PREROUTING", "OUTPUT", "POSTROUTING"} {
+		if err := k.Insert(tableNAT, chain, 1, foreign...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tp.sync(t, flowspec.State())
+	tp.RequestFullSync()
+	tp.sync(t, flowspec.State())
+	for _, j := range jumpRules {
+		rules := k.tables[j.table].chains[j.chain].rules
+		n := 0
+		for _, r := range rules {
+			if slices.Equal(r, j.spec) {
+				n++
+			}
+		}
+		if n != 1 || !slices.Equal(rules[0], j.spec) {
+			t.Errorf("%s %s: %d copies of the jump, first rule %q; want exactly one, at the top", j.table, j.chain, n, rules[0])
+		}
+		if j.table == tableNAT && !slices.ContainsFunc(rules, func(r []string) bool { return slices.Equal(r, foreign) }) {
+			t.Errorf("%s %s: the foreign rule is gone", j.table, j.chain)
+		}
+	}
+}
+
+func TestUnchangedStateWritesNothing(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	tp.sync(t, flowspec.State())
+	st := tp.sync(t, flowspec.State()) // a new Build: equal, not identical
+	if st.Full || !st.Skipped || st.KernelOps != 0 {
+		t.Errorf("stats %+v, want a skipped partial sync", st)
+	}
+	for fam, k := range tp.kernels {
+		if len(k.writes) != 1 {
+			t.Errorf("%v: %d restores, want only the first", fam, len(k.writes))
+		}
+	}
+}
+
+// TestPartialSyncWritesOnlyWhatChanged drives one Proxier through a
+// sequence of States and checks, after each, exactly which chains the
+// restore input named and that the tables equal a fresh full write.
+func TestPartialSyncWritesOnlyWhatChanged(t *testing.T) {
+	cfg := flowspec.Config()
+	base := flowspec.State()
+	pod4 := netip.MustParseAddr("10.244.1.14")
+	webSVC, dnsSVC := svcChain(webKey), svcChain(dnsKey)
+	none := map[string][]string{}
+
+	steps := []struct {
+		name  string
+		state *model.State
+		v4    *restoreSummary // nil: no IPv4 restore at all
+		v6    *restoreSummary
+	}{
+		{
+			name:  "an endpoint added to web rewrites web's chain and adds one endpoint chain",
+			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod2), endpoint(flowspec.Pod3), endpoint(pod4), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+			v4:    &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, pod4))}, Deleted: none},
+		},
+		{
+			name:  "an endpoint removed from web rewrites web's chain and deletes that endpoint's chain",
+			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+			v4: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, pod4), sepOf(webKey, flowspec.Pod2))},
+				Deleted: map[string][]string{"nat": sorted(sepOf(webKey, pod4), sepOf(webKey, flowspec.Pod2))}},
+		},
+		{
+			name:  "an IPv6 endpoint change touches only the IPv6 tables",
+			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+			v6: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, flowspec.Pod2v6))},
+				Deleted: map[string][]string{"nat": {sepOf(webKey, flowspec.Pod2v6)}}},
+		},
+		{
+			name: "a Service losing its last endpoint rewrites both dispatch chains and deletes its chains",
+			state: withPort(withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+				dnsKey, setEndpoints()),
+			v4: &restoreSummary{
+				Declared: map[string][]string{"nat": sorted(ChainServices, dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2)), "filter": {ChainServices}},
+				Deleted:  map[string][]string{"nat": sorted(dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2))}},
+		},
+		{
+			name: "a Service removed while it rejects rewrites only filter's dispatch chain",
+			state: withPort(withPort(withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+				dnsKey, setEndpoints()), emptyKey, nil),
+			v4: &restoreSummary{Declared: map[string][]string{"filter": {ChainServices}}, Deleted: none},
+		},
+		{
+			name:  "back to the first State",
+			state: base,
+			v4: &restoreSummary{
+				Declared: map[string][]string{"nat": sorted(ChainServices, webSVC, dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2), sepOf(webKey, flowspec.Pod2)), "filter": {ChainServices}},
+				Deleted:  none},
+			v6: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, flowspec.Pod2v6))}, Deleted: none},
+		},
+	}
+
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, base)
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			before := map[model.IPFamily]int{}
+			for fam, k := range tp.kernels {
+				before[fam] = len(k.writes)
+			}
+			if st := tp.sync(t, step.state); st.Full {
+				t.Errorf("sync was full")
+			}
+			for fam, want := range map[model.IPFamily]*restoreSummary{model.IPv4: step.v4, model.IPv6: step.v6} {
+				k := tp.kernels[fam]
+				if want == nil {
+					if len(k.writes) != before[fam] {
+						t.Errorf("%v: unexpected restore:\n%s", fam, k.lastWrite())
+					}
+					continue
+				}
+				if len(k.writes) != before[fam]+1 {
+					t.Errorf("%v: %d restores, want one", fam, len(k.writes)-before[fam])
+					continue
+				}
+				got := summarize(t, k.lastWrite())
+				if diff := cmp.Diff(*want, got); diff != "" {
+					t.Errorf("%v restore input (-want +got):\n%s\n%s", fam, diff, k.lastWrite())
+				}
+			}
+			tp.wantKernelMatchesFullWrite(t, cfg, step.state)
+		})
+	}
+}
+
+func TestPartialSyncIgnoresEndpointsThatWereNotSelected(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	tp.sync(t, flowspec.State())
+	s := withPort(flowspec.State(), webKey, func(sp *model.ServicePort) {
+		sp.Endpoints = append(sp.Endpoints, model.Endpoint{IP: netip.MustParseAddr("10.244.1.99"), Port: 8080})
+	})
+	if st := tp.sync(t, s); !st.Skipped {
+		t.Errorf("a not-ready endpoint that is not used rewrote rules: %+v\n%s", st, tp.kernels[model.IPv4].lastWrite())
+	}
+}
+
+func TestAFailedWriteKeepsTheOldRulesAndTheNextSyncIsFull(t *testing.T) {
+	cfg := flowspec.Config()
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, flowspec.State())
+	k := tp.kernels[model.IPv4]
+	before := k.canonical()
+	next := withPort(flowspec.State(), webKey, setEndpoints(endpoint(flowspec.Pod1)))
+	k.failRestores = 1
+	if err := tp.Sync(context.Background(), next, model.Diff{}); err == nil || !strings.Contains(err.Error(), "sync IPv4 iptables rules") {
+		t.Fatalf("Sync error %v, want the injected failure wrapped", err)
+	}
+	if k.canonical() != before {
+		t.Error("a failed restore changed the tables")
+	}
+	if st := tp.sync(t, next); !st.Full {
+		t.Errorf("the sync after an error was not full: %+v", st)
+	}
+	tp.wantKernelMatchesFullWrite(t, cfg, next)
+}
+
+func TestFullSyncDeletesStaleProxydChainsAndNothingElse(t *testing.T) {
+	cfg := flowspec.Config()
+	tp := newTestProxier(t, cfg)
+	k := tp.kernels[model.IPv4]
+	leftover := "*nat\n:PROXYD-SERVICES - [0:0]\n:PROXYD-SVC-OLDOLDOLDOLDOLD0 - [0:0]\n:PROXYD-SEP-OLDOLDOLDOLDOLD0 - [0:0]\n:KUBE-SVC-FOREIGN - [0:0]\n" +
+		"-A PROXYD-SERVICES -d 10.96.9.9/32 -p tcp -m tcp --dport 80 -j PROXYD-SVC-OLDOLDOLDOLDOLD0\n" +
+		"-A PROXYD-SVC-OLDOLDOLDOLDOLD0 -j PROXYD-SEP-OLDOLDOLDOLDOLD0\n-A PROXYD-SEP-OLDOLDOLDOLDOLD0 -p tcp -j DNAT --to-destination 10.9.9.9:80\n" +
+		"-A KUBE-SVC-FOREIGN -j RETURN\n-A PREROUTING -j KUBE-SVC-FOREIGN\n-A PREROUTING -m comment --comment \"proxyd service portals\" -j PROXYD-SERVICES\nCOMMIT\n" +
+		"*filter\n:PROXYD-SERVICES - [0:0]\n:PROXYD-FORWARD - [0:0]\n-A PROXYD-FORWARD -j ACCEPT\nCOMMIT\n"
+	if err := k.Restore(context.Background(), []byte(leftover)); err != nil {
+		t.Fatal(err)
+	}
+	tp.sync(t, flowspec.State())
+	for _, table := range []string{tableNAT, tableFilter} {
+		for _, c := range k.proxydChains(table) {
+			if strings.Contains(c, "OLD") || c == "PROXYD-FORWARD" {
+				t.Errorf("stale chain %s %s survived the full sync", table, c)
+			}
+		}
+	}
+	if c, ok := k.tables[tableNAT].chains["KUBE-SVC-FOREIGN"]; !ok || len(c.rules) != 1 {
+		t.Error("the foreign chain was touched")
+	}
+	if got := len(k.tables[tableNAT].chains["PREROUTING"].rules); got != 2 {
+		t.Errorf("PREROUTING has %d rules, want the foreign one and one proxyd jump", got)
+	}
+}
+
+func TestFullSyncHappensPeriodicallyAndOnRequest(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config(), WithFullSyncEvery(10*time.Minute))
+	tp.sync(t, flowspec.State())
+	tp.clock.Step(9 * time.Minute)
+	if st := tp.sync(t, flowspec.State()); st.Full {
+		t.Error("full sync before the period elapsed")
+	}
+	tp.clock.Step(time.Minute)
+	if st := tp.sync(t, flowspec.State()); !st.Full || st.Skipped {
+		t.Errorf("stats %+v once the period elapsed, want a full write", st)
+	}
+	if st := tp.sync(t, flowspec.State()); st.Full {
+		t.Error("the period did not restart after the full sync")
+	}
+	tp.RequestFullSync()
+	if st := tp.sync(t, flowspec.State()); !st.Full {
+		t.Error("RequestFullSync did not make the next sync full")
+	}
+}
+
+func TestServiceCIDRChangesRewriteOnlyFiltersDispatch(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	tp.sync(t, flowspec.State())
+	s := withPort(flowspec.State(), webKey, func(*model.ServicePort) {})
+	s.ServiceCIDRs = []netip.Prefix{flowspec.ServiceCIDR, netip.MustParsePrefix("10.97.0.0/16"), flowspec.ServiceCIDRv6}
+	tp.sync(t, s)
+	if got := summarize(t, tp.kernels[model.IPv4].lastWrite()); !cmp.Equal(got, restoreSummary{
+		Declared: map[string][]string{"filter": {ChainServices}}, Deleted: map[string][]string{}}) {
+		t.Errorf("a new IPv4 ServiceCIDR wrote %+v, want only filter's %s", got, ChainServices)
+	}
+	if n := len(tp.kernels[model.IPv6].writes); n != 1 {
+		t.Errorf("an IPv4 ServiceCIDR change restored IPv6 rules")
+	}
+	tp.wantKernelMatchesFullWrite(t, flowspec.Config(), s)
+
+	// Without ServiceCIDRs every ClusterIP refuses its other ports itself.
+	s = withPort(s, webKey, func(*model.ServicePort) {})
+	s.ServiceCIDRs = nil
+	tp.sync(t, s)
+	tr, err := NewTracer(tp.kernels[model.IPv4].saveAll(), tp.kernels[model.IPv6].saveAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []flowspec.Packet{
+		{Src: flowspec.Client, Dst: netip.AddrPortFrom(flowspec.WebVIP, 81), Proto: model.TCP},
+		{Src: flowspec.Clientv6, Dst: netip.AddrPortFrom(flowspec.WebVIPv6, 81), Proto: model.TCP},
+	} {
+		if r := tr.Trace(p, func(uint32) uint32 { return 0 }); r.Verdict != flowspec.Reject {
+			t.Errorf("without ServiceCIDRs %v gives %v, want reject", p.Dst, r.Verdict)
+		}
+	}
+	if r := tr.Trace(flowspec.Packet{Src: flowspec.Client, Dst: netip.AddrPortFrom(flowspec.HeadlessLikeIP, 80), Proto: model.TCP}, func(uint32) uint32 { return 0 }); r.Verdict != flowspec.Untouched {
+		t.Errorf("without ServiceCIDRs an unknown address gives %v, want untouched", r.Verdict)
+	}
+	tp.wantKernelMatchesFullWrite(t, flowspec.Config(), s)
+}
+
+func TestFamilyWithoutServicePortsKeepsItsBaseChains(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	v4only := withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.ClusterIPs = sp.ClusterIPs[:1] })
+	tp.sync(t, v4only)
+	k := tp.kernels[model.IPv6]
+	want := []string{ChainMarkMasq, ChainPostrouting, ChainServices}
+	if got := k.proxydChains(tableNAT); !slices.Equal(got, want) {
+		t.Errorf("IPv6 nat chains %v, want %v", got, want)
+	}
+	for _, j := range jumpRules {
+		if ok, _ := k.Exists(j.table, j.chain, j.spec...); !ok {
+			t.Errorf("IPv6 %s %s lacks its jump", j.table, j.chain)
+		}
+	}
+}
+
+func TestCleanupRemovesExactlyWhatProxydOwns(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	ctx := context.Background()
+	if err := tp.Cleanup(ctx); err != nil {
+		t.Fatalf("Cleanup with nothing there: %v", err)
+	}
+	k := tp.kernels[model.IPv4]
+	foreign := "*nat\n:KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -j RETURN\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n*filter\n-A INPUT -s 192.0.2.0/24 -j DROP\nCOMMIT\n"
+	if err := k.Restore(ctx, []byte(foreign)); err != nil {
+		t.Fatal(err)
+	}
+	before := k.canonical()
+	tp.sync(t, flowspec.State())
+	// A second copy of a jump, as a racing second proxy could leave.
+	if err := k.Insert(tableNAT, "OUTPUT", 1, jumpRules[1].spec...); err != nil {
+		t.Fatal(err)
+	}
+	if err := tp.Cleanup(ctx); err != nil {
+		t.Fatalf("Cleanup: %v", err)
+	}
+	if after := k.canonical(); after != before {
+		t.Errorf("after Cleanup the tables are\n%s\nwant what was there before proxyd\n%s", after, before)
+	}
+	if len(tp.kernels[model.IPv6].proxydChains(tableNAT)) != 0 {
+		t.Error("IPv6 chains survived Cleanup")
+	}
+	if err := tp.Cleanup(ctx); err != nil {
+		t.Fatalf("second Cleanup: %v", err)
+	}
+	if st := tp.sync(t, flowspec.State()); !st.Full {
+		t.Error("the sync after Cleanup was not full")
+	}
+}
+
+// TestRandomChangesConverge applies random changes and checks after each
+// partial sync that the tables equal a full write of the same State.
+func TestRandomChangesConverge(t *testing.T) {
+	cfg := flowspec.Config()
+	rng := rand.New(rand.NewPCG(7, 11))
+	s := syntheticState(20, 3, true)
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, s)
+	keys := slices.SortedFunc(maps.Keys(s.Services), model.ServicePortKey.Compare)
+	for i := range 200 {
+		k := keys[rng.IntN(len(keys))]
+		switch rng.IntN(8) {
+		case 6:
+			// The ServiceCIDRs come and go (the ServiceCIDR objects are
+			// new in a cluster, or a range is added).
+			cidrs := [][]netip.Prefix{nil, {flowspec.ServiceCIDR}, {flowspec.ServiceCIDR, flowspec.ServiceCIDRv6}}[rng.IntN(3)]
+			s = withPort(s, k, func(*model.ServicePort) {})
+			s.ServiceCIDRs = cidrs
+		case 7:
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				sp.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 99, 0, byte(rng.IntN(4))})} // outside the ServiceCIDRs
+				sp.Port = 80
+			})
+		case 0:
+			s = withPort(s, k, nil)
+		case 1:
+			s = withPort(s, k, setEndpoints())
+		case 2:
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				sp.ClusterIPs = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 200, byte(i)})}
+				sp.Port = 80
+			})
+		case 3:
+			s = withPort(s, k, func(sp *model.ServicePort) { sp.AffinitySeconds = int32(rng.IntN(2)) * 60 })
+		default:
+			var eps []model.Endpoint
+			for range rng.IntN(4) {
+				eps = append(eps, endpoint(netip.AddrFrom4([4]byte{10, 244, 9, byte(rng.IntN(8))})))
+			}
+			slices.SortFunc(eps, func(a, b model.Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
+			eps = slices.CompactFunc(eps, func(a, b model.Endpoint) bool { return a.AddrPort() == b.AddrPort() })
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				if len(sp.ClusterIPs) == 0 {
+					sp.ClusterIPs, sp.Port = []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 201, byte(i)})}, 80
+				}
+				setEndpoints(eps...)(sp)
+			})
+		}
+		if st := tp.sync(t, s); st.Full {
+			t.Fatalf("step %d: unexpected full sync", i)
+		}
+		tp.wantKernelMatchesFullWrite(t, cfg, s)
+		if t.Failed() {
+			t.Fatalf("step %d diverged", i)
+		}
+	}
+}
+
+func TestAServicePortTheModelShouldNeverBuildDoesNotBlockTheOthers(t *testing.T) {
+	s := flowspec.State()
+	for _, mod := range []func(*model.ServicePort){
+		func(sp *model.ServicePort) {
+			sp.Key.Protocol = "BOGUS"
+			sp.ClusterIPs, sp.Port = []netip.Addr{flowspec.HeadlessLikeIP}, 7
+		},
+		func(sp *model.ServicePort) { sp.ClusterIPs, sp.Port = []netip.Addr{flowspec.HeadlessLikeIP}, 0 },
+	} {
+		sp := &model.ServicePort{Key: model.ServicePortKey{Namespace: "x", Name: "y", Protocol: model.TCP}}
+		mod(sp)
+		setEndpoints(endpoint(flowspec.Pod1))(sp)
+		s = withPort(s, sp.Key, func(p *model.ServicePort) { *p = *sp })
+	}
+	tp := newTestProxier(t, proxier.Config{})
+	tp.sync(t, s)
+	tp.sync(t, flowspec.State())
+	tp.sync(t, s)
+}
+
+// TestPartialSyncGolden documents the shape of an incremental write: web
+// loses an endpoint and dns its last one, in one sync.
+func TestPartialSyncGolden(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
+	tp.sync(t, flowspec.State())
+	next := withPort(withPort(flowspec.State(), webKey,
+		setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+		dnsKey, setEndpoints())
+	tp.sync(t, next)
+	golden(t, "partial-ipv4.restore", []byte(tp.kernels[model.IPv4].lastWrite()))
+}
