@@ -87,6 +87,31 @@ func ConvertService(logger klog.Logger, svc *v1.Service, proxyName string) *mode
 	if td := svc.Spec.TrafficDistribution; td != nil {
 		out.TrafficDistribution = *td
 	}
+	out.ExternalIPs = parseIPs(logger, svc, "externalIP", svc.Spec.ExternalIPs)
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		var lb []string
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			// An ingress in Proxy mode is reached through the load
+			// balancer, which proxies; only VIP mode is the node's job.
+			if ing.IP != "" && (ing.IPMode == nil || *ing.IPMode == v1.LoadBalancerIPModeVIP) {
+				lb = append(lb, ing.IP)
+			}
+		}
+		out.LoadBalancerIPs = parseIPs(logger, svc, "loadBalancerIP", lb)
+	}
+	return out
+}
+
+func parseIPs(logger klog.Logger, svc *v1.Service, what string, raw []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range raw {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			logger.V(2).Info("Dropping invalid address", "service", klog.KObj(svc), "field", what, "value", s)
+			continue
+		}
+		out = append(out, ip.Unmap())
+	}
 	return out
 }
 

@@ -95,9 +95,11 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 			ExternalLocal:       svc.ExternalLocal,
 			AffinitySeconds:     svc.AffinitySeconds,
 			TrafficDistribution: svc.TrafficDistribution,
+			ExternalIPs:         externalIPs(svc, ips),
 		}
 		sp.Endpoints = mergeEndpoints(list, p, families(ips))
 		sp.ClusterEndpoints = SelectEndpoints(sp, node)
+		sp.ExternalEndpoints = SelectExternalEndpoints(sp, node)
 		out = append(out, sp)
 	}
 	return out
@@ -136,6 +138,21 @@ func clusterIPs(in []netip.Addr) []netip.Addr {
 		out = append(out, ip)
 	}
 	return out
+}
+
+// externalIPs are the external and load-balancer addresses of families
+// the Service has, deduplicated, sorted.
+func externalIPs(svc *Service, clusterIPs []netip.Addr) []netip.Addr {
+	fams := families(clusterIPs)
+	var out []netip.Addr
+	for _, ip := range slices.Concat(svc.ExternalIPs, svc.LoadBalancerIPs) {
+		ip = ip.Unmap()
+		if ip.IsValid() && !ip.IsUnspecified() && !ip.IsLoopback() && fams[FamilyOf(ip)] {
+			out = append(out, ip)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return slices.Compact(out)
 }
 
 func families(ips []netip.Addr) map[IPFamily]bool {

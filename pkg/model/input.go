@@ -13,6 +13,10 @@ type Service struct {
 	ExternalLocal       bool
 	AffinitySeconds     int32
 	TrafficDistribution string
+	// ExternalIPs are spec.externalIPs; LoadBalancerIPs the VIP-mode
+	// ingress addresses of a LoadBalancer Service.
+	ExternalIPs     []netip.Addr
+	LoadBalancerIPs []netip.Addr
 }
 
 // ServicePortSpec is one entry of spec.ports.

@@ -48,6 +48,34 @@ func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
 	return applyHints(ready, node)
 }
 
+// SelectExternalEndpoints decides which endpoints NodePort and external-IP
+// traffic arriving at node may use. With externalTrafficPolicy Cluster it
+// is the ClusterIP choice; with Local it is the node's own endpoints (ready,
+// else serving and terminating), so the client's address is preserved and
+// a node without one drops the traffic rather than forward it.
+func SelectExternalEndpoints(sp *ServicePort, node Node) []Endpoint {
+	if !sp.HasExternal() {
+		return nil
+	}
+	if !sp.ExternalLocal {
+		return sp.ClusterEndpoints
+	}
+	var ready, terminating []Endpoint
+	for _, e := range sp.Endpoints {
+		switch {
+		case e.NodeName != node.Name:
+		case e.Ready:
+			ready = append(ready, e)
+		case e.Serving && e.Terminating:
+			terminating = append(terminating, e)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
 func applyHints(ready []Endpoint, node Node) []Endpoint {
 	byNode := filterHinted(ready, func(e Endpoint) []string { return e.NodeHints }, node.Name)
 	if byNode != nil {

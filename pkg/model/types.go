@@ -135,6 +135,9 @@ type ServicePort struct {
 	AffinitySeconds int32
 	// TrafficDistribution is spec.trafficDistribution ("" when unset).
 	TrafficDistribution string
+	// ExternalIPs are the externalIPs and VIP-mode load-balancer ingress
+	// addresses: traffic to them is handled like NodePort traffic.
+	ExternalIPs []netip.Addr
 
 	// Endpoints are all the port's endpoints, deduplicated, sorted by
 	// address, in any condition.
@@ -142,7 +145,15 @@ type ServicePort struct {
 	// ClusterEndpoints are the endpoints traffic to a ClusterIP from this
 	// node may use (see SelectEndpoints); empty means reject.
 	ClusterEndpoints []Endpoint
+	// ExternalEndpoints are those that traffic to the NodePort or an
+	// external IP may use: ClusterEndpoints, or the node's own with
+	// externalTrafficPolicy Local (see SelectExternalEndpoints).
+	ExternalEndpoints []Endpoint
 }
+
+// HasExternal reports whether the port takes traffic from outside the
+// cluster: a NodePort or an external address.
+func (s *ServicePort) HasExternal() bool { return s.NodePort != 0 || len(s.ExternalIPs) > 0 }
 
 // ClusterIP returns the port's ClusterIP of family f, if it has one.
 func (s *ServicePort) ClusterIP(f IPFamily) (netip.Addr, bool) {
@@ -169,11 +180,13 @@ func EndpointsOf(eps []Endpoint, f IPFamily) []Endpoint {
 func (s *ServicePort) Equal(o *ServicePort) bool {
 	if s.Key != o.Key || !slices.Equal(s.ClusterIPs, o.ClusterIPs) || s.Port != o.Port ||
 		s.NodePort != o.NodePort || s.InternalLocal != o.InternalLocal || s.ExternalLocal != o.ExternalLocal ||
-		s.AffinitySeconds != o.AffinitySeconds || s.TrafficDistribution != o.TrafficDistribution {
+		s.AffinitySeconds != o.AffinitySeconds || s.TrafficDistribution != o.TrafficDistribution ||
+		!slices.Equal(s.ExternalIPs, o.ExternalIPs) {
 		return false
 	}
 	return slices.EqualFunc(s.Endpoints, o.Endpoints, Endpoint.Equal) &&
-		slices.EqualFunc(s.ClusterEndpoints, o.ClusterEndpoints, Endpoint.Equal)
+		slices.EqualFunc(s.ClusterEndpoints, o.ClusterEndpoints, Endpoint.Equal) &&
+		slices.EqualFunc(s.ExternalEndpoints, o.ExternalEndpoints, Endpoint.Equal)
 }
 
 func (s *ServicePort) String() string {

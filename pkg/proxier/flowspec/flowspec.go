@@ -90,11 +90,22 @@ var (
 	SCTPVIP        = netip.MustParseAddr("10.96.0.60")
 	LocalVIP       = netip.MustParseAddr("10.96.0.70")
 	HeadlessLikeIP = netip.MustParseAddr("10.96.0.99")
-	WebVIPv6       = netip.MustParseAddr("fd00:10:96::10")
+
+	NodePortVIP       = netip.MustParseAddr("10.96.0.80")
+	NodePortLocalVIP  = netip.MustParseAddr("10.96.0.81")
+	NodePortRemoteVIP = netip.MustParseAddr("10.96.0.82")
+	NodePortEmptyVIP  = netip.MustParseAddr("10.96.0.83")
+	WebVIPv6          = netip.MustParseAddr("fd00:10:96::10")
+
+	ExternalClient = netip.MustParseAddr("192.0.2.1")
+	ExternalIP     = netip.MustParseAddr("192.0.2.10")
 
 	ServiceCIDR   = netip.MustParsePrefix("10.96.0.0/16")
 	ServiceCIDRv6 = netip.MustParsePrefix("fd00:10:96::/112")
 )
+
+// NodeLocal reports whether a is an address of the spec's node.
+func NodeLocal(a netip.Addr) bool { return a == NodeIP || a.IsLoopback() }
 
 // EchoPort is the port every lab Pod serves on, TCP and UDP.
 const EchoPort = 8080
@@ -140,6 +151,10 @@ func Snapshot() model.Snapshot {
 		svc("term", v4(TermVIP), model.TCP, 80, nil),
 		svc("sctp", v4(SCTPVIP), model.SCTP, 9999, nil),
 		svc("local", v4(LocalVIP), model.TCP, 80, func(s *model.Service) { s.InternalLocal = true }),
+		svc("np", v4(NodePortVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30080; s.ExternalIPs = []netip.Addr{ExternalIP} }),
+		svc("nplocal", v4(NodePortLocalVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30081; s.ExternalLocal = true }),
+		svc("npremote", v4(NodePortRemoteVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30082; s.ExternalLocal = true }),
+		svc("npempty", v4(NodePortEmptyVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30083 }),
 	}
 	slices := []*model.EndpointSlice{
 		slice("web", "web-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
@@ -150,6 +165,9 @@ func Snapshot() model.Snapshot {
 		slice("term", "term-a", model.IPv4, model.TCP, ep(Pod2, "node2", false, true, true), ep(Pod3, "node2", false, false, true)),
 		slice("sctp", "sctp-a", model.IPv4, model.SCTP, ready(Pod1)),
 		slice("local", "local-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
+		slice("np", "np-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
+		slice("nplocal", "nplocal-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
+		slice("npremote", "npremote-a", model.IPv4, model.TCP, ready(Pod2), ready(Pod3)),
 	}
 	snap := model.Snapshot{
 		Node:         model.Node{Name: NodeName, IPs: []netip.Addr{NodeIP}, Ready: true},
@@ -199,5 +217,26 @@ func Cases() []Case {
 		{Name: "a Pod address (what a headless Service's name resolves to) is untouched", Packet: Packet{Src: Client, Dst: vip(Pod1, EchoPort), Proto: model.TCP}, Want: Untouched},
 		{Name: "a Pod address is untouched from the node too", Packet: Packet{Src: NodeIP, Dst: vip(Pod1, EchoPort), Proto: model.TCP, FromNode: true}, Want: Untouched},
 		{Name: "IPv6 to the dual-stack ClusterIP reaches the IPv6 endpoints", Packet: Packet{Src: Clientv6, Dst: vip(WebVIPv6, 80), Proto: model.TCP}, Want: DNAT, Endpoints: []netip.AddrPort{netip.AddrPortFrom(Pod1v6, EchoPort), netip.AddrPortFrom(Pod2v6, EchoPort)}},
+	}
+}
+
+// ExternalCases are the spec's expectations for traffic from outside the
+// cluster: NodePorts, external IPs and externalTrafficPolicy. Backends
+// that program external traffic run them with RunExternal.
+func ExternalCases() []Case {
+	at1 := netip.AddrPortFrom
+	node := func(port uint16) netip.AddrPort { return at1(NodeIP, port) }
+	return []Case{
+		{Name: "a NodePort from outside reaches the Service's Pods, masqueraded", Packet: Packet{Src: ExternalClient, Dst: node(30080), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
+		{Name: "a NodePort from the node itself reaches the Service's Pods", Packet: Packet{Src: NodeIP, Dst: node(30080), Proto: model.TCP, FromNode: true}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
+		{Name: "an external IP reaches the Service's Pods, masqueraded", Packet: Packet{Src: ExternalClient, Dst: at1(ExternalIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
+		{Name: "externalTrafficPolicy Local keeps the client's address and uses only this node's endpoint", Packet: Packet{Src: ExternalClient, Dst: node(30081), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1)},
+		{Name: "externalTrafficPolicy Local without a local endpoint drops external traffic", Packet: Packet{Src: ExternalClient, Dst: node(30082), Proto: model.TCP}, Want: Drop},
+		{Name: "externalTrafficPolicy Local still serves Pods from the whole Service", Packet: Packet{Src: Pod1, Dst: node(30082), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod2, Pod3)},
+		{Name: "externalTrafficPolicy Local still serves the node from the whole Service, masqueraded", Packet: Packet{Src: NodeIP, Dst: node(30082), Proto: model.TCP, FromNode: true}, Want: DNAT, Endpoints: at(Pod2, Pod3), Masquerade: true},
+		{Name: "a NodePort without endpoints refuses", Packet: Packet{Src: ExternalClient, Dst: node(30083), Proto: model.TCP}, Want: Reject},
+		{Name: "a NodePort without endpoints refuses the node too", Packet: Packet{Src: NodeIP, Dst: node(30083), Proto: model.TCP, FromNode: true}, Want: Reject},
+		{Name: "a node port no Service has is left alone", Packet: Packet{Src: ExternalClient, Dst: node(30099), Proto: model.TCP}, Want: Untouched},
+		{Name: "a NodePort's ClusterIP still works as a ClusterIP", Packet: Packet{Src: Client, Dst: at1(NodePortVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
 	}
 }

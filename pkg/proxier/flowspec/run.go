@@ -12,12 +12,23 @@ import (
 // the rules can reach is seen with overwhelming probability.
 const Samples = 3000
 
-// Run checks every case against tracer.
+// Run checks every case of Cases against tracer.
 func Run(t *testing.T, tracer Tracer) {
+	t.Helper()
+	run(t, tracer, Cases())
+}
+
+// RunExternal checks every case of ExternalCases against tracer.
+func RunExternal(t *testing.T, tracer Tracer) {
+	t.Helper()
+	run(t, tracer, ExternalCases())
+}
+
+func run(t *testing.T, tracer Tracer, cases []Case) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(1, 2))
 	rnd := func(n uint32) uint32 { return rng.Uint32N(n) }
-	for _, c := range Cases() {
+	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
 			seen := map[netip.AddrPort]int{}
 			n := 1

@@ -25,8 +25,8 @@ func TestSyncCreatesTheRenderedTable(t *testing.T) {
 		t.Fatalf("kernel table:\n%s\nwant:\n%s", got, want)
 	}
 	addrs, _ := r.links.Addrs(LinkName)
-	if len(addrs) != 8 {
-		t.Fatalf("bound %v, want the 8 ClusterIPs", addrs)
+	if want := len(s.ClusterIPs(model.IPv4)) + len(s.ClusterIPs(model.IPv6)); len(addrs) != want {
+		t.Fatalf("bound %v, want the %d ClusterIPs", addrs, want)
 	}
 	if !r.fw.Current().Equal(RenderNetfilter(Render(s, "rr"), flowspec.Config())) {
 		t.Fatal("firewall does not hold the rendered ruleset")

@@ -93,7 +93,30 @@ func (c *compiler) stmt(s Stmt) ([]expr.Any, error) {
 				&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
 			}, nil
 		}
-		return prefixMatch(daddrOffset(c.f), s.Prefix, expr.CmpOpEq), nil
+		op := expr.CmpOpEq
+		if s.Not {
+			op = expr.CmpOpNeq
+		}
+		return prefixMatch(daddrOffset(c.f), s.Prefix, op), nil
+	case MatchSourceIn:
+		return prefixMatch(saddrOffset(c.f), s.Prefix, expr.CmpOpEq), nil
+	case MatchFibLocal:
+		fib := &expr.Fib{Register: reg1, ResultADDRTYPE: true, FlagDADDR: !s.Source, FlagSADDR: s.Source}
+		return []expr.Any{fib, &expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: ne32(unix.RTN_LOCAL)}}, nil
+	case MatchProtoPort:
+		l := &expr.Lookup{SourceRegister: reg1, SetName: s.Set}
+		if s.Vmap {
+			l.IsDestRegSet, l.DestRegister = true, 0
+		}
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+			&expr.Payload{DestRegister: reg32_00 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			l,
+		}, nil
+	case Goto:
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.Chain}}, nil
+	case Drop:
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}, nil
 	case MatchCtStateNew:
 		return ctBit(expr.CtKeySTATE, expr.CtStateBitNEW), nil
 	case MatchCtStatusDNAT:

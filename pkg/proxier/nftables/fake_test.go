@@ -104,6 +104,13 @@ func (t *fakeTable) op(p Plan, op Op) error {
 }
 
 func (t *fakeTable) referenced(chain string) bool {
+	for _, rules := range t.chains {
+		for _, r := range rules {
+			if strings.HasSuffix(r, "goto "+chain) || strings.HasSuffix(r, "jump "+chain) {
+				return true
+			}
+		}
+	}
 	for _, set := range t.sets {
 		for _, g := range set {
 			if g == chain {

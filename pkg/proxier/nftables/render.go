@@ -15,6 +15,10 @@ const (
 	NoEndpointsSet      = "no-endpoint-services"
 	HairpinSet          = "hairpin"
 	ClusterIPsSet       = "cluster-ips"
+	NodePortsMap        = "service-nodeports"
+	NoEndpointNodePorts = "no-endpoint-nodeports"
+	chainFilterInput    = "filter-input"
+	externalChainPrefix = "ext-"
 	chainFilterPostDNAT = "filter-output-post-dnat"
 	chainNatPrerouting  = "nat-prerouting"
 	chainNatOutput      = "nat-output"
@@ -30,24 +34,47 @@ func ServiceChain(k model.ServicePortKey) string {
 	return serviceChainPrefix + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
 }
 
-// The sets every table has; their elements come from the service ports.
-func newSets() (serviceIPs, noEndpoints, clusterIPs, hairpin *Set) {
+// ExternalChain names the chain NodePort and external-IP traffic of one
+// service port takes ("ext-default/web/tcp/http").
+func ExternalChain(k model.ServicePortKey) string {
+	return externalChainPrefix + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
+}
+
+// tableSets are the sets every table has; their elements come from the
+// service ports.
+type tableSets struct {
+	serviceIPs, noEndpoints, clusterIPs, hairpin, nodePorts, noEndpointNodePorts *Set
+}
+
+func newSets() tableSets {
 	tuple := []FieldType{FieldAddr, FieldProto, FieldPort}
-	return &Set{Name: ServiceIPsMap, Fields: tuple, Verdicts: true},
-		&Set{Name: NoEndpointsSet, Fields: tuple},
-		&Set{Name: ClusterIPsSet, Fields: []FieldType{FieldAddr}},
-		&Set{Name: HairpinSet, Fields: []FieldType{FieldAddr, FieldAddr}}
+	protoPort := []FieldType{FieldProto, FieldPort}
+	return tableSets{
+		serviceIPs:          &Set{Name: ServiceIPsMap, Fields: tuple, Verdicts: true},
+		noEndpoints:         &Set{Name: NoEndpointsSet, Fields: tuple},
+		clusterIPs:          &Set{Name: ClusterIPsSet, Fields: []FieldType{FieldAddr}},
+		hairpin:             &Set{Name: HairpinSet, Fields: []FieldType{FieldAddr, FieldAddr}},
+		nodePorts:           &Set{Name: NodePortsMap, Fields: protoPort, Verdicts: true},
+		noEndpointNodePorts: &Set{Name: NoEndpointNodePorts, Fields: protoPort},
+	}
+}
+
+// all lists the sets in the order the table prints them.
+func (t tableSets) all() []*Set {
+	return []*Set{t.serviceIPs, t.nodePorts, t.noEndpoints, t.noEndpointNodePorts, t.clusterIPs, t.hairpin}
 }
 
 // serviceRules is everything one service port contributes to a family's
-// table: its chain and its elements. The shared sets (cluster-ips,
+// table: its chains and its elements. The shared sets (cluster-ips,
 // hairpin) may get the same element from several ports.
 type serviceRules struct {
-	chain      *Chain   // nil when the port has no usable endpoint
-	dispatch   *Element // in service-ips, when chain is set
-	noEndpoint *Element // in no-endpoint-services, when chain is nil
-	clusterIP  netip.Addr
-	hairpin    []netip.Addr
+	chains             []*Chain  // the service chain, then the external one
+	dispatch           []Element // in service-ips: the ClusterIP, external IPs
+	nodePort           []Element // in service-nodeports
+	noEndpoint         []Element // in no-endpoint-services
+	noEndpointNodePort []Element // in no-endpoint-nodeports
+	clusterIP          netip.Addr
+	hairpin            []netip.Addr
 }
 
 // renderServicePort renders one service port for family f; ok is false
@@ -58,29 +85,108 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		return serviceRules{}, false
 	}
 	out := serviceRules{clusterIP: vip}
-	tuple := []Value{{Addr: vip}, {Proto: sp.Key.Protocol}, {Port: sp.Port}}
-	eps := model.EndpointsOf(sp.ClusterEndpoints, f)
-	if len(eps) == 0 {
-		out.noEndpoint = &Element{Fields: tuple}
+	proto := sp.Key.Protocol
+	tuple := func(ip netip.Addr) Element {
+		return Element{Fields: []Value{{Addr: ip}, {Proto: proto}, {Port: sp.Port}}}
+	}
+	clusterEPs := model.EndpointsOf(sp.ClusterEndpoints, f)
+	svcChain := ""
+	if len(clusterEPs) == 0 {
+		out.noEndpoint = append(out.noEndpoint, tuple(vip))
+	} else {
+		svcChain = ServiceChain(sp.Key)
+		c := &Chain{Name: svcChain}
+		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
+			c.Rules = append(c.Rules, r)
+		}
+		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs)...)
+		out.chains = append(out.chains, c)
+		e := tuple(vip)
+		e.Goto = svcChain
+		out.dispatch = append(out.dispatch, e)
+		out.addHairpin(clusterEPs)
+	}
+	if !sp.HasExternal() {
 		return out, true
 	}
-	name := ServiceChain(sp.Key)
-	out.dispatch = &Element{Fields: tuple, Goto: name}
-	out.chain = &Chain{Name: name}
-	if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
-		out.chain.Rules = append(out.chain.Rules, r)
+	extIPs := addrsOf(sp.ExternalIPs, f)
+	npElem := Element{Fields: []Value{{Proto: proto}, {Port: sp.NodePort}}}
+	extEPs := model.EndpointsOf(sp.ExternalEndpoints, f)
+	if len(extEPs) == 0 && svcChain == "" {
+		// Nothing serves this port at all: refuse, as for the ClusterIP.
+		for _, ip := range extIPs {
+			out.noEndpoint = append(out.noEndpoint, tuple(ip))
+		}
+		if sp.NodePort != 0 {
+			out.noEndpointNodePort = append(out.noEndpointNodePort, npElem)
+		}
+		return out, true
 	}
+	ext := &Chain{Name: ExternalChain(sp.Key)}
+	mark := cfg.Mark()
+	if !sp.ExternalLocal {
+		// The client's address cannot come back through another node.
+		ext.Rules = append(ext.Rules, Rule{SetMark{Mark: mark}})
+		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs)...)
+	} else {
+		// Local policy keeps the client's address, so only this node's
+		// endpoints serve; Pods and the node itself still get the whole
+		// Service, as in kube-proxy.
+		if cidr, ok := cfg.ClusterCIDR(int(f)); ok && svcChain != "" {
+			ext.Rules = append(ext.Rules, Rule{MatchSourceIn{Prefix: cidr}, Goto{Chain: svcChain}})
+		}
+		if svcChain != "" {
+			ext.Rules = append(ext.Rules, Rule{MatchFibLocal{Source: true}, SetMark{Mark: mark}, Goto{Chain: svcChain}})
+		}
+		if len(extEPs) > 0 {
+			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs)...)
+		} else {
+			ext.Rules = append(ext.Rules, Rule{Drop{}})
+		}
+	}
+	out.addHairpin(extEPs)
+	out.chains = append(out.chains, ext)
+	for _, ip := range extIPs {
+		e := tuple(ip)
+		e.Goto = ext.Name
+		out.dispatch = append(out.dispatch, e)
+	}
+	if sp.NodePort != 0 {
+		npElem.Goto = ext.Name
+		out.nodePort = append(out.nodePort, npElem)
+	}
+	return out, true
+}
+
+// dnatRules picks endpoint i of n with probability 1/(n-i).
+func dnatRules(proto model.Protocol, eps []model.Endpoint) []Rule {
+	var out []Rule
 	for i, e := range eps {
-		r := Rule{MatchL4Proto{Proto: sp.Key.Protocol}}
+		r := Rule{MatchL4Proto{Proto: proto}}
 		if left := len(eps) - i; left > 1 {
 			r = append(r, PickOneIn{N: left})
 		}
-		out.chain.Rules = append(out.chain.Rules, append(r, DNAT{Target: e.AddrPort()}))
-		if !slices.Contains(out.hairpin, e.IP) {
-			out.hairpin = append(out.hairpin, e.IP)
+		out = append(out, append(r, DNAT{Target: e.AddrPort()}))
+	}
+	return out
+}
+
+func (sr *serviceRules) addHairpin(eps []model.Endpoint) {
+	for _, e := range eps {
+		if !slices.Contains(sr.hairpin, e.IP) {
+			sr.hairpin = append(sr.hairpin, e.IP)
 		}
 	}
-	return out, true
+}
+
+func addrsOf(ips []netip.Addr, f model.IPFamily) []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range ips {
+		if model.FamilyOf(ip) == f {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 // renderBase renders the hooked chains, which depend only on the
@@ -88,6 +194,12 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 	mark := cfg.Mark()
 	dispatch := Rule{MatchServiceTuple{Set: ServiceIPsMap, Vmap: true}}
+	loopback := netip.MustParsePrefix("127.0.0.0/8")
+	if f == model.IPv6 {
+		loopback = netip.MustParsePrefix("::1/128")
+	}
+	nodePorts := Rule{MatchFibLocal{}, MatchDestIn{Prefix: loopback, Not: true}, MatchProtoPort{Set: NodePortsMap, Vmap: true}}
+	rejectNodePorts := Rule{MatchCtStateNew{}, MatchFibLocal{}, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}}
 	reject := Rule{MatchCtStateNew{}, MatchServiceTuple{Set: NoEndpointsSet}, Reject{}}
 	// After DNAT, a packet still addressed to a ClusterIP, or to any
 	// address of the service ranges, matched no service port: refuse it at
@@ -99,8 +211,8 @@ func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 		}
 	}
 	return []*Chain{
-		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: []Rule{dispatch}},
-		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: []Rule{dispatch}},
+		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: []Rule{dispatch, nodePorts}},
+		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: []Rule{dispatch, nodePorts}},
 		{Name: chainNatPostroute, Base: &BaseChain{Type: "nat", Hook: "postrouting", Priority: 100}, Rules: []Rule{
 			{MatchCtStatusDNAT{}, MatchSourceDest{Set: HairpinSet}, Masquerade{}},
 			{MatchMark{Mark: mark}, ClearMark{Mark: mark}, Masquerade{FullyRandom: true}},
@@ -108,6 +220,7 @@ func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 		{Name: chainFilterForward, Base: &BaseChain{Type: "filter", Hook: "forward", Priority: -110}, Rules: append([]Rule{reject}, postDNAT...)},
 		{Name: chainFilterOutput, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -110}, Rules: []Rule{reject}},
 		{Name: chainFilterPostDNAT, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -90}, Rules: postDNAT},
+		{Name: chainFilterInput, Base: &BaseChain{Type: "filter", Hook: "input", Priority: -110}, Rules: []Rule{rejectNodePorts}},
 	}
 }
 
@@ -122,7 +235,7 @@ func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *Ruleset {
 // the incremental path keeps.
 func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, *written) {
 	w := newWritten(renderBase(s, cfg, f))
-	serviceIPs, noEndpoints, clusterIPs, hairpin := newSets()
+	sets := newSets()
 	var serviceChains []*Chain
 	for _, sp := range s.Sorted() {
 		sr, ok := renderServicePort(sp, cfg, f)
@@ -130,24 +243,23 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, 
 			continue
 		}
 		w.add(sp.Key, sr)
-		if sr.chain == nil {
-			noEndpoints.Elements = append(noEndpoints.Elements, *sr.noEndpoint)
-			continue
-		}
-		serviceIPs.Elements = append(serviceIPs.Elements, *sr.dispatch)
-		serviceChains = append(serviceChains, sr.chain)
+		sets.serviceIPs.Elements = append(sets.serviceIPs.Elements, sr.dispatch...)
+		sets.nodePorts.Elements = append(sets.nodePorts.Elements, sr.nodePort...)
+		sets.noEndpoints.Elements = append(sets.noEndpoints.Elements, sr.noEndpoint...)
+		sets.noEndpointNodePorts.Elements = append(sets.noEndpointNodePorts.Elements, sr.noEndpointNodePort...)
+		serviceChains = append(serviceChains, sr.chains...)
 	}
 	for ip := range w.clusterIPs {
-		clusterIPs.Elements = append(clusterIPs.Elements, Element{Fields: []Value{{Addr: ip}}})
+		sets.clusterIPs.Elements = append(sets.clusterIPs.Elements, vipElement(ip))
 	}
 	for ip := range w.hairpin {
-		hairpin.Elements = append(hairpin.Elements, Element{Fields: []Value{{Addr: ip}, {Addr: ip}}})
+		sets.hairpin.Elements = append(sets.hairpin.Elements, hairpinElement(ip))
 	}
-	sets := []*Set{serviceIPs, noEndpoints, clusterIPs, hairpin}
-	for _, set := range sets {
+	for _, set := range sets.all() {
 		slices.SortFunc(set.Elements, func(a, b Element) int { return compareElements(set.Fields, a, b) })
 	}
-	return &Ruleset{Family: f, Sets: sets, Chains: append(slices.Clone(w.base), serviceChains...)}, w
+	slices.SortFunc(serviceChains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
+	return &Ruleset{Family: f, Sets: sets.all(), Chains: append(slices.Clone(w.base), serviceChains...)}, w
 }
 
 // masqueradeRule marks traffic that must leave with the node's address:

@@ -22,7 +22,9 @@ func TestRenderGolden(t *testing.T) {
 
 func TestPacketFlowSpec(t *testing.T) {
 	st := flowspec.State()
-	flowspec.Run(t, NewTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6)))
+	tracer := NewTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6))
+	flowspec.Run(t, tracer)
+	flowspec.RunExternal(t, tracer)
 }
 
 func TestRenderIsDeterministic(t *testing.T) {
@@ -109,7 +111,7 @@ func TestIncrementalPlansMatchFullRenderingsOnRandomChanges(t *testing.T) {
 	state := &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}
 	r, w := renderAll(state, cfg, model.IPv4)
 	table := tableOf(r)
-	for step := range 300 {
+	for step := range 1000 {
 		next := &model.State{Services: maps.Clone(state.Services)}
 		idx := rng.IntN(12)
 		k := svcKey(idx)
@@ -123,6 +125,23 @@ func TestIncrementalPlansMatchFullRenderingsOnRandomChanges(t *testing.T) {
 			if rng.IntN(4) == 0 { // another port of the same VIP
 				sp.ClusterIPs = pool.Services[svcKey(0)].ClusterIPs
 				sp.Key.Port, sp.Port = "alt", uint16(1000+idx)
+			}
+			switch rng.IntN(3) { // external traffic, with either policy
+			case 0:
+				alt := 0 // node ports are unique in a cluster, so are external IP:ports
+				if sp.Key.Port == "alt" {
+					alt = 100
+				}
+				sp.NodePort, sp.ExternalLocal = uint16(30000+alt+idx), rng.IntN(2) == 0
+				if rng.IntN(2) == 0 {
+					sp.ExternalIPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(alt + idx)})}
+				}
+				if rng.IntN(2) == 0 && len(sp.ClusterEndpoints) > 0 {
+					local := sp.ClusterEndpoints[0]
+					local.NodeName = "node1"
+					sp.Endpoints = []model.Endpoint{local}
+				}
+				sp.ExternalEndpoints = model.SelectExternalEndpoints(&sp, model.Node{Name: "node1"})
 			}
 			next.Services[sp.Key] = &sp
 		}

@@ -18,11 +18,32 @@ type MatchServiceTuple struct {
 }
 
 // MatchDestIn tests the destination address for membership in a named set
-// (Set) or a prefix (Prefix).
+// (Set) or a prefix (Prefix, negated with Not).
 type MatchDestIn struct {
 	Set    string
 	Prefix netip.Prefix
+	Not    bool
 }
+
+// MatchSourceIn matches sources inside a prefix.
+type MatchSourceIn struct{ Prefix netip.Prefix }
+
+// MatchFibLocal matches packets whose destination (or, with Source, whose
+// source) is an address of this node.
+type MatchFibLocal struct{ Source bool }
+
+// MatchProtoPort looks up "l4proto . dport" in a verdict map (Vmap) or
+// tests membership in a set: the NodePort dispatch.
+type MatchProtoPort struct {
+	Set  string
+	Vmap bool
+}
+
+// Goto continues in another chain and does not come back.
+type Goto struct{ Chain string }
+
+// Drop discards the packet silently.
+type Drop struct{}
 
 // MatchSourceDest tests "saddr . daddr" for membership in a set (hairpin).
 type MatchSourceDest struct{ Set string }
@@ -84,8 +105,42 @@ func (s MatchDestIn) text(f model.IPFamily) string {
 	if s.Set != "" {
 		return familyWord(f) + " daddr @" + s.Set
 	}
-	return familyWord(f) + " daddr " + s.Prefix.Masked().String()
+	op := ""
+	if s.Not {
+		op = "!= "
+	}
+	return familyWord(f) + " daddr " + op + prefixText(s.Prefix)
 }
+
+// prefixText prints a prefix as nft does: a single address without /len.
+func prefixText(p netip.Prefix) string {
+	p = p.Masked()
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
+func (s MatchSourceIn) text(f model.IPFamily) string {
+	return familyWord(f) + " saddr " + prefixText(s.Prefix)
+}
+
+func (s MatchFibLocal) text(model.IPFamily) string {
+	if s.Source {
+		return "fib saddr type local"
+	}
+	return "fib daddr type local"
+}
+
+func (s MatchProtoPort) text(model.IPFamily) string {
+	if s.Vmap {
+		return "meta l4proto . th dport vmap @" + s.Set
+	}
+	return "meta l4proto . th dport @" + s.Set
+}
+
+func (s Goto) text(model.IPFamily) string { return "goto " + s.Chain }
+func (Drop) text(model.IPFamily) string   { return "drop" }
 
 func (MatchCtStateNew) text(model.IPFamily) string   { return "ct state new" }
 func (MatchCtStatusDNAT) text(model.IPFamily) string { return "ct status dnat" }
@@ -95,7 +150,7 @@ func (s MatchMark) text(model.IPFamily) string {
 }
 
 func (s MatchSourceNotIn) text(f model.IPFamily) string {
-	return familyWord(f) + " saddr != " + s.Prefix.Masked().String()
+	return familyWord(f) + " saddr != " + prefixText(s.Prefix)
 }
 
 func (s MatchL4Proto) text(model.IPFamily) string { return "meta l4proto " + s.Proto.Lower() }

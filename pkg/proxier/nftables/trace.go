@@ -18,31 +18,39 @@ type packet struct {
 	dnat   bool
 	masq   bool
 	reject bool
+	drop   bool
 }
 
-// Trace implements flowspec.Tracer.
+func (pk *packet) stopped() bool { return pk.reject || pk.drop }
+
+// Trace implements flowspec.Tracer. The hooks run in the kernel's order:
+// forwarded packets see nat prerouting, then filter forward (or filter
+// input when they are for this node); the node's own packets see filter
+// output (-110), nat output (-100), filter output after DNAT (-90) and,
+// when addressed to the node, filter input.
 func (t Tracer) Trace(p flowspec.Packet, rnd func(uint32) uint32) flowspec.Result {
 	pk := &packet{Packet: p, dst: p.Dst}
-	natHook, filterHooks := chainNatPrerouting, []string{chainFilterForward}
+	var hooks []string
 	if p.FromNode {
-		natHook, filterHooks = chainNatOutput, []string{chainFilterOutput, chainFilterPostDNAT}
+		hooks = []string{chainFilterOutput, chainNatOutput, chainFilterPostDNAT, chainFilterInput}
+	} else {
+		hooks = []string{chainNatPrerouting, chainFilterForward, chainFilterInput}
 	}
-	// The filter chain at -110 on output runs before nat output at -100.
-	if p.FromNode {
-		t.run(t.R.Chain(chainFilterOutput), pk, rnd)
-		filterHooks = filterHooks[1:]
-	}
-	if !pk.reject {
-		t.run(t.R.Chain(natHook), pk, rnd)
-	}
-	for _, h := range filterHooks {
-		if pk.reject {
+	for _, h := range hooks {
+		if pk.stopped() {
 			break
+		}
+		local := flowspec.NodeLocal(pk.dst.Addr())
+		if (h == chainFilterInput && !local) || (h == chainFilterForward && local) {
+			continue
 		}
 		t.run(t.R.Chain(h), pk, rnd)
 	}
-	if pk.reject {
+	switch {
+	case pk.reject:
 		return flowspec.Result{Verdict: flowspec.Reject}
+	case pk.drop:
+		return flowspec.Result{Verdict: flowspec.Drop}
 	}
 	t.run(t.R.Chain(chainNatPostroute), pk, rnd)
 	if !pk.dnat {
@@ -85,9 +93,36 @@ func (t Tracer) rule(r Rule, pk *packet, rnd func(uint32) uint32) bool {
 				if _, ok := t.lookup(s.Set, []Value{{Addr: pk.dst.Addr()}}); !ok {
 					return false
 				}
-			} else if !s.Prefix.Contains(pk.dst.Addr()) {
+			} else if s.Prefix.Contains(pk.dst.Addr()) == s.Not {
 				return false
 			}
+		case MatchSourceIn:
+			if !s.Prefix.Contains(pk.Src) {
+				return false
+			}
+		case MatchFibLocal:
+			a := pk.dst.Addr()
+			if s.Source {
+				a = pk.Src
+			}
+			if !flowspec.NodeLocal(a) {
+				return false
+			}
+		case MatchProtoPort:
+			e, ok := t.lookup(s.Set, []Value{{Proto: pk.Proto}, {Port: pk.dst.Port()}})
+			if !ok {
+				return false
+			}
+			if s.Vmap {
+				t.run(t.R.Chain(e.Goto), pk, rnd)
+				return true
+			}
+		case Goto:
+			t.run(t.R.Chain(s.Chain), pk, rnd)
+			return true
+		case Drop:
+			pk.drop = true
+			return true
 		case MatchCtStateNew:
 		case MatchCtStatusDNAT:
 			if !pk.dnat {

@@ -29,9 +29,7 @@ func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	for _, ip := range sr.hairpin {
 		w.hairpin[ip]++
 	}
-	if sr.chain != nil {
-		w.chains++
-	}
+	w.chains += len(sr.chains)
 }
 
 func (w *written) remove(k model.ServicePortKey) {
@@ -44,9 +42,7 @@ func (w *written) remove(k model.ServicePortKey) {
 	for _, ip := range sr.hairpin {
 		decrement(w.hairpin, ip)
 	}
-	if sr.chain != nil {
-		w.chains--
-	}
+	w.chains -= len(sr.chains)
 }
 
 func decrement(m map[netip.Addr]int, a netip.Addr) {
@@ -84,7 +80,7 @@ func (p presence) changes(counts map[netip.Addr]int, elem func(netip.Addr) Eleme
 // few and small. w must be discarded if the plan fails.
 func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg proxier.Config, f model.IPFamily) Plan {
 	p := Plan{Family: f}
-	serviceIPs, noEndpoints, clusterIPs, hairpin := newSets()
+	sets := newSets()
 	var newChains, changedChains, goneChains []*Chain
 	del, add := map[*Set][]Element{}, map[*Set][]Element{}
 
@@ -114,21 +110,32 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			pins.note(w.hairpin, next.hairpin...)
 			w.add(k, next)
 		}
-		switch {
-		case old.chain == nil && next.chain != nil:
-			newChains = append(newChains, next.chain)
-		case old.chain != nil && next.chain != nil:
-			if !sameRules(old.chain, next.chain, f) {
-				changedChains = append(changedChains, next.chain)
-			}
-		case old.chain != nil:
-			goneChains = append(goneChains, old.chain)
+		oldChains := map[string]*Chain{}
+		for _, c := range old.chains {
+			oldChains[c.Name] = c
 		}
-		diffElement(del, add, serviceIPs, old.dispatch, next.dispatch)
-		diffElement(del, add, noEndpoints, old.noEndpoint, next.noEndpoint)
+		for _, c := range next.chains {
+			o, ok := oldChains[c.Name]
+			switch {
+			case !ok:
+				newChains = append(newChains, c)
+			case !sameRules(o, c, f):
+				changedChains = append(changedChains, c)
+			}
+			delete(oldChains, c.Name)
+		}
+		for _, c := range old.chains {
+			if _, gone := oldChains[c.Name]; gone {
+				goneChains = append(goneChains, c)
+			}
+		}
+		diffElements(del, add, sets.serviceIPs, old.dispatch, next.dispatch)
+		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
+		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
+		diffElements(del, add, sets.noEndpointNodePorts, old.noEndpointNodePort, next.noEndpointNodePort)
 	}
-	del[clusterIPs], add[clusterIPs] = vips.changes(w.clusterIPs, vipElement)
-	del[hairpin], add[hairpin] = pins.changes(w.hairpin, hairpinElement)
+	del[sets.clusterIPs], add[sets.clusterIPs] = vips.changes(w.clusterIPs, vipElement)
+	del[sets.hairpin], add[sets.hairpin] = pins.changes(w.hairpin, hairpinElement)
 
 	for _, c := range newChains {
 		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
@@ -142,34 +149,49 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
 		}
 	}
-	sets := []*Set{serviceIPs, noEndpoints, clusterIPs, hairpin}
-	for _, set := range sets {
+	for _, set := range sets.all() {
 		if len(del[set]) > 0 {
 			slices.SortFunc(del[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
 			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: set, Elements: del[set]})
 		}
 	}
-	for _, set := range sets {
+	for _, set := range sets.all() {
 		if len(add[set]) > 0 {
 			slices.SortFunc(add[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
 			p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: set, Elements: add[set]})
 		}
 	}
+	// An external chain may jump to the service chain: flush every gone
+	// chain before deleting any.
 	for _, c := range goneChains {
-		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c}, Op{Kind: OpDelChain, Chain: c})
+		p.Ops = append(p.Ops, Op{Kind: OpFlushChain, Chain: c})
+	}
+	for _, c := range goneChains {
+		p.Ops = append(p.Ops, Op{Kind: OpDelChain, Chain: c})
 	}
 	return p
 }
 
-func diffElement(del, add map[*Set][]Element, set *Set, old, next *Element) {
-	if old != nil && next != nil && elementID(set.Fields, *old) == elementID(set.Fields, *next) {
-		return
+// diffElements queues the elements of old missing from next for deletion
+// and those of next missing from old for addition; a changed verdict is
+// both.
+func diffElements(del, add map[*Set][]Element, set *Set, old, next []Element) {
+	have := map[string]bool{}
+	for _, e := range old {
+		have[elementID(set.Fields, e)] = true
 	}
-	if old != nil {
-		del[set] = append(del[set], *old)
+	want := map[string]bool{}
+	for _, e := range next {
+		id := elementID(set.Fields, e)
+		want[id] = true
+		if !have[id] {
+			add[set] = append(add[set], e)
+		}
 	}
-	if next != nil {
-		add[set] = append(add[set], *next)
+	for _, e := range old {
+		if !want[elementID(set.Fields, e)] {
+			del[set] = append(del[set], e)
+		}
 	}
 }
 

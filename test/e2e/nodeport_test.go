@@ -1,0 +1,78 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NodePort and external IPs are programmed by the nftables mode (the
+// iptables and IPVS modes serve ClusterIPs only so far).
+func TestNodePortAndExternalIP(t *testing.T) {
+	e := needEnv(t)
+	pods := e.lab.Pods[:3]
+	all := []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}
+	tcp := svcPort{"tcp", v1.ProtocolTCP, 80}
+
+	np := e.createNodePort(t, "np", "10.96.0.30", []string{"10.88.0.100"}, tcp)
+	e.createSlice(t, e.slice("np-1", "np", all, svcPort{"tcp", v1.ProtocolTCP, 8080}))
+	empty := e.createNodePort(t, "np-empty", "10.96.0.31", nil, tcp)
+	px := e.startProxyd(t, "nftables")
+	defer px.stop(t)
+
+	nodePort := fmt.Sprintf("%s:%d", e.lab.NodeIP, np.Spec.Ports[0].NodePort)
+	e.eventually(t, 10*time.Second, "the NodePort answers", func() error {
+		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", nodePort, 1, 1)
+		if err == nil && r.Answered() != 1 {
+			err = errorf("%+v %v", r.Errors, r.ErrorSamples)
+		}
+		return err
+	})
+	t.Run("a NodePort reached from the client balances over all Pods", func(t *testing.T) {
+		r := e.traffic(t, e.lab.ClientNS, "tcp", nodePort, 300, 1)
+		assertBalanced(t, "nodeport from client", r, 300, podNames(pods), 0.20, 0.47)
+	})
+	t.Run("a NodePort reached from the node itself balances over all Pods", func(t *testing.T) {
+		r := e.traffic(t, e.lab.NodeNS, "tcp", nodePort, 300, 1)
+		assertBalanced(t, "nodeport from node", r, 300, podNames(pods), 0.20, 0.47)
+	})
+	t.Run("an external IP routed to the node balances over all Pods", func(t *testing.T) {
+		if _, err := e.lab.Exec(context.Background(), e.lab.ClientNS, "ip", "route", "replace", "10.88.0.100/32", "via", "10.244.1.1"); err != nil {
+			t.Fatal(err)
+		}
+		r := e.traffic(t, e.lab.ClientNS, "tcp", "10.88.0.100:80", 300, 1)
+		assertBalanced(t, "external IP from client", r, 300, podNames(pods), 0.20, 0.47)
+	})
+	t.Run("a NodePort without endpoints refuses", func(t *testing.T) {
+		addr := fmt.Sprintf("%s:%d", e.lab.NodeIP, empty.Spec.Ports[0].NodePort)
+		for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
+			r := e.traffic(t, ns, "tcp", addr, 5, 1)
+			if r.Errors.Refused != 5 {
+				t.Errorf("from %s: %v %+v %v", ns, r.Counts, r.Errors, r.ErrorSamples)
+			}
+		}
+	})
+}
+
+func (e *env) createNodePort(t *testing.T, name, clusterIP string, externalIPs []string, ports ...svcPort) *v1.Service {
+	t.Helper()
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, ClusterIP: clusterIP, ExternalIPs: externalIPs}}
+	for _, p := range ports {
+		svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: p.name, Protocol: p.proto, Port: p.port})
+	}
+	out, err := e.cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create service %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = e.cs.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+	return out
+}
