@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -75,4 +76,44 @@ func (e *env) createNodePort(t *testing.T, name, clusterIP string, externalIPs [
 		_ = e.cs.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
 	return out
+}
+
+// sessionAffinity ClientIP: every connection of one client reaches the same
+// Pod, in every dataplane that programs it.
+func TestSessionAffinityClientIP(t *testing.T) {
+	e := needEnv(t)
+	pods := e.lab.Pods[:3]
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "sticky", Namespace: "default"},
+		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.40", SessionAffinity: v1.ServiceAffinityClientIP,
+			Ports: []v1.ServicePort{{Name: "tcp", Protocol: v1.ProtocolTCP, Port: 80}}}}
+	if _, err := e.cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = e.cs.CoreV1().Services("default").Delete(context.Background(), "sticky", metav1.DeleteOptions{})
+	})
+	e.createSlice(t, e.slice("sticky-1", "sticky", []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}, svcPort{"tcp", v1.ProtocolTCP, 8080}))
+	for _, dp := range dataplanes {
+		t.Run(dp.name, func(t *testing.T) {
+			px := e.startProxyd(t, dp.mode, dp.args...)
+			defer func() {
+				px.stop(t)
+				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
+				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F")
+			}()
+			e.eventually(t, 10*time.Second, "the VIP answers", func() error {
+				r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.40:80", 1, 1)
+				if err == nil && r.Answered() != 1 {
+					err = errorf("%+v", r.Errors)
+				}
+				return err
+			})
+			for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
+				r := e.traffic(t, ns, "tcp", "10.96.0.40:80", 60, 1)
+				if len(r.Counts) != 1 || r.Failed() > 0 {
+					t.Errorf("from %s: 60 connections reached %v (%+v), want one Pod", ns, r.Counts, r.Errors)
+				}
+			}
+		})
+	}
 }

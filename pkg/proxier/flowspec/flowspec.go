@@ -69,6 +69,9 @@ type Case struct {
 	// HairpinEndpoint, which is always masqueraded.
 	Masquerade      bool
 	HairpinEndpoint netip.AddrPort
+	// Sticky: every packet of the case must reach the same one of
+	// Endpoints (session affinity), instead of all of them.
+	Sticky bool
 }
 
 // Lab addresses the spec uses.
@@ -91,6 +94,7 @@ var (
 	LocalVIP       = netip.MustParseAddr("10.96.0.70")
 	HeadlessLikeIP = netip.MustParseAddr("10.96.0.99")
 
+	StickyVIP         = netip.MustParseAddr("10.96.0.90")
 	NodePortVIP       = netip.MustParseAddr("10.96.0.80")
 	NodePortLocalVIP  = netip.MustParseAddr("10.96.0.81")
 	NodePortRemoteVIP = netip.MustParseAddr("10.96.0.82")
@@ -151,6 +155,7 @@ func Snapshot() model.Snapshot {
 		svc("term", v4(TermVIP), model.TCP, 80, nil),
 		svc("sctp", v4(SCTPVIP), model.SCTP, 9999, nil),
 		svc("local", v4(LocalVIP), model.TCP, 80, func(s *model.Service) { s.InternalLocal = true }),
+		svc("sticky", v4(StickyVIP), model.TCP, 80, func(s *model.Service) { s.AffinitySeconds = 10800 }),
 		svc("np", v4(NodePortVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30080; s.ExternalIPs = []netip.Addr{ExternalIP} }),
 		svc("nplocal", v4(NodePortLocalVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30081; s.ExternalLocal = true }),
 		svc("npremote", v4(NodePortRemoteVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30082; s.ExternalLocal = true }),
@@ -165,6 +170,7 @@ func Snapshot() model.Snapshot {
 		slice("term", "term-a", model.IPv4, model.TCP, ep(Pod2, "node2", false, true, true), ep(Pod3, "node2", false, false, true)),
 		slice("sctp", "sctp-a", model.IPv4, model.SCTP, ready(Pod1)),
 		slice("local", "local-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
+		slice("sticky", "sticky-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2), ready(Pod3)),
 		slice("np", "np-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
 		slice("nplocal", "nplocal-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
 		slice("npremote", "npremote-a", model.IPv4, model.TCP, ready(Pod2), ready(Pod3)),
@@ -238,5 +244,16 @@ func ExternalCases() []Case {
 		{Name: "a NodePort without endpoints refuses the node too", Packet: Packet{Src: NodeIP, Dst: node(30083), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a node port no Service has is left alone", Packet: Packet{Src: ExternalClient, Dst: node(30099), Proto: model.TCP}, Want: Untouched},
 		{Name: "a NodePort's ClusterIP still works as a ClusterIP", Packet: Packet{Src: Client, Dst: at1(NodePortVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
+	}
+}
+
+// AffinityCases are the spec's expectations for sessionAffinity ClientIP.
+// Backends that program affinity run them with RunAffinity; their tracer
+// must remember clients across packets as the kernel does.
+func AffinityCases() []Case {
+	vip := netip.AddrPortFrom(StickyVIP, 80)
+	return []Case{
+		{Name: "with ClientIP affinity every connection of a client reaches one Pod", Packet: Packet{Src: Client, Dst: vip, Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), Sticky: true},
+		{Name: "with ClientIP affinity the node's connections stick too", Packet: Packet{Src: NodeIP, Dst: vip, Proto: model.TCP, FromNode: true}, Want: DNAT, Endpoints: at(Pod1, Pod2, Pod3), Masquerade: true, Sticky: true},
 	}
 }

@@ -18,6 +18,12 @@ func Run(t *testing.T, tracer Tracer) {
 	run(t, tracer, Cases())
 }
 
+// RunAffinity checks every case of AffinityCases against tracer.
+func RunAffinity(t *testing.T, tracer Tracer) {
+	t.Helper()
+	run(t, tracer, AffinityCases())
+}
+
 // RunExternal checks every case of ExternalCases against tracer.
 func RunExternal(t *testing.T, tracer Tracer) {
 	t.Helper()
@@ -51,6 +57,12 @@ func run(t *testing.T, tracer Tracer, cases []Case) {
 					t.Fatalf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
 				}
 				seen[r.Endpoint]++
+			}
+			if c.Sticky {
+				if len(seen) != 1 {
+					t.Fatalf("affinity broken: one client reached %v", seen)
+				}
+				return
 			}
 			counts := make([]int, 0, len(c.Endpoints))
 			for _, e := range c.Endpoints {

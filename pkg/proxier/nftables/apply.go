@@ -48,6 +48,9 @@ func nftSet(t *nft.Table, f model.IPFamily, s *Set) *nft.Set {
 	if s.Verdicts {
 		set.IsMap, set.DataType = true, nft.TypeVerdict
 	}
+	if s.Timeout > 0 {
+		set.Dynamic, set.HasTimeout, set.Timeout, set.Size = true, true, s.Timeout, affinitySetSize
+	}
 	return set
 }
 
@@ -88,6 +91,8 @@ func queue(conn *nft.Conn, p Plan) error {
 			conn.FlushChain(nftChain(t, op.Chain))
 		case OpDelChain:
 			conn.DelChain(nftChain(t, op.Chain))
+		case OpDelSet:
+			conn.DelSet(nftSet(t, p.Family, op.Set))
 		case OpAddRule:
 			exprs, err := (&compiler{f: p.Family}).rule(op.Rule)
 			if err != nil {

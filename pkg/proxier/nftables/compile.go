@@ -113,6 +113,16 @@ func (c *compiler) stmt(s Stmt) ([]expr.Any, error) {
 			&expr.Payload{DestRegister: reg32_00 + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			l,
 		}, nil
+	case MatchSourceInSet:
+		return []expr.Any{
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: saddrOffset(c.f), Len: al},
+			&expr.Lookup{SourceRegister: reg1, SetName: s.Set},
+		}, nil
+	case UpdateSource:
+		return []expr.Any{
+			&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: saddrOffset(c.f), Len: al},
+			&expr.Dynset{SrcRegKey: reg1, SetName: s.Set, Operation: unix.NFT_DYNSET_OP_UPDATE},
+		}, nil
 	case Goto:
 		return []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.Chain}}, nil
 	case Drop:

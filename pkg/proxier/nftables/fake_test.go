@@ -52,6 +52,19 @@ func (t *fakeTable) op(p Plan, op Op) error {
 			t.sets[op.Set.Name] = map[string]string{}
 			t.fields[op.Set.Name] = op.Set.Fields
 		}
+	case OpDelSet:
+		if _, ok := t.sets[op.Set.Name]; !ok {
+			return syscall.ENOENT
+		}
+		for _, rules := range t.chains {
+			for _, r := range rules {
+				if strings.Contains(r, "@"+op.Set.Name+" ") {
+					return fmt.Errorf("set %s in use: %w", op.Set.Name, syscall.EBUSY)
+				}
+			}
+		}
+		delete(t.sets, op.Set.Name)
+		delete(t.fields, op.Set.Name)
 	case OpAddChain:
 		if _, ok := t.chains[op.Chain.Name]; !ok {
 			t.chains[op.Chain.Name] = nil
@@ -73,6 +86,18 @@ func (t *fakeTable) op(p Plan, op Op) error {
 	case OpAddRule:
 		if _, ok := t.chains[op.Chain.Name]; !ok {
 			return syscall.ENOENT
+		}
+		for _, st := range op.Rule {
+			var set string
+			switch st := st.(type) {
+			case MatchSourceInSet:
+				set = st.Set
+			case UpdateSource:
+				set = st.Set
+			}
+			if _, ok := t.sets[set]; set != "" && !ok {
+				return fmt.Errorf("rule uses missing set %s: %w", set, syscall.ENOENT)
+			}
 		}
 		t.chains[op.Chain.Name] = append(t.chains[op.Chain.Name], op.Rule.text(p.Family))
 	case OpAddElements, OpDelElements:

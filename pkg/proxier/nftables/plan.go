@@ -29,6 +29,7 @@ const (
 	OpDelElements
 	OpAddElements
 	OpDelChain
+	OpDelSet
 )
 
 // Op is one operation of a plan.
@@ -94,6 +95,8 @@ func (p Plan) String() string {
 			fmt.Fprintf(&b, "flush chain %s\n", op.Chain.Name)
 		case OpDelChain:
 			fmt.Fprintf(&b, "delete chain %s\n", op.Chain.Name)
+		case OpDelSet:
+			fmt.Fprintf(&b, "delete set %s\n", op.Set.Name)
 		case OpAddRule:
 			fmt.Fprintf(&b, "add rule %s %s\n", op.Chain.Name, op.Rule.text(p.Family))
 		case OpAddElements, OpDelElements:

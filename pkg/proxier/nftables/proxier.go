@@ -131,7 +131,12 @@ func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.I
 		return FullPlan(desired), fresh, nil
 	}
 	delete(p.written, f) // w is updated in place; only a success puts it back
-	return w.update(s, changed, p.cfg, f), w, nil
+	plan := w.update(s, changed, p.cfg, f)
+	if w.needFull {
+		desired, fresh := renderAll(s, p.cfg, f)
+		return FullPlan(desired), fresh, nil
+	}
+	return plan, w, nil
 }
 
 // Cleanup implements proxier.Backend: it deletes proxyd's tables.

@@ -2,8 +2,11 @@ package nftables
 
 import (
 	"cmp"
+	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
+	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
@@ -75,6 +78,7 @@ type serviceRules struct {
 	noEndpointNodePort []Element // in no-endpoint-nodeports
 	clusterIP          netip.Addr
 	hairpin            []netip.Addr
+	sets               []*Set // session affinity: one dynamic set per endpoint
 }
 
 // renderServicePort renders one service port for family f; ok is false
@@ -90,6 +94,8 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		return Element{Fields: []Value{{Addr: ip}, {Proto: proto}, {Port: sp.Port}}}
 	}
 	clusterEPs := model.EndpointsOf(sp.ClusterEndpoints, f)
+	extEPs := model.EndpointsOf(sp.ExternalEndpoints, f)
+	aff := out.affinity(sp, slices.Concat(clusterEPs, extEPs))
 	svcChain := ""
 	if len(clusterEPs) == 0 {
 		out.noEndpoint = append(out.noEndpoint, tuple(vip))
@@ -99,7 +105,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
 			c.Rules = append(c.Rules, r)
 		}
-		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs)...)
+		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs, aff)...)
 		out.chains = append(out.chains, c)
 		e := tuple(vip)
 		e.Goto = svcChain
@@ -111,7 +117,6 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	}
 	extIPs := addrsOf(sp.ExternalIPs, f)
 	npElem := Element{Fields: []Value{{Proto: proto}, {Port: sp.NodePort}}}
-	extEPs := model.EndpointsOf(sp.ExternalEndpoints, f)
 	if len(extEPs) == 0 && svcChain == "" {
 		// Nothing serves this port at all: refuse, as for the ClusterIP.
 		for _, ip := range extIPs {
@@ -127,7 +132,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	if !sp.ExternalLocal {
 		// The client's address cannot come back through another node.
 		ext.Rules = append(ext.Rules, Rule{SetMark{Mark: mark}})
-		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs)...)
+		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff)...)
 	} else {
 		// Local policy keeps the client's address, so only this node's
 		// endpoints serve; Pods and the node itself still get the whole
@@ -139,7 +144,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 			ext.Rules = append(ext.Rules, Rule{MatchFibLocal{Source: true}, SetMark{Mark: mark}, Goto{Chain: svcChain}})
 		}
 		if len(extEPs) > 0 {
-			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs)...)
+			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff)...)
 		} else {
 			ext.Rules = append(ext.Rules, Rule{Drop{}})
 		}
@@ -158,17 +163,54 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	return out, true
 }
 
-// dnatRules picks endpoint i of n with probability 1/(n-i).
-func dnatRules(proto model.Protocol, eps []model.Endpoint) []Rule {
+// dnatRules picks endpoint i of n with probability 1/(n-i). With session
+// affinity (aff names each endpoint's set), a client seen recently goes
+// back to its endpoint first, and every choice refreshes the client's entry.
+func dnatRules(proto model.Protocol, eps []model.Endpoint, aff map[netip.AddrPort]string) []Rule {
 	var out []Rule
+	if aff != nil {
+		for _, e := range eps {
+			set := aff[e.AddrPort()]
+			out = append(out, Rule{MatchL4Proto{Proto: proto}, MatchSourceInSet{Set: set}, UpdateSource{Set: set}, DNAT{Target: e.AddrPort()}})
+		}
+	}
 	for i, e := range eps {
 		r := Rule{MatchL4Proto{Proto: proto}}
 		if left := len(eps) - i; left > 1 {
 			r = append(r, PickOneIn{N: left})
 		}
+		if aff != nil {
+			r = append(r, UpdateSource{Set: aff[e.AddrPort()]})
+		}
 		out = append(out, append(r, DNAT{Target: e.AddrPort()}))
 	}
 	return out
+}
+
+// AffinitySet names the session-affinity set of one endpoint of one
+// service port ("aff-default/web/tcp/http__10.244.1.11/8080").
+func AffinitySet(k model.ServicePortKey, e netip.AddrPort) string {
+	ip := strings.ReplaceAll(e.Addr().String(), ":", ".")
+	return fmt.Sprintf("aff-%s/%s/%s/%s__%s/%d", k.Namespace, k.Name, k.Protocol.Lower(), k.Port, ip, e.Port())
+}
+
+// affinity creates the dynamic sets of sp's endpoints when the Service has
+// ClientIP session affinity, and returns their names by endpoint.
+func (sr *serviceRules) affinity(sp *model.ServicePort, eps []model.Endpoint) map[netip.AddrPort]string {
+	if sp.AffinitySeconds <= 0 || len(eps) == 0 {
+		return nil
+	}
+	names := map[netip.AddrPort]string{}
+	for _, e := range eps {
+		ap := e.AddrPort()
+		if _, ok := names[ap]; ok {
+			continue
+		}
+		names[ap] = AffinitySet(sp.Key, ap)
+		sr.sets = append(sr.sets, &Set{Name: names[ap], Fields: []FieldType{FieldAddr}, Timeout: time.Duration(sp.AffinitySeconds) * time.Second})
+	}
+	slices.SortFunc(sr.sets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
+	return names
 }
 
 func (sr *serviceRules) addHairpin(eps []model.Endpoint) {
@@ -237,12 +279,14 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, 
 	w := newWritten(renderBase(s, cfg, f))
 	sets := newSets()
 	var serviceChains []*Chain
+	var affinitySets []*Set
 	for _, sp := range s.Sorted() {
 		sr, ok := renderServicePort(sp, cfg, f)
 		if !ok {
 			continue
 		}
 		w.add(sp.Key, sr)
+		affinitySets = append(affinitySets, sr.sets...)
 		sets.serviceIPs.Elements = append(sets.serviceIPs.Elements, sr.dispatch...)
 		sets.nodePorts.Elements = append(sets.nodePorts.Elements, sr.nodePort...)
 		sets.noEndpoints.Elements = append(sets.noEndpoints.Elements, sr.noEndpoint...)
@@ -259,7 +303,8 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, 
 		slices.SortFunc(set.Elements, func(a, b Element) int { return compareElements(set.Fields, a, b) })
 	}
 	slices.SortFunc(serviceChains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
-	return &Ruleset{Family: f, Sets: sets.all(), Chains: append(slices.Clone(w.base), serviceChains...)}, w
+	slices.SortFunc(affinitySets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
+	return &Ruleset{Family: f, Sets: append(sets.all(), affinitySets...), Chains: append(slices.Clone(w.base), serviceChains...)}, w
 }
 
 // masqueradeRule marks traffic that must leave with the node's address:

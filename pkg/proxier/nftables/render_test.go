@@ -25,6 +25,7 @@ func TestPacketFlowSpec(t *testing.T) {
 	tracer := NewTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6))
 	flowspec.Run(t, tracer)
 	flowspec.RunExternal(t, tracer)
+	flowspec.RunAffinity(t, tracer)
 }
 
 func TestRenderIsDeterministic(t *testing.T) {

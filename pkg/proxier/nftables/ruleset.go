@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -39,7 +40,13 @@ type Set struct {
 	Fields   []FieldType
 	Verdicts bool // a verdict map: every element carries a goto
 	Elements []Element
+	// Timeout makes the set dynamic: packets add their elements (session
+	// affinity), which expire after Timeout.
+	Timeout time.Duration
 }
+
+// affinitySetSize is the size nft gives a dynamic set it is not told.
+const affinitySetSize = 65535
 
 // FieldType is one component of a concatenated set key.
 type FieldType int
@@ -186,6 +193,9 @@ func (s *Set) write(b *strings.Builder, f model.IPFamily) {
 		typ += " : verdict"
 	}
 	fmt.Fprintf(b, "\t%s %s {\n\t\ttype %s\n", kind, s.Name, typ)
+	if s.Timeout > 0 {
+		fmt.Fprintf(b, "\t\tsize %d\n\t\tflags dynamic,timeout\n\t\ttimeout %s\n", affinitySetSize, nftDuration(s.Timeout))
+	}
 	if len(s.Elements) > 0 {
 		elems := make([]string, len(s.Elements))
 		for i, e := range s.Elements {
@@ -233,6 +243,25 @@ func (r Rule) text(f model.IPFamily) string {
 		parts[i] = s.text(f)
 	}
 	return strings.Join(parts, " ")
+}
+
+// nftDuration prints a duration as nft does: "3h", "1h30m", "10s".
+func nftDuration(d time.Duration) string {
+	var b strings.Builder
+	secs := int64(d / time.Second)
+	for _, u := range []struct {
+		n    int64
+		unit string
+	}{{86400, "d"}, {3600, "h"}, {60, "m"}, {1, "s"}} {
+		if v := secs / u.n; v > 0 {
+			fmt.Fprintf(&b, "%d%s", v, u.unit)
+			secs -= v * u.n
+		}
+	}
+	if b.Len() == 0 {
+		return "0s"
+	}
+	return b.String()
 }
 
 // priorityText prints a hook priority as nft 1.0 does: a standard name where

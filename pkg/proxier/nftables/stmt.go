@@ -39,6 +39,12 @@ type MatchProtoPort struct {
 	Vmap bool
 }
 
+// MatchSourceInSet tests the source address against a named set.
+type MatchSourceInSet struct{ Set string }
+
+// UpdateSource adds (or refreshes) the source address in a dynamic set.
+type UpdateSource struct{ Set string }
+
 // Goto continues in another chain and does not come back.
 type Goto struct{ Chain string }
 
@@ -137,6 +143,12 @@ func (s MatchProtoPort) text(model.IPFamily) string {
 		return "meta l4proto . th dport vmap @" + s.Set
 	}
 	return "meta l4proto . th dport @" + s.Set
+}
+
+func (s MatchSourceInSet) text(f model.IPFamily) string { return familyWord(f) + " saddr @" + s.Set }
+
+func (s UpdateSource) text(f model.IPFamily) string {
+	return "update @" + s.Set + " { " + familyWord(f) + " saddr }"
 }
 
 func (s Goto) text(model.IPFamily) string { return "goto " + s.Chain }

@@ -9,7 +9,12 @@ import (
 // Tracer evaluates a rendered Ruleset for one packet the way the kernel
 // would walk proxyd's chains: nat prerouting or output, the filter hooks,
 // then nat postrouting.
-type Tracer struct{ R *Ruleset }
+type Tracer struct {
+	R *Ruleset
+	// aff holds what dynamic sets learned from earlier packets (session
+	// affinity); nil forgets everything between packets.
+	aff map[string]map[netip.Addr]bool
+}
 
 type packet struct {
 	flowspec.Packet
@@ -117,6 +122,17 @@ func (t Tracer) rule(r Rule, pk *packet, rnd func(uint32) uint32) bool {
 				t.run(t.R.Chain(e.Goto), pk, rnd)
 				return true
 			}
+		case MatchSourceInSet:
+			if !t.aff[s.Set][pk.Src] {
+				return false
+			}
+		case UpdateSource:
+			if t.aff != nil {
+				if t.aff[s.Set] == nil {
+					t.aff[s.Set] = map[netip.Addr]bool{}
+				}
+				t.aff[s.Set][pk.Src] = true
+			}
 		case Goto:
 			t.run(t.R.Chain(s.Chain), pk, rnd)
 			return true
@@ -181,15 +197,21 @@ func (t Tracer) lookup(set string, key []Value) (Element, bool) {
 }
 
 // familyTracer picks the ruleset of the packet's family.
-type familyTracer struct{ v4, v6 *Ruleset }
+type familyTracer struct {
+	v4, v6 *Ruleset
+	aff    map[string]map[netip.Addr]bool
+}
 
-// NewTracer returns a flowspec.Tracer over both families' rulesets.
-func NewTracer(v4, v6 *Ruleset) flowspec.Tracer { return familyTracer{v4, v6} }
+// NewTracer returns a flowspec.Tracer over both families' rulesets; it
+// remembers affinity across packets, as the kernel's dynamic sets do.
+func NewTracer(v4, v6 *Ruleset) flowspec.Tracer {
+	return familyTracer{v4: v4, v6: v6, aff: map[string]map[netip.Addr]bool{}}
+}
 
 func (f familyTracer) Trace(p flowspec.Packet, rnd func(uint32) uint32) flowspec.Result {
 	r := f.v4
 	if p.Dst.Addr().Is6() {
 		r = f.v6
 	}
-	return Tracer{R: r}.Trace(p, rnd)
+	return Tracer{R: r, aff: f.aff}.Trace(p, rnd)
 }

@@ -16,6 +16,9 @@ type written struct {
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
 	chains     int
+	// needFull is set when an update cannot be written incrementally (an
+	// affinity set whose timeout changed must be recreated).
+	needFull bool
 }
 
 func newWritten(base []*Chain) *written {
@@ -82,6 +85,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	p := Plan{Family: f}
 	sets := newSets()
 	var newChains, changedChains, goneChains []*Chain
+	var newSets, goneSets []*Set
 	del, add := map[*Set][]Element{}, map[*Set][]Element{}
 
 	base := renderBase(s, cfg, f)
@@ -129,6 +133,25 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 				goneChains = append(goneChains, c)
 			}
 		}
+		oldSets := map[string]*Set{}
+		for _, set := range old.sets {
+			oldSets[set.Name] = set
+		}
+		for _, set := range next.sets {
+			o, ok := oldSets[set.Name]
+			switch {
+			case !ok:
+				newSets = append(newSets, set)
+			case o.Timeout != set.Timeout:
+				w.needFull = true
+			}
+			delete(oldSets, set.Name)
+		}
+		for _, set := range old.sets {
+			if _, gone := oldSets[set.Name]; gone {
+				goneSets = append(goneSets, set)
+			}
+		}
 		diffElements(del, add, sets.serviceIPs, old.dispatch, next.dispatch)
 		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
 		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
@@ -137,6 +160,9 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	del[sets.clusterIPs], add[sets.clusterIPs] = vips.changes(w.clusterIPs, vipElement)
 	del[sets.hairpin], add[sets.hairpin] = pins.changes(w.hairpin, hairpinElement)
 
+	for _, set := range newSets {
+		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: set})
+	}
 	for _, c := range newChains {
 		p.Ops = append(p.Ops, Op{Kind: OpAddChain, Chain: c})
 		for _, r := range c.Rules {
@@ -168,6 +194,9 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	}
 	for _, c := range goneChains {
 		p.Ops = append(p.Ops, Op{Kind: OpDelChain, Chain: c})
+	}
+	for _, set := range goneSets {
+		p.Ops = append(p.Ops, Op{Kind: OpDelSet, Set: set})
 	}
 	return p
 }
