@@ -42,6 +42,9 @@ func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
 	if len(ready) == 0 {
 		return terminating
 	}
+	if len(ready) == len(candidates) {
+		ready = candidates // the usual case: share the backing array, State is read-only
+	}
 	if sp.InternalLocal {
 		return ready
 	}

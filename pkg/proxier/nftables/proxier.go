@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 
 	nft "github.com/google/nftables"
 	"k8s.io/klog/v2"
@@ -109,8 +110,16 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	}
 	stats.Skipped = stats.KernelOps == 0
 	p.stats = stats
+	if stats.Full && stats.KernelOps > bigTransaction {
+		// A large batch of netlink messages was just garbage; give the
+		// memory back now rather than keep the peak as resident size.
+		debug.FreeOSMemory()
+	}
 	return nil
 }
+
+// bigTransaction is the size past which a full sync returns its memory.
+const bigTransaction = 20000
 
 // plan decides between a full and an incremental write. The returned view
 // replaces p.written[f] once the plan is in the kernel.
