@@ -74,6 +74,16 @@ func TestConvertService(t *testing.T) {
 		want      *model.Service
 	}{
 		{name: "a plain ClusterIP service is converted", in: service(), want: modelService()},
+		{name: "external IPs are kept and malformed ones dropped",
+			in:   service(func(s *v1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.10", "bogus"} }),
+			want: modelService(func(m *model.Service) { m.ExternalIPs = addrs("192.0.2.10") })},
+		{name: "a LoadBalancer's VIP-mode ingress IPs are kept, Proxy-mode ones and hostnames are not",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				proxy := v1.LoadBalancerIPModeProxy
+				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.1"}, {IP: "198.51.100.2", IPMode: &proxy}, {Hostname: "lb.example"}}
+			}),
+			want: modelService(func(m *model.Service) { m.LoadBalancerIPs = addrs("198.51.100.1") })},
 		{name: "a nil service is ignored", in: nil, want: nil},
 		{name: "an ExternalName service is ignored",
 			in: service(func(s *v1.Service) {
