@@ -25,7 +25,9 @@ func TestDualStackService(t *testing.T) {
 	if _, err := e.cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.cs.CoreV1().Services("default").Delete(context.Background(), "dual", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = e.cs.CoreV1().Services("default").Delete(context.Background(), "dual", metav1.DeleteOptions{})
+	})
 	all := []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}
 	port := svcPort{"tcp", v1.ProtocolTCP, 8080}
 	e.createSlice(t, e.slice("dual-v4", "dual", all, port))
