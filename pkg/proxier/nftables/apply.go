@@ -3,6 +3,7 @@ package nftables
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 
 	nft "github.com/google/nftables"
@@ -115,31 +116,27 @@ func queue(conn *nft.Conn, p Plan) error {
 	return nil
 }
 
-// tableState is what the kernel says about proxyd's table, cheaply: whether
-// it exists and how many chains it has.
-func tableState(conn *nft.Conn, f model.IPFamily) (exists bool, chains int, err error) {
+// tableState is what the kernel says about proxyd's table, cheaply (one
+// table dump, not a listing of its chains): whether it exists and its use
+// count, the number of chains and sets in it.
+func tableState(conn *nft.Conn, f model.IPFamily) (exists bool, use uint32, err error) {
 	tables, err := conn.ListTablesOfFamily(tableFamily(f))
 	if err != nil {
 		return false, 0, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
 		if t.Name == TableName {
-			exists = true
+			return true, t.Use, nil
 		}
 	}
-	if !exists {
-		return false, 0, nil
-	}
-	all, err := conn.ListChainsOfTableFamily(tableFamily(f))
-	if err != nil {
-		return true, 0, fmt.Errorf("list nftables chains: %w", err)
-	}
-	for _, c := range all {
-		if c.Table.Name == TableName {
-			chains++
-		}
-	}
-	return true, chains, nil
+	return false, 0, nil
+}
+
+// useMatches compares the kernel's use count with ours. google/nftables
+// v0.3.0 decodes the attribute in the wrong byte order; accept either
+// reading so a fixed library keeps working.
+func useMatches(use uint32, want int) bool {
+	return int(use) == want || int(bits.ReverseBytes32(use)) == want
 }
 
 // deleteTable removes proxyd's table of family f if it exists.

@@ -75,3 +75,37 @@ func TestKernelSyncOfALargeTable(t *testing.T) {
 		t.Errorf("idle resync wrote %d objects", got.KernelOps)
 	}
 }
+
+// The periodic resync notices a table changed behind proxyd's back (one
+// table dump, no chain listing) and rewrites it; otherwise it writes
+// nothing.
+func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
+	ns := testns.New(t, "nftfix")
+	p := newKernelProxier(t, ns)
+	st := flowspec.State()
+	if err := p.Sync(context.Background(), st, model.Compute(nil, st)); err != nil {
+		t.Fatal(err)
+	}
+	want := ns.Run(t, "nft", "list", "table", "ip", TableName)
+	for _, tamper := range [][]string{
+		{"nft", "delete", "table", "ip", TableName},
+		{"nft", "add", "chain", "ip", TableName, "intruder"},
+	} {
+		ns.Run(t, tamper...)
+		if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := p.LastSyncStats(); !got.Full {
+			t.Errorf("after %v the resync was not a full rewrite: %+v", tamper, got)
+		}
+		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); CanonicalListing(got) != CanonicalListing(want) {
+			t.Errorf("after %v the table was not restored:\n%s", tamper, got)
+		}
+	}
+	if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.LastSyncStats(); !got.Skipped {
+		t.Errorf("an untouched table was rewritten: %+v", got)
+	}
+}

@@ -126,12 +126,12 @@ const bigTransaction = 20000
 func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.IPFamily) (Plan, *written, error) {
 	w := p.written[f]
 	if w != nil && len(changed) == 0 {
-		exists, chains, err := tableState(p.conn, f)
+		exists, use, err := tableState(p.conn, f)
 		if err != nil {
 			return Plan{}, nil, err
 		}
-		if !exists || chains != w.chains {
-			klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "chains", chains, "expected", w.chains)
+		if !exists || !useMatches(use, w.objects()) {
+			klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "objects", use, "expected", w.objects())
 			w = nil
 		}
 	}

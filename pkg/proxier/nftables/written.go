@@ -16,6 +16,7 @@ type written struct {
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
 	chains     int
+	dynSets    int // session-affinity sets
 	// needFull is set when an update cannot be written incrementally (an
 	// affinity set whose timeout changed must be recreated).
 	needFull bool
@@ -26,6 +27,10 @@ func newWritten(base []*Chain) *written {
 		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, chains: len(base)}
 }
 
+// objects is how many chains and sets the table holds: what the kernel
+// reports as the table's use count.
+func (w *written) objects() int { return w.chains + len(newSets().all()) + w.dynSets }
+
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
 	w.clusterIPs[sr.clusterIP]++
@@ -33,6 +38,7 @@ func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 		w.hairpin[ip]++
 	}
 	w.chains += len(sr.chains)
+	w.dynSets += len(sr.sets)
 }
 
 func (w *written) remove(k model.ServicePortKey) {
@@ -46,6 +52,7 @@ func (w *written) remove(k model.ServicePortKey) {
 		decrement(w.hairpin, ip)
 	}
 	w.chains -= len(sr.chains)
+	w.dynSets -= len(sr.sets)
 }
 
 func decrement(m map[netip.Addr]int, a netip.Addr) {
