@@ -64,7 +64,8 @@ func Run(ctx context.Context, o *Options) error {
 		afterSync = func(s *model.State, d model.Diff) { cleaner.Clean(conntrack.Filters(d, s)) }
 	}
 	var inf *informer.Informer
-	runner := proxier.NewRunner(backend, func() *model.State { return model.Build(inf.Snapshot()) }, proxier.RunnerOptions{
+	var builder model.Builder // only the runner's goroutine builds
+	runner := proxier.NewRunner(backend, func() *model.State { return builder.Build(inf.Snapshot()) }, proxier.RunnerOptions{
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
