@@ -1,0 +1,65 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// SIGTERM leaves the rules in place: connections keep working while no
+// proxyd runs and across the next start, without a refused or lost one.
+func TestRulesSurviveARestart(t *testing.T) {
+	e := needEnv(t)
+	pods := e.lab.Pods[:3]
+	e.createService(t, "restart", "10.96.0.70", nil, svcPort{"tcp", v1.ProtocolTCP, 80})
+	e.createSlice(t, e.slice("restart-1", "restart", []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}, svcPort{"tcp", v1.ProtocolTCP, 8080}))
+	for _, dp := range dataplanes[:2] {
+		t.Run(dp.name, func(t *testing.T) {
+			px := e.startProxyd(t, dp.mode, dp.args...)
+			e.eventually(t, 10*time.Second, "the VIP answers", func() error {
+				r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.70:80", 1, 1)
+				if err == nil && r.Answered() != 1 {
+					err = errorf("%+v", r.Errors)
+				}
+				return err
+			})
+			var failed, answered atomic.Int64
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.70:80", 20, 1)
+					if err != nil {
+						failed.Add(20)
+						continue
+					}
+					failed.Add(int64(r.Failed()))
+					answered.Add(int64(r.Answered()))
+				}
+			}()
+			time.Sleep(300 * time.Millisecond)
+			px.stop(t)
+			time.Sleep(time.Second) // no proxyd at all
+			px2 := e.startProxyd(t, dp.mode, dp.args...)
+			time.Sleep(time.Second)
+			close(stop)
+			<-done
+			px2.stop(t)
+			if failed.Load() != 0 || answered.Load() < 100 {
+				t.Errorf("across the restart: %d answered, %d failed", answered.Load(), failed.Load())
+			}
+			t.Logf("across the restart: %d connections answered, %d failed", answered.Load(), failed.Load())
+		})
+	}
+}
