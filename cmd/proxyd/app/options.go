@@ -41,6 +41,8 @@ type Options struct {
 	ProxyName          string
 	ConfigFile         string
 	ShowVersion        bool
+	KubeAPIQPS         float32
+	KubeAPIBurst       int32
 }
 
 // ErrHelp is returned by Parse when --help was asked for.
@@ -75,12 +77,21 @@ func Parse(args []string) (*Options, error) {
 	fs.StringVar(&o.ProxyName, "service-proxy-name", "", "also program Services labelled service.kubernetes.io/service-proxy-name=NAME")
 	fs.StringVar(&o.ConfigFile, "config", "", "a KubeProxyConfiguration file; flags given explicitly override it")
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
-	// Accepted for kube-proxy compatibility; proxyd leaves host-wide
-	// conntrack sizing to the node.
-	for _, name := range []string{"conntrack-max-per-core", "conntrack-min"} {
+	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "QPS to the apiserver")
+	fs.Int32Var(&o.KubeAPIBurst, "kube-api-burst", 100, "burst to the apiserver")
+	// Accepted so that kube-proxy manifests run unchanged; proxyd leaves
+	// host-wide conntrack sizing and OOM scores to the node.
+	for _, name := range []string{"conntrack-max-per-core", "conntrack-min", "oom-score-adj"} {
 		fs.Int32(name, 0, "accepted for kube-proxy compatibility; ignored")
 	}
-	fs.String("bind-address", "0.0.0.0", "accepted for kube-proxy compatibility; ignored")
+	for _, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "config-sync-period"} {
+		fs.Duration(name, 0, "accepted for kube-proxy compatibility; ignored")
+	}
+	for _, name := range []string{"bind-address", "kube-api-content-type", "feature-gates", "detect-local-mode", "proxy-port-range"} {
+		fs.String(name, "", "accepted for kube-proxy compatibility; ignored")
+	}
+	fs.StringSlice("nodeport-addresses", nil, "accepted for kube-proxy compatibility; NodePorts answer on every node address")
+	fs.Bool("profiling", false, "accepted for kube-proxy compatibility; ignored")
 
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)

@@ -10,7 +10,8 @@ import (
 
 func TestParseAcceptsKubeProxyNames(t *testing.T) {
 	o, err := Parse([]string{"--proxy-mode=iptables", "--iptables-sync-period=10s", "--iptables-min-sync-period=2s",
-		"--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--conntrack-max-per-core=0", "-v=2"})
+		"--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--conntrack-max-per-core=0", "-v=2",
+		"--kube-api-qps=20", "--feature-gates=A=true", "--nodeport-addresses=primary", "--oom-score-adj=-999"})
 	if err != nil {
 		t.Fatal(err)
 	}

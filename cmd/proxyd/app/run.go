@@ -126,7 +126,7 @@ func (o *Options) client() (*apiClient, error) {
 		}
 	}
 	cfg.UserAgent = "proxyd/" + Version
-	cfg.QPS, cfg.Burst = 50, 100
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, int(o.KubeAPIBurst)
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("apiserver client: %w", err)
