@@ -4,18 +4,41 @@
 // cannot do itself (masquerade, hairpin, reject), and writes only the
 // difference to the kernel.
 //
+// External traffic follows kube-proxy's IPVS mode: each external IP and
+// VIP-mode load-balancer IP of a port is a virtual server bound to
+// proxyd-ipvs0 like a ClusterIP, and each NodePort a virtual server on each
+// of the node's addresses (State.Node.IPs) of the Service's families; their
+// real servers are the port's ExternalEndpoints. With externalTrafficPolicy
+// Cluster all traffic to them is masqueraded. With Local it is not, and
+// only this node's endpoints are real servers; Pods (the cluster CIDR) and
+// the node itself are DNATed to the ClusterIP before IPVS sees the packet,
+// so they get the whole Service as in the other modes, and what is left
+// for a Local virtual server without real servers is dropped (a port
+// without any endpoint is refused by IPVS itself, as for a ClusterIP).
+// These rules need nft_nat and nft_fib_inet besides the modules the
+// ClusterIP rules use.
+//
 // Ownership follows kube-proxy's kube-ipvs0 idea: every ClusterIP proxyd
 // serves is bound to the dummy interface proxyd-ipvs0, and a virtual server
 // is proxyd's only if its address is bound there (or proxyd wrote it or wants
-// it). Virtual servers on any other address are never touched, and the
-// IPVS-wide Flush is never used.
+// it). A NodePort's address is the node's own and not bound, so those
+// virtual servers are owned by key instead: the ones proxyd wants, wrote,
+// or recorded in the nftables table's node-servers sets (read back after a
+// restart and by Cleanup). Virtual servers on any other address, and
+// others on a node address, are never touched, and the IPVS-wide Flush is
+// never used.
 //
 // The netfilter side lives in the nftables table "inet proxyd-ipvs":
 //
 //   - masquerade for traffic to a ClusterIP from outside the cluster CIDRs
-//     (or all of it with MasqueradeAll), by a packet mark set before IPVS and
+//     (or all of it with MasqueradeAll) and for all external traffic of
+//     externalTrafficPolicy Cluster, by a packet mark set before IPVS and
 //     acted on in postrouting, and for hairpin traffic (a Pod reaching itself
 //     through its Service);
+//   - for externalTrafficPolicy Local, the DNAT of Pods and the node to the
+//     ClusterIP (chain external-local) and the drop of other new
+//     connections to a virtual server without local endpoints
+//     (drop-input, before IPVS's LOCAL_IN hook);
 //   - reject (ICMP port unreachable) for new connections IPVS did not take:
 //     to a ClusterIP on a port or protocol it has no virtual server for
 //     (the address is local, so the node's own sockets would answer), and to

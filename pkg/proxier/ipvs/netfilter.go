@@ -26,6 +26,15 @@ type HairpinTuple struct {
 	Protocol model.Protocol
 }
 
+// ShortCircuit sends Pods and the node itself, when they use an external
+// address or NodePort of a Service with externalTrafficPolicy Local, to the
+// Service's ClusterIP instead, so that they get the whole Service rather
+// than this node's endpoints only (the nftables mode does the same).
+type ShortCircuit struct {
+	From Tuple
+	To   netip.AddrPort
+}
+
 // Ruleset is the netfilter side of the IPVS table: the sets and switches
 // the proxyd-ipvs nftables table is made of. It masquerades, and rejects
 // new connections IPVS does not take: to a ClusterIP on a port or protocol
@@ -34,9 +43,26 @@ type HairpinTuple struct {
 // rejects those itself.) Its String is the table in
 // `nft list` syntax, the golden text of tests.
 type Ruleset struct {
-	// ClusterIPs are all virtual servers; traffic to them from outside
-	// the cluster CIDR of its family is marked for masquerade.
+	// ClusterIPs are the ClusterIP virtual servers; traffic to them from
+	// outside the cluster CIDR of its family is marked for masquerade.
 	ClusterIPs []Tuple
+	// ExternalMasq are the external virtual servers (NodePorts, external
+	// IPs) of externalTrafficPolicy Cluster: all traffic to them is marked
+	// for masquerade, since the reply must come back through this node.
+	ExternalMasq []Tuple
+	// ExternalDrop are the external virtual servers of
+	// externalTrafficPolicy Local that have no local endpoint while the
+	// Service has some elsewhere: new connections to them are dropped
+	// (after ShortCircuits took Pods' and the node's away).
+	ExternalDrop []Tuple
+	// ShortCircuits are the external virtual servers of
+	// externalTrafficPolicy Local whose ClusterIP has endpoints.
+	ShortCircuits []ShortCircuit
+	// NodeServers are the virtual servers on the node's own addresses
+	// (NodePorts). No rule uses the set they are written to: it records
+	// that proxyd owns them, since their addresses are not bound to
+	// proxyd-ipvs0, so that a later proxyd (or --cleanup) finds them.
+	NodeServers []Tuple
 	// ServiceCIDRs are the ClusterIP ranges; new connections to an address
 	// in them that IPVS did not take are rejected.
 	ServiceCIDRs []netip.Prefix
@@ -57,6 +83,8 @@ func (r *Ruleset) Equal(o *Ruleset) bool {
 		return r == o
 	}
 	return slices.Equal(r.ClusterIPs, o.ClusterIPs) && slices.Equal(r.ServiceCIDRs, o.ServiceCIDRs) &&
+		slices.Equal(r.ExternalMasq, o.ExternalMasq) && slices.Equal(r.ExternalDrop, o.ExternalDrop) &&
+		slices.Equal(r.ShortCircuits, o.ShortCircuits) && slices.Equal(r.NodeServers, o.NodeServers) &&
 		slices.Equal(r.Hairpin, o.Hairpin) && r.ClusterCIDR4 == o.ClusterCIDR4 && r.ClusterCIDR6 == o.ClusterCIDR6 &&
 		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark
 }
@@ -85,11 +113,26 @@ func (r *Ruleset) marks(src netip.Addr) bool {
 	if r.MasqueradeAll {
 		return true
 	}
-	cidr := r.ClusterCIDR4
-	if !src.Is4() {
-		cidr = r.ClusterCIDR6
-	}
+	cidr := r.clusterCIDR(src)
 	return cidr.IsValid() && !cidr.Contains(src)
+}
+
+func (r *Ruleset) clusterCIDR(a netip.Addr) netip.Prefix {
+	if a.Is4() {
+		return r.ClusterCIDR4
+	}
+	return r.ClusterCIDR6
+}
+
+// shortCircuit returns where a new connection to t from a Pod or the node
+// is sent instead, if anywhere.
+func (r *Ruleset) shortCircuit(t Tuple) (netip.AddrPort, bool) {
+	for _, sc := range r.ShortCircuits {
+		if sc.From == t {
+			return sc.To, true
+		}
+	}
+	return netip.AddrPort{}, false
 }
 
 func (r *Ruleset) String() string {

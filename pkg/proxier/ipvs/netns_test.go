@@ -93,10 +93,50 @@ func TestNftablesTableInANetns(t *testing.T) {
 	if g, w := normalise(got), normalise(r.String()); g != w {
 		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
 	}
+	// The dual-stack external state: IPv6 DNAT, fib and drop rules.
+	ext := Render(extState(), "rr")
+	r = RenderNetfilter(ext, flowspec.Config())
+	if err := fw.Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = nftList(t, ns); err != nil {
+		t.Fatalf("nft list: %v: %s", err, got)
+	}
+	if g, w := normalise(got), normalise(r.String()); g != w {
+		t.Errorf("kernel table (external state) differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
+	}
 	if err := fw.Delete(); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := nftList(t, ns); err == nil {
 		t.Fatalf("table still there after Delete:\n%s", out)
+	}
+}
+
+func TestNftablesNodeServersReadBack(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft(8) for the test namespace's tooling")
+	}
+	ns := testNetns(t, "nftnode")
+	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
+	if got, err := fw.NodeServers(); err != nil || len(got) != 0 {
+		t.Fatalf("NodeServers without a table: %v, %v", got, err)
+	}
+	s := flowspec.State()
+	tab := Render(s, "rr")
+	r := RenderNetfilter(tab, flowspec.Config())
+	if err := fw.Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.NodeServers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortFunc(got, func(a, b Tuple) int { return VSKey(a).Compare(VSKey(b)) })
+	if !slices.Equal(got, r.NodeServers) || len(got) != 4 {
+		t.Fatalf("node servers read back %v, want %v", got, r.NodeServers)
+	}
+	if err := fw.Delete(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -17,6 +18,9 @@ type Firewall interface {
 	// Delete removes the table; a missing table (or no nf_tables at all)
 	// is not an error.
 	Delete() error
+	// NodeServers reads back the NodeServers of the table in place; a
+	// missing table has none.
+	NodeServers() ([]Tuple, error)
 }
 
 // nftFirewall is the Firewall on the kernel's nf_tables, via netlink.
@@ -103,6 +107,42 @@ func (n *nftFirewall) Delete() error {
 	return nil
 }
 
+// NodeServers reads the node-servers sets of the table in place.
+func (n *nftFirewall) NodeServers() ([]Tuple, error) {
+	c, done, err := n.conn()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	defer done()
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
+		if notPresent(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("nftables: look up table inet %s: %w", TableName, err)
+	}
+	var out []Tuple
+	for _, f := range families {
+		name := nodeServersSet + "-" + f.suffix
+		set, err := c.GetSetByName(nftTable, name)
+		if err != nil {
+			if notPresent(err) {
+				continue
+			}
+			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
+		}
+		elems, err := c.GetSetElements(set)
+		if err != nil {
+			return nil, fmt.Errorf("nftables: elements of set %s: %w", name, err)
+		}
+		for _, e := range elems {
+			if t, ok := f.parseTuple(e.Key); ok {
+				out = append(out, t)
+			}
+		}
+	}
+	return out, nil
+}
+
 // notPresent covers a missing table and a kernel without nf_tables.
 func notPresent(err error) bool {
 	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, os.ErrNotExist)
@@ -140,6 +180,16 @@ func (f *FakeFirewall) Delete() error {
 	defer f.mu.Unlock()
 	f.current = nil
 	return nil
+}
+
+// NodeServers returns the NodeServers of the table in place.
+func (f *FakeFirewall) NodeServers() ([]Tuple, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.current == nil {
+		return nil, nil
+	}
+	return slices.Clone(f.current.NodeServers), nil
 }
 
 // Current returns the table in place, nil if none.

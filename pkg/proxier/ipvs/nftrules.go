@@ -28,15 +28,21 @@ type chainSpec struct {
 // so any new connection still addressed to a ClusterIP there is one IPVS
 // has no virtual server for; forward sees only addresses that are not
 // local, i.e. no ClusterIP, so an address of the service ranges there is an
-// unallocated one.
+// unallocated one. external-local, jumped from prerouting and output,
+// DNATs Pods and the node from an externalTrafficPolicy Local address to
+// its ClusterIP before IPVS looks; drop-input then runs before IPVS's
+// LOCAL_IN hook (priority 99) and drops what is left for a Local virtual
+// server without local endpoints, which IPVS would otherwise refuse.
 var chains = []chainSpec{
 	{name: "prerouting", kind: "nat", hook: "prerouting", priorityText: "dstnat", hooknum: nftables.ChainHookPrerouting, priority: nftables.ChainPriorityNATDest},
 	{name: "output", kind: "nat", hook: "output", priorityText: "-100", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityNATDest},
 	{name: "mark-masq"},
+	{name: "external-local"},
 	{name: "postrouting", kind: "nat", hook: "postrouting", priorityText: "srcnat", hooknum: nftables.ChainHookPostrouting, priority: nftables.ChainPriorityNATSource},
 	{name: "reject-input", kind: "filter", hook: "input", priorityText: "110", hooknum: nftables.ChainHookInput, priority: nftables.ChainPriorityRef(110)},
 	{name: "reject-output", kind: "filter", hook: "output", priorityText: "-90", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityRef(-90)},
 	{name: "reject-forward", kind: "filter", hook: "forward", priorityText: "-110", hooknum: nftables.ChainHookForward, priority: nftables.ChainPriorityRef(-110)},
+	{name: "drop-input", kind: "filter", hook: "input", priorityText: "filter", hooknum: nftables.ChainHookInput, priority: nftables.ChainPriorityRef(0)},
 }
 
 type setElem struct {
@@ -117,7 +123,9 @@ func (r *Ruleset) sets() []setSpec {
 				vips.elements = append(vips.elements, setElem{text: a.String(), key: a.AsSlice()})
 			}
 		}
-		out = append(out, tupleSet("cluster-ips", r.ClusterIPs), vips)
+		out = append(out, tupleSet("cluster-ips", r.ClusterIPs), vips,
+			tupleSet("external-masq", r.ExternalMasq), tupleSet("external-drop", r.ExternalDrop),
+			tupleSet(nodeServersSet, r.NodeServers))
 		hp := setSpec{name: "hairpin-" + f.suffix, keyType: concatType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService, f.addrType)}
 		for _, h := range r.Hairpin {
 			a := h.Endpoint.Addr()
@@ -132,6 +140,24 @@ func (r *Ruleset) sets() []setSpec {
 		out = append(out, hp)
 	}
 	return out
+}
+
+// nodeServersSet (with the family suffix) records the virtual servers on
+// the node's own addresses; see Ruleset.NodeServers.
+const nodeServersSet = "node-servers"
+
+// parseTuple reads back a key of a tuple set of family f.
+func (f family) parseTuple(key []byte) (Tuple, bool) {
+	n := int(f.addrLen)
+	if len(key) < n+8 {
+		return Tuple{}, false
+	}
+	a, ok := netip.AddrFromSlice(key[:n])
+	proto, ok2 := protoOf(uint16(key[n]))
+	if !ok || !ok2 {
+		return Tuple{}, false
+	}
+	return Tuple{Addr: a.Unmap(), Protocol: proto, Port: binaryutil.BigEndian.Uint16(key[n+4 : n+6])}, true
 }
 
 // Register numbers: a concatenation is loaded into consecutive 32-bit
@@ -168,6 +194,8 @@ func (r *Ruleset) rules() []ruleSpec {
 	out := []ruleSpec{
 		{chain: "prerouting", text: "jump mark-masq", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "mark-masq"}}},
 		{chain: "output", text: "jump mark-masq", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "mark-masq"}}},
+		{chain: "prerouting", text: "jump external-local", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "external-local"}}},
+		{chain: "output", text: "jump external-local", exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "external-local"}}},
 	}
 	for _, f := range families {
 		cidr := r.ClusterCIDR4
@@ -188,6 +216,17 @@ func (r *Ruleset) rules() []ruleSpec {
 			ex = append(ex, markBit(r.Mark)...)
 			out = append(out, ruleSpec{chain: "mark-masq", text: fmt.Sprintf("%s @cluster-ips-%s %s saddr != %s meta mark set meta mark | %s", tupleText, f.suffix, f.ip, cidr, mark), exprs: ex})
 		}
+	}
+	for _, f := range families {
+		tuple, _ := f.loadTuple()
+		ex := append(append(tuple, lookup("external-masq-"+f.suffix)), markBit(r.Mark)...)
+		out = append(out, ruleSpec{chain: "mark-masq", text: fmt.Sprintf("%s daddr . meta l4proto . th dport @external-masq-%s meta mark set meta mark | %s", f.ip, f.suffix, mark), exprs: ex})
+	}
+	out = append(out, r.shortCircuitRules(mark)...)
+	for _, f := range families {
+		tuple, _ := f.loadTuple()
+		ex := append(ctNew(), append(tuple, lookup("external-drop-"+f.suffix), &expr.Verdict{Kind: expr.VerdictDrop})...)
+		out = append(out, ruleSpec{chain: "drop-input", text: fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport @external-drop-%s drop", f.ip, f.suffix), exprs: ex})
 	}
 	for _, f := range families {
 		tuple, n := f.loadTuple()
@@ -230,6 +269,67 @@ func (r *Ruleset) rules() []ruleSpec {
 				rejectExpr())
 			out = append(out, ruleSpec{chain: chain, text: fmt.Sprintf("ct state new %s daddr %s reject", f.ip, cidr), exprs: ex})
 		}
+	}
+	return out
+}
+
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return families[0]
+	}
+	return families[1]
+}
+
+// matchTuple matches one destination address, protocol and port.
+func (f family) matchTuple(t Tuple) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{f.nfproto}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrLen},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: t.Addr.AsSlice()},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{byte(protoNumber(t.Protocol))}},
+		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: port(t.Port)},
+	}
+}
+
+// dnat rewrites the destination to to (registers 1 and 2).
+func (f family) dnat(to netip.AddrPort) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: to.Addr().AsSlice()},
+		&expr.Immediate{Register: 2, Data: port(to.Port())},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: uint32(f.nfproto), RegAddrMin: 1, RegProtoMin: 2, Specified: true},
+	}
+}
+
+// shortCircuitRules send Pods (the cluster CIDR) and the node itself (a
+// local source address) from an externalTrafficPolicy Local address to its
+// ClusterIP, marked for masquerade as ClusterIP traffic from there would be.
+func (r *Ruleset) shortCircuitRules(mark string) []ruleSpec {
+	var out []ruleSpec
+	for _, sc := range r.ShortCircuits {
+		f := familyOf(sc.From.Addr)
+		match := fmt.Sprintf("%s daddr %s %s dport %d", f.ip, sc.From.Addr, sc.From.Protocol.Lower(), sc.From.Port)
+		to := fmt.Sprintf("dnat %s to %s", f.ip, sc.To)
+		markText := fmt.Sprintf(" meta mark set meta mark | %s", mark)
+		if cidr := r.clusterCIDR(sc.From.Addr); cidr.IsValid() {
+			ex := append(f.matchTuple(sc.From),
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: f.addrLen, Mask: prefixMask(cidr), Xor: make([]byte, f.addrLen)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: cidr.Addr().AsSlice()})
+			text := fmt.Sprintf("%s %s saddr %s", match, f.ip, cidr)
+			if r.MasqueradeAll {
+				ex = append(ex, markBit(r.Mark)...)
+				text += markText
+			}
+			out = append(out, ruleSpec{chain: "external-local", text: text + " " + to, exprs: append(ex, f.dnat(sc.To)...)})
+		}
+		ex := append(f.matchTuple(sc.From),
+			&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)})
+		ex = append(append(ex, markBit(r.Mark)...), f.dnat(sc.To)...)
+		out = append(out, ruleSpec{chain: "external-local", text: match + " fib saddr type local" + markText + " " + to, exprs: ex})
 	}
 	return out
 }

@@ -226,8 +226,9 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	return nil
 }
 
-// Cleanup deletes the virtual servers on proxyd's addresses, the dummy
-// interface and the nftables table. It is safe when none exists and when
+// Cleanup deletes the virtual servers on proxyd's addresses and its
+// NodePort virtual servers (as written, or as recorded in the nftables
+// table), the dummy interface and the nftables table. It is safe when none exists and when
 // IPVS is not available.
 func (p *Proxier) Cleanup(ctx context.Context) error {
 	p.mu.Lock()
@@ -246,6 +247,19 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 			owned[a] = true
 		}
 	}
+	nodeOwned := map[VSKey]bool{}
+	for k, vs := range p.written {
+		if vs.OnNode {
+			nodeOwned[k] = true
+		}
+	}
+	if recorded, err := p.fw.NodeServers(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, t := range recorded {
+			nodeOwned[VSKey(t)] = true
+		}
+	}
 	deleted := 0
 	if p.handle == nil {
 		p.log.Info("IPVS not available; skipping virtual servers")
@@ -257,7 +271,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 				return err
 			}
 			k, ok := keyOf(svc)
-			if !ok || !owned[k.Addr] {
+			if !ok || (!owned[k.Addr] && !nodeOwned[k]) {
 				continue
 			}
 			if err := p.handle.DelService(svc); err != nil && !isNotExist(err) {

@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,8 +26,9 @@ func TestSyncCreatesTheRenderedTable(t *testing.T) {
 		t.Fatalf("kernel table:\n%s\nwant:\n%s", got, want)
 	}
 	addrs, _ := r.links.Addrs(LinkName)
-	if want := len(s.ClusterIPs(model.IPv4)) + len(s.ClusterIPs(model.IPv6)); len(addrs) != want {
-		t.Fatalf("bound %v, want the %d ClusterIPs", addrs, want)
+	// The ClusterIPs and the external IP, not the node's address.
+	if want := len(s.ClusterIPs(model.IPv4)) + len(s.ClusterIPs(model.IPv6)) + 1; len(addrs) != want || !slices.Contains(addrs, flowspec.ExternalIP) || slices.Contains(addrs, flowspec.NodeIP) {
+		t.Fatalf("bound %v, want the %d ClusterIPs and the external IP", addrs, want-1)
 	}
 	if !r.fw.Current().Equal(RenderNetfilter(Render(s, "rr"), flowspec.Config())) {
 		t.Fatal("firewall does not hold the rendered ruleset")

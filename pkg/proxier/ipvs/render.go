@@ -15,6 +15,15 @@ import (
 // on the port's number and protocol; its real servers are the port's
 // ClusterEndpoints of the same family, weight 1, as the model selected them.
 // AffinitySeconds > 0 makes the virtual server persistent for that long.
+//
+// External traffic is served the way kube-proxy's IPVS mode does it: each
+// external IP (and VIP-mode load-balancer IP) of the port becomes a virtual
+// server on the port, bound to proxyd-ipvs0 like a ClusterIP, and a NodePort
+// a virtual server on each of the node's addresses of the family (not
+// bound: they are the node's own). Their real servers are the port's
+// ExternalEndpoints; with externalTrafficPolicy Local the virtual server
+// remembers the ClusterIP's, where the netfilter side sends Pods and the
+// node itself.
 func Render(s *model.State, scheduler string) *Table {
 	t := &Table{Servers: map[VSKey]*VirtualServer{}}
 	if s == nil {
@@ -25,32 +34,83 @@ func Render(s *model.State, scheduler string) *Table {
 			t.ServiceCIDRs = append(t.ServiceCIDRs, p.Masked())
 		}
 	}
-	for _, sp := range s.Sorted() {
+	nodeIPs := map[netip.Addr]bool{}
+	for _, ip := range s.Node.IPs {
+		if ip = ip.Unmap(); ip.IsValid() && !ip.IsUnspecified() && !nodeIPs[ip] {
+			nodeIPs[ip] = true
+			t.NodeIPs = append(t.NodeIPs, ip)
+		}
+	}
+	slices.SortFunc(t.NodeIPs, netip.Addr.Compare)
+	add := func(sp *model.ServicePort, k VSKey, eps []model.Endpoint) *VirtualServer {
+		if prev, dup := t.Servers[k]; dup {
+			t.Conflicts = append(t.Conflicts, fmt.Sprintf("%s wants %s, already used by %s", sp.Key, k, prev.Service))
+			return nil
+		}
+		vs := &VirtualServer{VSKey: k, Scheduler: scheduler, Service: sp.Key}
+		if sp.AffinitySeconds > 0 {
+			vs.Timeout = uint32(sp.AffinitySeconds)
+		}
+		for _, e := range model.EndpointsOf(eps, model.FamilyOf(k.Addr)) {
+			if !e.IP.IsValid() || e.Port == 0 {
+				continue
+			}
+			vs.RealServers = append(vs.RealServers, RealServer{Addr: netip.AddrPortFrom(e.IP.Unmap(), e.Port), Weight: 1})
+		}
+		slices.SortFunc(vs.RealServers, func(a, b RealServer) int { return a.Addr.Compare(b.Addr) })
+		vs.RealServers = slices.CompactFunc(vs.RealServers, func(a, b RealServer) bool { return a.Addr == b.Addr })
+		t.Servers[k] = vs
+		return vs
+	}
+	sorted := s.Sorted()
+	// ClusterIPs first, so that an external address or NodePort never
+	// takes a ClusterIP's virtual server away.
+	for _, sp := range sorted {
 		if !sp.Key.Protocol.Valid() || sp.Port == 0 {
 			continue
 		}
 		for _, ip := range sp.ClusterIPs {
-			if !ip.IsValid() {
-				continue
+			if ip.IsValid() {
+				add(sp, VSKey{Addr: ip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}, sp.ClusterEndpoints)
 			}
-			k := VSKey{Addr: ip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}
-			if prev, dup := t.Servers[k]; dup {
-				t.Conflicts = append(t.Conflicts, fmt.Sprintf("%s wants %s, already used by %s", sp.Key, k, prev.Service))
-				continue
+		}
+	}
+	for _, sp := range sorted {
+		if !sp.Key.Protocol.Valid() || sp.Port == 0 || !sp.HasExternal() {
+			continue
+		}
+		external := func(k VSKey, onNode bool) {
+			vs := add(sp, k, sp.ExternalEndpoints)
+			if vs == nil {
+				return
 			}
-			vs := &VirtualServer{VSKey: k, Scheduler: scheduler, Service: sp.Key}
-			if sp.AffinitySeconds > 0 {
-				vs.Timeout = uint32(sp.AffinitySeconds)
+			vs.External, vs.OnNode, vs.Local = true, onNode, sp.ExternalLocal
+			if !sp.ExternalLocal {
+				return
 			}
-			for _, e := range model.EndpointsOf(sp.ClusterEndpoints, model.FamilyOf(k.Addr)) {
-				if !e.IP.IsValid() || e.Port == 0 {
-					continue
+			f := model.FamilyOf(k.Addr)
+			if vip, ok := sp.ClusterIP(f); ok && len(model.EndpointsOf(sp.ClusterEndpoints, f)) > 0 {
+				ck := VSKey{Addr: vip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}
+				if cvs := t.Servers[ck]; cvs != nil && cvs.Service == sp.Key {
+					vs.ShortCircuit = netip.AddrPortFrom(ck.Addr, ck.Port)
 				}
-				vs.RealServers = append(vs.RealServers, RealServer{Addr: netip.AddrPortFrom(e.IP.Unmap(), e.Port), Weight: 1})
 			}
-			slices.SortFunc(vs.RealServers, func(a, b RealServer) int { return a.Addr.Compare(b.Addr) })
-			vs.RealServers = slices.CompactFunc(vs.RealServers, func(a, b RealServer) bool { return a.Addr == b.Addr })
-			t.Servers[k] = vs
+		}
+		fams := map[model.IPFamily]bool{}
+		for _, ip := range sp.ClusterIPs {
+			fams[model.FamilyOf(ip)] = true
+		}
+		for _, ip := range sp.ExternalIPs {
+			if ip = ip.Unmap(); ip.IsValid() && fams[model.FamilyOf(ip)] {
+				external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.Port}, nodeIPs[ip])
+			}
+		}
+		if sp.NodePort != 0 {
+			for _, ip := range t.NodeIPs {
+				if fams[model.FamilyOf(ip)] {
+					external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.NodePort}, true)
+				}
+			}
 		}
 	}
 	return t
@@ -68,7 +128,22 @@ func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 	hairpin := map[HairpinTuple]bool{}
 	for _, vs := range t.Sorted() {
 		tu := Tuple{Addr: vs.Addr, Protocol: vs.Protocol, Port: vs.Port}
-		r.ClusterIPs = append(r.ClusterIPs, tu)
+		if vs.OnNode {
+			r.NodeServers = append(r.NodeServers, tu)
+		}
+		switch {
+		case !vs.External:
+			r.ClusterIPs = append(r.ClusterIPs, tu)
+		case !vs.Local:
+			r.ExternalMasq = append(r.ExternalMasq, tu)
+		default:
+			if vs.ShortCircuit.IsValid() {
+				r.ShortCircuits = append(r.ShortCircuits, ShortCircuit{From: tu, To: vs.ShortCircuit})
+				if len(vs.RealServers) == 0 {
+					r.ExternalDrop = append(r.ExternalDrop, tu)
+				}
+			}
+		}
 		for _, rs := range vs.RealServers {
 			hairpin[HairpinTuple{Endpoint: rs.Addr, Protocol: vs.Protocol}] = true
 		}

@@ -48,7 +48,8 @@ func TestRenderNilStateIsEmpty(t *testing.T) {
 func TestRulesetHasNoMasqueradeMarkWithoutClusterCIDR(t *testing.T) {
 	tab := Render(flowspec.State(), "rr")
 	r := RenderNetfilter(tab, proxier.Config{})
-	if got := r.ruleText("mark-masq"); len(got) != 0 {
+	// Only external traffic of externalTrafficPolicy Cluster is marked.
+	if got := r.ruleText("mark-masq"); len(got) != 2 || !strings.Contains(got[0], "@external-masq-v4") || !strings.Contains(got[1], "@external-masq-v6") {
 		t.Fatalf("mark rules without a cluster CIDR: %v", got)
 	}
 	r = RenderNetfilter(tab, flowspec.Config())

@@ -76,7 +76,29 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 	for _, a := range desired.VIPs() {
 		want[a] = true
 	}
-	owned := func(a netip.Addr) bool { return bound[a] || want[a] || p.writtenVIPs[a] }
+	// Virtual servers on the node's own addresses (NodePorts) are proxyd's
+	// only by key, since those addresses are not bound to proxyd-ipvs0:
+	// the ones it wants, wrote, or recorded in its nftables table (read
+	// back after a restart or a failure).
+	nodeOwned := map[VSKey]bool{}
+	for k, vs := range p.written {
+		if vs.OnNode {
+			nodeOwned[k] = true
+		}
+	}
+	if !p.trusted {
+		recorded, err := p.fw.NodeServers()
+		if err != nil {
+			return ops, err
+		}
+		for _, t := range recorded {
+			nodeOwned[VSKey(t)] = true
+		}
+	}
+	owned := func(k VSKey) bool {
+		a := k.Addr
+		return bound[a] || want[a] || p.writtenVIPs[a] || nodeOwned[k] || desired.Servers[k] != nil
+	}
 
 	svcs, err := p.handle.GetServices()
 	if err != nil {
@@ -84,7 +106,7 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 	}
 	kernel := map[VSKey]*mobyipvs.Service{}
 	for _, s := range svcs {
-		if k, ok := keyOf(s); ok && owned(k.Addr) {
+		if k, ok := keyOf(s); ok && owned(k) {
 			kernel[k] = s
 		}
 	}

@@ -53,6 +53,18 @@ type VirtualServer struct {
 	Service model.ServicePortKey
 	// RealServers are sorted by address.
 	RealServers []RealServer
+
+	// External is set for a virtual server of a NodePort or an external
+	// (or VIP-mode load-balancer) IP; its real servers are the port's
+	// ExternalEndpoints. OnNode says its address is one of the node's own
+	// (a NodePort), which proxyd does not bind to proxyd-ipvs0. Local is
+	// externalTrafficPolicy Local: no masquerade, and Pods and the node
+	// itself are sent to ShortCircuit (the ClusterIP's virtual server,
+	// when that has endpoints) instead, so they get the whole Service.
+	External     bool
+	OnNode       bool
+	Local        bool
+	ShortCircuit netip.AddrPort
 }
 
 // Persistent reports whether the virtual server pins clients.
@@ -66,6 +78,8 @@ type Table struct {
 	Conflicts []string
 	// ServiceCIDRs are the State's ClusterIP ranges.
 	ServiceCIDRs []netip.Prefix
+	// NodeIPs are the node's addresses NodePorts are served on.
+	NodeIPs []netip.Addr
 }
 
 // Sorted returns the virtual servers ordered by key.
@@ -78,11 +92,15 @@ func (t *Table) Sorted() []*VirtualServer {
 	return out
 }
 
-// VIPs returns the distinct virtual server addresses, sorted.
+// VIPs returns the distinct virtual server addresses proxyd binds to
+// proxyd-ipvs0 (ClusterIPs and external IPs, not the node's own addresses
+// NodePorts use), sorted.
 func (t *Table) VIPs() []netip.Addr {
 	var out []netip.Addr
-	for k := range t.Servers {
-		out = append(out, k.Addr)
+	for k, v := range t.Servers {
+		if !v.OnNode {
+			out = append(out, k.Addr)
+		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
@@ -99,6 +117,18 @@ func (t *Table) String() string {
 		}
 		if v.Service != (model.ServicePortKey{}) {
 			fmt.Fprintf(&b, "  # %s", v.Service)
+			switch {
+			case v.OnNode:
+				b.WriteString(" nodeport")
+			case v.External:
+				b.WriteString(" external")
+			}
+			if v.Local {
+				b.WriteString(" local")
+				if v.ShortCircuit.IsValid() {
+					fmt.Fprintf(&b, ", cluster traffic to %s", v.ShortCircuit)
+				}
+			}
 		}
 		b.WriteString("\n")
 		for _, r := range v.RealServers {

@@ -16,6 +16,8 @@ func TestFlowspec(t *testing.T) {
 				t.Fatal(err)
 			}
 			flowspec.Run(t, tr)
+			flowspec.RunExternal(t, tr)
+			flowspec.RunAffinity(t, tr)
 		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -172,7 +173,21 @@ func vmState() *model.State {
 	web.ClusterIPs = append(web.ClusterIPs, addr("fd00:10:96::10"))
 	dns := sp("dns", model.UDP, "10.96.0.20", 53, "10.244.1.11:53", "10.244.1.12:53")
 	dns.AffinitySeconds = 300
-	return state(web, dns, sp("sctp", model.SCTP, "10.96.0.60", 9999, "10.244.1.11:9999"))
+	s := state(web, dns, sp("sctp", model.SCTP, "10.96.0.60", 9999, "10.244.1.11:9999"), vmNodePort(true))
+	s.Node.IPs = []netip.Addr{addr("10.88.0.2")}
+	return s
+}
+
+// vmNodePort is a NodePort Service (30080 on the node's 10.88.0.2), with
+// the external IP 192.0.2.10 when external is set.
+func vmNodePort(external bool) *model.ServicePort {
+	np := sp("np", model.TCP, "10.96.0.80", 80, "10.244.1.11:8080", "10.244.1.12:8080")
+	np.NodePort = 30080
+	if external {
+		np.ExternalIPs = []netip.Addr{addr("192.0.2.10")}
+	}
+	np.ExternalEndpoints = np.ClusterEndpoints
+	return np
 }
 
 const foreignDump = "TCP  192.168.77.1:80 wlc\n  -> 192.168.77.10:80 Masq 3\n"
@@ -216,6 +231,13 @@ func TestVMProxier(t *testing.T) {
 			}
 			t.Logf("kernel table after sync (%s):\n%s", sched, dumpHandle(t, h))
 			checkBound(t, Render(s1, sched).VIPs())
+			if got := dumpHandle(t, h); !strings.Contains(got, "TCP  10.88.0.2:30080 "+sched+"\n  -> 10.244.1.11:8080 Masq 1\n  -> 10.244.1.12:8080 Masq 1\n") ||
+				!strings.Contains(got, "TCP  192.0.2.10:80 "+sched+"\n  -> 10.244.1.11:8080 Masq 1\n  -> 10.244.1.12:8080 Masq 1\n") {
+				t.Fatalf("NodePort or external IP virtual server not read back:\n%s", got)
+			}
+			if b := Render(s1, sched).VIPs(); !slices.Contains(b, addr("192.0.2.10")) || slices.Contains(b, addr("10.88.0.2")) {
+				t.Fatalf("bound %v: want the external IP, not the node's address", b)
+			}
 			if !tableExists(t) {
 				t.Fatal("nftables table missing")
 			}
@@ -226,7 +248,10 @@ func TestVMProxier(t *testing.T) {
 			web.ClusterIPs = append(web.ClusterIPs, addr("fd00:10:96::10"))
 			empty := sp("empty", model.TCP, "10.96.0.30", 80)
 			empty.AffinitySeconds = 60
-			s2 := state(web, empty, sp("sctp", model.SCTP, "10.96.0.60", 9999, "10.244.1.11:9999"))
+			// np loses its external IP and keeps its NodePort, which
+			// Cleanup must then find by its key: its address is not bound.
+			s2 := state(web, empty, sp("sctp", model.SCTP, "10.96.0.60", 9999, "10.244.1.11:9999"), vmNodePort(false))
+			s2.Node.IPs = s1.Node.IPs
 			if err := p.Sync(ctx, s2, model.Compute(s1, s2)); err != nil {
 				t.Fatal(err)
 			}
@@ -235,6 +260,9 @@ func TestVMProxier(t *testing.T) {
 				t.Fatalf("kernel table after update:\n%s\nwant:\n%s", got, want)
 			}
 			checkBound(t, Render(s2, sched).VIPs())
+			if got := dumpHandle(t, h); strings.Contains(got, "192.0.2.10") || !strings.Contains(got, "TCP  10.88.0.2:30080 ") {
+				t.Fatalf("after the external IP went:\n%s", got)
+			}
 			// A listener on the VIP proves the refusal is IPVS's.
 			ln, err := net.Listen("tcp", "10.96.0.30:80")
 			if err != nil {

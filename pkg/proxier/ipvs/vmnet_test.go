@@ -418,3 +418,84 @@ func dumpConns(t *testing.T, h Handle) string {
 	}
 	return b.String()
 }
+
+// TestVMExternalPackets checks NodePorts and external IPs on real packets:
+// externalTrafficPolicy Cluster masquerades, Local keeps the client's
+// address, drops without a local endpoint yet still serves Pods and the
+// node from the whole Service (DNAT to the ClusterIP before IPVS), and a
+// NodePort without endpoints refuses. The node's address is 192.168.99.1,
+// the client's gateway.
+func TestVMExternalPackets(t *testing.T) {
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pod1 := peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
+	pod2 := peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
+	cl := client(t)
+	whoAmI(t, pod1, "10.244.1.11:8080")
+
+	p, err := New(flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	remote := func(s *model.ServicePort) *model.ServicePort {
+		for i := range s.Endpoints {
+			s.Endpoints[i].NodeName = "elsewhere"
+		}
+		return s
+	}
+	np := sp("np", model.TCP, "10.96.0.80", 80, "10.244.1.11:8080")
+	np.NodePort, np.ExternalIPs, np.ExternalEndpoints = 30080, []netip.Addr{addr("192.0.2.10")}, np.ClusterEndpoints
+	npl := sp("npl", model.TCP, "10.96.0.81", 80, "10.244.1.11:8080")
+	npl.NodePort, npl.ExternalLocal, npl.ExternalEndpoints = 30081, true, npl.ClusterEndpoints
+	npr := remote(sp("npr", model.TCP, "10.96.0.82", 80, "10.244.1.11:8080"))
+	npr.NodePort, npr.ExternalLocal = 30082, true
+	npe := sp("npe", model.TCP, "10.96.0.83", 80)
+	npe.NodePort = 30083
+	s := state(np, npl, npr, npe)
+	s.Node.IPs = []netip.Addr{addr("192.168.99.1")}
+	s.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
+	if err := p.Sync(context.Background(), s, model.Compute(nil, s)); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("kernel table:\n%s", dumpHandle(t, vmHandle(t)))
+	for _, c := range []struct {
+		what, to string
+		from     netns.NsHandle
+		want     string
+	}{
+		{"a NodePort of policy Cluster from a client is masqueraded", "192.168.99.1:30080", cl, "10.244.1.1"},
+		{"an external IP of policy Cluster from a client is masqueraded", "192.0.2.10:80", cl, "10.244.1.1"},
+		{"a NodePort of policy Cluster from the node is masqueraded", "192.168.99.1:30080", -1, "10.244.1.1"},
+		{"a NodePort of policy Local keeps the client's address", "192.168.99.1:30081", cl, "192.168.99.2"},
+		{"a NodePort of policy Local without a local endpoint serves a Pod", "192.168.99.1:30082", pod2, "10.244.2.12"},
+		{"a NodePort of policy Local without a local endpoint serves the node, masqueraded", "192.168.99.1:30082", -1, "10.244.1.1"},
+	} {
+		got := ask(t, c.from, c.to)
+		t.Logf("%s: the Pod sees %s", c.what, got)
+		if got != c.want {
+			t.Errorf("%s: the Pod sees %q, want %q", c.what, got, c.want)
+		}
+	}
+	for _, c := range []struct {
+		what, to, want string
+		from           netns.NsHandle
+	}{
+		{"a NodePort of policy Local without a local endpoint, from a client", "192.168.99.1:30082", "timeout", cl},
+		{"a NodePort without endpoints, from a client", "192.168.99.1:30083", "refused", cl},
+		{"a NodePort without endpoints, from the node", "192.168.99.1:30083", "refused", -1},
+	} {
+		var got string
+		var d time.Duration
+		if c.from < 0 {
+			got, d = dial(t, c.to)
+		} else {
+			got, d = dialFrom(t, c.from, c.to)
+		}
+		t.Logf("%s: %s after %v", c.what, got, d.Round(time.Millisecond))
+		if got != c.want {
+			t.Errorf("%s: %s, want %s", c.what, got, c.want)
+		}
+	}
+}
