@@ -231,3 +231,24 @@ func TestBuilderReusesUnchangedServicesAndRebuildsChangedOnes(t *testing.T) {
 		t.Errorf("memoised build differs from a fresh one: %+v", d)
 	}
 }
+
+func TestStaleEndpointsCoverNodePortsAndExternalIPs(t *testing.T) {
+	s := web("10.96.0.10")
+	s.Ports[0].NodePort = 30080
+	s.ExternalIPs = []netip.Addr{addr("192.0.2.10")}
+	snap := snapshot([]*Service{s}, webSlice("a", IPv4, readyEP("10.0.0.1"), readyEP("10.0.0.2")))
+	snap.Node.IPs = []netip.Addr{addr("10.88.0.2")}
+	before := Build(snap)
+	snap.Slices[NamespacedName{"ns", "a"}] = webSlice("a", IPv4, readyEP("10.0.0.1"))
+	d := Compute(before, Build(snap))
+	if len(d.StaleEndpoints) != 1 {
+		t.Fatalf("stale = %+v", d.StaleEndpoints)
+	}
+	var got []string
+	for _, v := range d.StaleEndpoints[0].VIPs {
+		got = append(got, v.String())
+	}
+	if want := []string{"10.96.0.10:80", "192.0.2.10:80", "10.88.0.2:30080"}; !slices.Equal(got, want) {
+		t.Errorf("VIPs = %v, want %v", got, want)
+	}
+}

@@ -54,7 +54,7 @@ func Compute(old, new *State) Diff {
 			d.Added = append(d.Added, k)
 		case o != n && !o.Equal(n):
 			d.Updated = append(d.Updated, k)
-			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, n)...)
+			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, n, old.Node)...)
 			if len(o.ClusterEndpoints) == 0 && len(n.ClusterEndpoints) > 0 {
 				d.NewlyServed = append(d.NewlyServed, k)
 			}
@@ -66,7 +66,7 @@ func Compute(old, new *State) Diff {
 	for k, o := range oldSvcs {
 		if _, ok := new.Services[k]; !ok {
 			d.Removed = append(d.Removed, k)
-			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, nil)...)
+			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, nil, old.Node)...)
 		}
 	}
 	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed, &d.NewlyServed} {
@@ -82,21 +82,29 @@ func Compute(old, new *State) Diff {
 }
 
 // stale lists o's usable endpoints that n no longer uses (all of them when n
-// is nil), tagged with o's VIPs.
-func stale(o, n *ServicePort) []StaleEndpoint {
+// is nil), tagged with every address a flow to them may have been sent to:
+// the ClusterIPs, the external IPs and the node's NodePort addresses.
+func stale(o, n *ServicePort, node Node) []StaleEndpoint {
 	keep := map[string]bool{}
 	if n != nil {
-		for _, e := range n.ClusterEndpoints {
+		for _, e := range slices.Concat(n.ClusterEndpoints, n.ExternalEndpoints) {
 			keep[e.String()] = true
 		}
 	}
 	var vips []netip.AddrPort
-	for _, ip := range o.ClusterIPs {
+	for _, ip := range slices.Concat(o.ClusterIPs, o.ExternalIPs) {
 		vips = append(vips, netip.AddrPortFrom(ip, o.Port))
 	}
+	if o.NodePort != 0 {
+		for _, ip := range node.IPs {
+			vips = append(vips, netip.AddrPortFrom(ip, o.NodePort))
+		}
+	}
 	var out []StaleEndpoint
-	for _, e := range o.ClusterEndpoints {
-		if !keep[e.String()] {
+	seen := map[string]bool{}
+	for _, e := range slices.Concat(o.ClusterEndpoints, o.ExternalEndpoints) {
+		if !keep[e.String()] && !seen[e.String()] {
+			seen[e.String()] = true
 			out = append(out, StaleEndpoint{Key: o.Key, VIPs: vips, Endpoint: e})
 		}
 	}
