@@ -8,6 +8,19 @@
 // already DNATed every valid one, anything else still addressed to a
 // ServiceCIDR (one rule per range) or to a ClusterIP outside them.
 //
+// External traffic takes kube-proxy's shape too. A service port with a
+// NodePort or external IPs has a PROXYD-EXT-* chain: its external IPs jump
+// there from PROXYD-SERVICES, its NodePort from PROXYD-NODEPORTS, which
+// the end of PROXYD-SERVICES enters for destinations of type LOCAL except
+// loopback. With externalTrafficPolicy Cluster the external chain marks
+// the packet for masquerade and goes on to the service chain; with Local
+// it sends Pods (the cluster CIDR) and the node itself (masqueraded) to
+// the service chain and everything else to a PROXYD-SVL-* choice among
+// this node's endpoints. Filter's PROXYD-EXTERNAL-SERVICES, entered from
+// INPUT, FORWARD and OUTPUT for new connections, rejects the NodePorts and
+// external IPs of ports without endpoints and drops external traffic to
+// Local ports without a local one.
+//
 // The package has four parts:
 //   - render.go: the pure renderer, State + Config + family → restore text;
 //   - proxier.go and plan.go: the Backend, which remembers what it last

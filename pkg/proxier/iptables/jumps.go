@@ -28,6 +28,7 @@ func (j jumpRule) target() string {
 const (
 	servicesComment    = "proxyd service portals"
 	postroutingComment = "proxyd postrouting rules"
+	externalComment    = "proxyd externally-visible service portals"
 )
 
 // jumpRules are the only rules proxyd writes outside its own chains. In
@@ -40,6 +41,9 @@ var jumpRules = []jumpRule{
 	{tableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", servicesComment, "-j", ChainServices}},
 	{tableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", servicesComment, "-j", ChainServices}},
 	{tableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", servicesComment, "-j", ChainServices}},
+	{tableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
+	{tableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
+	{tableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
 }
 
 // ensureJumps inserts each jump rule at the top of its built-in chain

@@ -236,6 +236,8 @@ func TestKernelInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		flowspec.Run(t, tr)
+		flowspec.RunExternal(t, tr)
+		flowspec.RunAffinity(t, tr)
 	})
 
 	t.Run("Detect finds the variant proxyd wrote to", func(t *testing.T) {

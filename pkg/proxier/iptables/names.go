@@ -27,7 +27,19 @@ const (
 	// ChainMarkMasq sets the masquerade mark.
 	ChainMarkMasq = "PROXYD-MARK-MASQ"
 
+	// ChainNodePorts (nat) dispatches traffic to a local address by
+	// NodePort to the service port's external chain; it is jumped to from
+	// the end of PROXYD-SERVICES.
+	ChainNodePorts = "PROXYD-NODEPORTS"
+	// ChainExternalServices (filter) refuses new connections to the
+	// NodePorts and external IPs of service ports without endpoints, and
+	// drops external traffic to externalTrafficPolicy Local ports without
+	// a local endpoint.
+	ChainExternalServices = "PROXYD-EXTERNAL-SERVICES"
+
 	svcChainPrefix = "PROXYD-SVC-"
+	svlChainPrefix = "PROXYD-SVL-"
+	extChainPrefix = "PROXYD-EXT-"
 	sepChainPrefix = "PROXYD-SEP-"
 )
 
@@ -56,6 +68,19 @@ func chainName(prefix string, parts ...string) string {
 // endpoints.
 func svcChain(k model.ServicePortKey) string {
 	return chainName(svcChainPrefix, k.String(), k.Protocol.Lower())
+}
+
+// extChain is the chain NodePort and external-IP traffic of one service
+// port takes: the externalTrafficPolicy decision.
+func extChain(k model.ServicePortKey) string {
+	return chainName(extChainPrefix, k.String(), k.Protocol.Lower())
+}
+
+// svlChain is the choice among the endpoints external traffic may use
+// when they are not those of the service chain (externalTrafficPolicy
+// Local: this node's own).
+func svlChain(k model.ServicePortKey) string {
+	return chainName(svlChainPrefix, k.String(), k.Protocol.Lower())
 }
 
 // sepChain is the chain of one endpoint of one service port: the DNAT.

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -22,27 +23,78 @@ type written struct {
 	// outside them took.
 	cidrs       []netip.Prefix
 	refuseRules int
+	// extRules are the service ports' rules in the dispatch chains
+	// beside their ClusterIP's: external IPs in nat's PROXYD-SERVICES,
+	// PROXYD-NODEPORTS and filter's PROXYD-EXTERNAL-SERVICES.
+	extRules int
 }
 
 // writtenSP is one service port as it was rendered.
 type writtenSP struct {
 	sp     *model.ServicePort
-	chains []string // its nat chains: the service chain, then the endpoints'
+	chains []string // its nat chains: service, external and choice chains, then the endpoints'
 	rules  int      // the rules in those chains
+	// ext is what it contributes to the dispatch chains for external
+	// traffic; nil when nothing.
+	ext *extDispatch
+}
+
+// extDispatch is one service port's rules for external traffic in the
+// dispatch chains, as rendered text, so that a change is detected
+// exactly and rewrites only the chains it touches.
+type extDispatch struct {
+	natServices, nodePorts, filter string
+	rules                          int
+}
+
+func (e *extDispatch) count() int {
+	if e == nil {
+		return 0
+	}
+	return e.rules
+}
+
+// extDispatchOf renders sp's external dispatch rules; nil when none.
+func (r *renderer) extDispatchOf(sp *model.ServicePort) *extDispatch {
+	if _, ok := r.externalOf(sp); !ok {
+		return nil
+	}
+	var a, b, c restoreText
+	r.externalIPRules(&a, sp)
+	r.nodePortRule(&b, sp)
+	r.externalFilterRules(&c, sp)
+	return &extDispatch{
+		natServices: string(a.natRules.appendTo(nil)),
+		nodePorts:   string(b.natRules.appendTo(nil)),
+		filter:      string(c.filterRules.appendTo(nil)),
+		rules:       a.rules + b.rules + c.rules,
+	}
+}
+
+func (e *extDispatch) parts() (natServices, nodePorts, filter string) {
+	if e == nil {
+		return "", "", ""
+	}
+	return e.natServices, e.nodePorts, e.filter
 }
 
 // baseRules and baseChains are what every family carries beside its
-// service ports: PROXYD-POSTROUTING (3 rules), PROXYD-MARK-MASQ (1) and
-// PROXYD-SERVICES in nat and filter.
+// service ports: PROXYD-POSTROUTING (3 rules), PROXYD-MARK-MASQ (1),
+// PROXYD-SERVICES in nat (with the jump to PROXYD-NODEPORTS, 1) and
+// filter, PROXYD-NODEPORTS and PROXYD-EXTERNAL-SERVICES.
 const (
-	baseRules  = 4
-	baseChains = 4
+	baseRules  = 5
+	baseChains = 6
 )
 
 // ruleCount is the number of rules in proxyd's chains of the family: the
 // base rules, one dispatch rule per service port (a jump in nat or a
-// REJECT in filter) and the service ports' own chains.
-func (w *written) ruleCount() int { return baseRules + len(w.sps) + w.spRules + w.refuseRules }
+// REJECT in filter), the refusals at the end of filter's
+// PROXYD-SERVICES, the rules for external traffic in the dispatch chains
+// and the service ports' own chains.
+func (w *written) ruleCount() int {
+	return baseRules + len(w.sps) + w.spRules + w.refuseRules + w.extRules
+}
 
 // chainCount is the number of proxyd chains of the family.
 func (w *written) chainCount() int { return baseChains + w.spChains }
@@ -54,20 +106,22 @@ func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []n
 	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam)}
 	r.base(t)
 	w.refuseRules = r.services(t, sps, w.cidrs)
+	r.nodePorts(t, sps)
+	r.externalServices(t, sps)
 	for _, sp := range sps {
 		if _, ok := programmable(sp, r.fam); !ok {
 			continue
 		}
 		chains, rules := r.servicePort(t, sp, nil)
-		w.add(sp, chains, rules)
+		w.add(sp, chains, rules, r.extDispatchOf(sp))
 	}
 	for _, c := range sortedKeys(stale[tableFilter]) {
-		if c != ChainServices {
+		if c != ChainServices && c != ChainExternalServices {
 			t.deleteChain(tableFilter, c)
 		}
 	}
 	if len(stale[tableNAT]) > 0 {
-		keep := map[string]bool{ChainServices: true, ChainPostrouting: true, ChainMarkMasq: true}
+		keep := map[string]bool{ChainServices: true, ChainPostrouting: true, ChainMarkMasq: true, ChainNodePorts: true}
 		for _, wsp := range w.sps {
 			for _, c := range wsp.chains {
 				keep[c] = true
@@ -82,10 +136,11 @@ func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []n
 	return w
 }
 
-func (w *written) add(sp *model.ServicePort, chains []string, rules int) {
-	w.sps[sp.Key] = writtenSP{sp: sp, chains: chains, rules: rules}
+func (w *written) add(sp *model.ServicePort, chains []string, rules int, ext *extDispatch) {
+	w.sps[sp.Key] = writtenSP{sp: sp, chains: chains, rules: rules, ext: ext}
 	w.spRules += rules
 	w.spChains += len(chains)
+	w.extRules += ext.count()
 }
 
 func (w *written) remove(k model.ServicePortKey) writtenSP {
@@ -93,6 +148,7 @@ func (w *written) remove(k model.ServicePortKey) writtenSP {
 	delete(w.sps, k)
 	w.spRules -= old.rules
 	w.spChains -= len(old.chains)
+	w.extRules -= old.ext.count()
 	return old
 }
 
@@ -146,6 +202,16 @@ func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted fu
 			removed = append(removed, k)
 		}
 	}
+	var nodePorts, filterExt bool
+	// extChanged marks the dispatch chains whose external rules differ
+	// between a and b.
+	extChanged := func(a, b *extDispatch) {
+		an, ap, af := a.parts()
+		bn, bp, bf := b.parts()
+		natDispatch = natDispatch || an != bn
+		nodePorts = nodePorts || ap != bp
+		filterExt = filterExt || af != bf
+	}
 	slices.SortFunc(removed, model.ServicePortKey.Compare)
 	for _, k := range removed {
 		old := w.remove(k)
@@ -155,6 +221,7 @@ func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted fu
 		if !hasEndpoints(old.sp, r.fam) || outside(old.sp) {
 			filterDispatch = true
 		}
+		extChanged(old.ext, nil)
 		for _, c := range old.chains {
 			t.deleteChain(tableNAT, c)
 		}
@@ -170,13 +237,17 @@ func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted fu
 			// endpoint, so with the same affinity its rules are the same.
 			if old.sp.AffinitySeconds == sp.AffinitySeconds && len(old.chains) > 1 {
 				unchanged = make(map[string]bool, len(old.chains)-1)
-				for _, c := range old.chains[1:] {
-					unchanged[c] = true
+				for _, c := range old.chains {
+					if strings.HasPrefix(c, sepChainPrefix) {
+						unchanged[c] = true
+					}
 				}
 			}
 		}
+		ext := r.extDispatchOf(sp)
+		extChanged(old.ext, ext)
 		chains, rules := r.servicePort(t, sp, unchanged)
-		w.add(sp, chains, rules)
+		w.add(sp, chains, rules, ext)
 		for _, c := range old.chains {
 			if !slices.Contains(chains, c) {
 				t.deleteChain(tableNAT, c)
@@ -184,7 +255,7 @@ func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted fu
 		}
 	}
 
-	if natDispatch || filterDispatch {
+	if natDispatch || filterDispatch || nodePorts || filterExt {
 		all := sorted()
 		if natDispatch {
 			t.natChain(ChainServices)
@@ -192,11 +263,22 @@ func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted fu
 		if filterDispatch {
 			t.filterChain(ChainServices)
 		}
-		for _, sp := range all {
-			r.dispatchTo(t, sp, natDispatch, filterDispatch)
+		if natDispatch || filterDispatch {
+			for _, sp := range all {
+				r.dispatchTo(t, sp, natDispatch, filterDispatch)
+			}
+		}
+		if natDispatch {
+			r.nodePortsJump(t)
 		}
 		if filterDispatch {
 			w.refuseRules = r.refuse(t, all, w.cidrs)
+		}
+		if nodePorts {
+			r.nodePorts(t, all)
+		}
+		if filterExt {
+			r.externalServices(t, all)
 		}
 	}
 }
@@ -210,27 +292,40 @@ func sameRules(a, b *model.ServicePort, fam model.IPFamily) bool {
 	}
 	va, _ := a.ClusterIP(fam)
 	vb, _ := b.ClusterIP(fam)
-	if a.Key != b.Key || va != vb || a.Port != b.Port || a.AffinitySeconds != b.AffinitySeconds {
+	if a.Key != b.Key || va != vb || a.Port != b.Port || a.AffinitySeconds != b.AffinitySeconds ||
+		a.NodePort != b.NodePort || a.ExternalLocal != b.ExternalLocal {
 		return false
 	}
+	return sameInFamily(a.ClusterEndpoints, b.ClusterEndpoints, fam, endpointIP, model.Endpoint.AddrPort) &&
+		sameInFamily(a.ExternalEndpoints, b.ExternalEndpoints, fam, endpointIP, model.Endpoint.AddrPort) &&
+		sameInFamily(a.ExternalIPs, b.ExternalIPs, fam, sameAddr, sameAddr)
+}
+
+// sameInFamily reports whether a and b hold, in order, the same elements
+// of family fam: ip is an element's address, id what must be equal.
+func sameInFamily[E any, K comparable](a, b []E, fam model.IPFamily, ip func(E) netip.Addr, id func(E) K) bool {
 	i, j := 0, 0
 	for {
-		for i < len(a.ClusterEndpoints) && model.FamilyOf(a.ClusterEndpoints[i].IP) != fam {
+		for i < len(a) && model.FamilyOf(ip(a[i])) != fam {
 			i++
 		}
-		for j < len(b.ClusterEndpoints) && model.FamilyOf(b.ClusterEndpoints[j].IP) != fam {
+		for j < len(b) && model.FamilyOf(ip(b[j])) != fam {
 			j++
 		}
-		if i == len(a.ClusterEndpoints) || j == len(b.ClusterEndpoints) {
-			return i == len(a.ClusterEndpoints) && j == len(b.ClusterEndpoints)
+		if i == len(a) || j == len(b) {
+			return i == len(a) && j == len(b)
 		}
-		if a.ClusterEndpoints[i].AddrPort() != b.ClusterEndpoints[j].AddrPort() {
+		if id(a[i]) != id(b[j]) {
 			return false
 		}
 		i++
 		j++
 	}
 }
+
+func endpointIP(e model.Endpoint) netip.Addr { return e.IP }
+
+func sameAddr(ip netip.Addr) netip.Addr { return ip }
 
 // sameDispatch reports whether a and b render the same PROXYD-SERVICES
 // rules in family fam.

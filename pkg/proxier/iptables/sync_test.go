@@ -42,10 +42,30 @@ func withPort(s *model.State, k model.ServicePortKey, mod func(*model.ServicePor
 		sp.ClusterIPs = slices.Clone(old.ClusterIPs)
 		sp.Endpoints = slices.Clone(old.Endpoints)
 		sp.ClusterEndpoints = slices.Clone(old.ClusterEndpoints)
+		sp.ExternalIPs = slices.Clone(old.ExternalIPs)
+		sp.ExternalEndpoints = slices.Clone(old.ExternalEndpoints)
 	}
 	mod(sp)
 	out.Services[k] = sp
 	return out
+}
+
+// selectExternal sets sp's ExternalEndpoints as the model would, taking
+// the endpoints whose address ends in an even byte as this node's.
+func selectExternal(sp *model.ServicePort) {
+	switch {
+	case !sp.HasExternal():
+		sp.ExternalEndpoints = nil
+	case !sp.ExternalLocal:
+		sp.ExternalEndpoints = sp.ClusterEndpoints
+	default:
+		sp.ExternalEndpoints = nil
+		for _, e := range sp.Endpoints {
+			if b := e.IP.As16(); b[15]%2 == 0 {
+				sp.ExternalEndpoints = append(sp.ExternalEndpoints, e)
+			}
+		}
+	}
 }
 
 func endpoint(ip netip.Addr) model.Endpoint {
@@ -53,7 +73,10 @@ func endpoint(ip netip.Addr) model.Endpoint {
 }
 
 func setEndpoints(eps ...model.Endpoint) func(*model.ServicePort) {
-	return func(sp *model.ServicePort) { sp.Endpoints, sp.ClusterEndpoints = eps, eps }
+	return func(sp *model.ServicePort) {
+		sp.Endpoints, sp.ClusterEndpoints = eps, eps
+		selectExternal(sp)
+	}
 }
 
 // restoreSummary is what one restore input does, per table.
@@ -103,18 +126,86 @@ func TestFirstSyncIsFullAndSatisfiesTheFlowSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	flowspec.Run(t, tr)
-	// The kernel's own count agrees with the stats.
-	rules := 0
+	flowspec.RunExternal(t, tr)
+	flowspec.RunAffinity(t, tr)
+	tp.wantStatsMatchKernel(t)
+}
+
+// wantStatsMatchKernel checks that the last sync's rule and chain counts
+// are what the kernels hold in proxyd's chains.
+func (tp *testProxier) wantStatsMatchKernel(t *testing.T) {
+	t.Helper()
+	rules, chains := 0, 0
 	for _, k := range tp.kernels {
 		for _, table := range []string{tableNAT, tableFilter} {
 			for _, c := range k.proxydChains(table) {
 				rules += len(k.tables[table].chains[c].rules)
+				chains++
 			}
 		}
 	}
-	if rules != st.RuleCount {
-		t.Errorf("stats say %d rules, the tables hold %d", st.RuleCount, rules)
+	if st := tp.LastSyncStats(); rules != st.RuleCount || chains != st.ChainCount {
+		t.Errorf("stats say %d rules in %d chains, the tables hold %d in %d", st.RuleCount, st.ChainCount, rules, chains)
 	}
+}
+
+// TestPartialSyncOfExternalChanges checks which chains external changes
+// rewrite, and that the result is what a full write gives.
+func TestPartialSyncOfExternalChanges(t *testing.T) {
+	cfg := flowspec.Config()
+	base := flowspec.State()
+	npremote := model.ServicePortKey{Namespace: "default", Name: "npremote", Port: "p", Protocol: model.TCP}
+	np := model.ServicePortKey{Namespace: "default", Name: "np", Port: "p", Protocol: model.TCP}
+	local := model.Endpoint{IP: flowspec.Pod1, Port: flowspec.EchoPort, Ready: true, Serving: true, NodeName: flowspec.NodeName}
+	none := map[string][]string{}
+	gainsLocal := withPort(base, npremote, func(sp *model.ServicePort) {
+		sp.Endpoints = append([]model.Endpoint{local}, sp.Endpoints...)
+		sp.ExternalEndpoints = []model.Endpoint{local}
+	})
+	steps := []struct {
+		name  string
+		state *model.State
+		want  restoreSummary
+	}{
+		{"a Local-policy port gaining a local endpoint rewrites its external chain and stops dropping",
+			gainsLocal,
+			restoreSummary{Declared: map[string][]string{"nat": sorted(svcChain(npremote), extChain(npremote), svlChain(npremote), sepOf(npremote, flowspec.Pod1)),
+				"filter": {ChainExternalServices}}, Deleted: none}},
+		{"a new NodePort rewrites PROXYD-NODEPORTS and its chains only",
+			withPort(gainsLocal, webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }),
+			restoreSummary{Declared: map[string][]string{"nat": sorted(svcChain(webKey), extChain(webKey), ChainNodePorts)}, Deleted: none}},
+		{"a removed external IP rewrites nat's PROXYD-SERVICES",
+			withPort(withPort(gainsLocal, webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }),
+				np, func(sp *model.ServicePort) { sp.ExternalIPs = nil }),
+			restoreSummary{Declared: map[string][]string{"nat": sorted(ChainServices, svcChain(np), extChain(np))}, Deleted: none}},
+		{"back to the first State",
+			base,
+			restoreSummary{Declared: map[string][]string{
+				"nat": sorted(ChainServices, ChainNodePorts, svcChain(np), extChain(np), svcChain(webKey), extChain(webKey),
+					svcChain(npremote), extChain(npremote), svlChain(npremote), sepOf(npremote, flowspec.Pod1)),
+				"filter": {ChainExternalServices}},
+				Deleted: map[string][]string{"nat": sorted(extChain(webKey), svlChain(npremote), sepOf(npremote, flowspec.Pod1))}}},
+	}
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, base)
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			if st := tp.sync(t, step.state); st.Full {
+				t.Errorf("sync was full")
+			}
+			got := summarize(t, tp.kernels[model.IPv4].lastWrite())
+			if diff := cmp.Diff(step.want, got); diff != "" {
+				t.Errorf("IPv4 restore input (-want +got):\n%s\n%s", diff, tp.kernels[model.IPv4].lastWrite())
+			}
+			tp.wantKernelMatchesFullWrite(t, cfg, step.state)
+			tp.wantStatsMatchKernel(t)
+		})
+	}
+	tr, err := NewTracer(tp.kernels[model.IPv4].saveAll(), tp.kernels[model.IPv6].saveAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowspec.RunExternal(t, tr)
 }
 
 func TestJumpRulesAreInsertedOnceAtTheTop(t *testing.T) {
@@ -131,14 +222,22 @@ func TestJumpRulesAreInsertedOnceAtTheTop(t *testing.T) {
 	tp.sync(t, flowspec.State())
 	for _, j := range jumpRules {
 		rules := k.tables[j.table].chains[j.chain].rules
-		n := 0
-		for _, r := range rules {
+		n, first := 0, -1
+		for i, r := range rules {
 			if slices.Equal(r, j.spec) {
 				n++
+				first = i
 			}
 		}
-		if n != 1 || !slices.Equal(rules[0], j.spec) {
-			t.Errorf("%s %s: %d copies of the jump, first rule %q; want exactly one, at the top", j.table, j.chain, n, rules[0])
+		// proxyd's jumps in this chain are its first rules, in any order.
+		top := 0
+		for _, o := range jumpRules {
+			if o.table == j.table && o.chain == j.chain {
+				top++
+			}
+		}
+		if n != 1 || first >= top {
+			t.Errorf("%s %s: %d copies of the jump, at %d; want exactly one, among the first %d rules", j.table, j.chain, n, first, top)
 		}
 		if j.table == tableNAT && !slices.ContainsFunc(rules, func(r []string) bool { return slices.Equal(r, foreign) }) {
 			t.Errorf("%s %s: the foreign rule is gone", j.table, j.chain)
@@ -371,7 +470,7 @@ func TestFamilyWithoutServicePortsKeepsItsBaseChains(t *testing.T) {
 	v4only := withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.ClusterIPs = sp.ClusterIPs[:1] })
 	tp.sync(t, v4only)
 	k := tp.kernels[model.IPv6]
-	want := []string{ChainMarkMasq, ChainPostrouting, ChainServices}
+	want := []string{ChainMarkMasq, ChainNodePorts, ChainPostrouting, ChainServices}
 	if got := k.proxydChains(tableNAT); !slices.Equal(got, want) {
 		t.Errorf("IPv6 nat chains %v, want %v", got, want)
 	}
@@ -425,9 +524,31 @@ func TestRandomChangesConverge(t *testing.T) {
 	tp := newTestProxier(t, cfg)
 	tp.sync(t, s)
 	keys := slices.SortedFunc(maps.Keys(s.Services), model.ServicePortKey.Compare)
-	for i := range 200 {
-		k := keys[rng.IntN(len(keys))]
-		switch rng.IntN(8) {
+	extIPs := []netip.Addr{netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("2001:db8::10")}
+	for i := range 300 {
+		ki := rng.IntN(len(keys))
+		k := keys[ki]
+		switch rng.IntN(11) {
+		case 8:
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				sp.NodePort = [...]uint16{0, 30000 + uint16(ki), 31000 + uint16(ki)}[rng.IntN(3)]
+				selectExternal(sp)
+			})
+		case 9:
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				sp.ExternalIPs = nil
+				for _, ip := range extIPs {
+					if rng.IntN(2) == 0 {
+						sp.ExternalIPs = append(sp.ExternalIPs, ip)
+					}
+				}
+				selectExternal(sp)
+			})
+		case 10:
+			s = withPort(s, k, func(sp *model.ServicePort) {
+				sp.ExternalLocal = !sp.ExternalLocal
+				selectExternal(sp)
+			})
 		case 6:
 			// The ServiceCIDRs come and go (the ServiceCIDR objects are
 			// new in a cluster, or a range is added).
@@ -468,6 +589,7 @@ func TestRandomChangesConverge(t *testing.T) {
 			t.Fatalf("step %d: unexpected full sync", i)
 		}
 		tp.wantKernelMatchesFullWrite(t, cfg, s)
+		tp.wantStatsMatchKernel(t)
 		if t.Failed() {
 			t.Fatalf("step %d diverged", i)
 		}

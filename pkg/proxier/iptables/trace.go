@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
@@ -14,14 +15,33 @@ import (
 )
 
 // Tracer evaluates iptables rules for the first packet of a connection,
-// the way the kernel walks them: nat PREROUTING (or OUTPUT for a packet
-// the node sends), then filter FORWARD (or OUTPUT), then nat POSTROUTING.
-// It understands the matches and targets proxyd writes and the spellings
-// iptables-save prints them with; a rule with a match it does not know is
-// taken as not matching.
+// the way the kernel walks them: nat PREROUTING, then filter INPUT for a
+// packet to one of the node's addresses or filter FORWARD with nat
+// POSTROUTING for one that is routed on; for a packet the node sends, nat
+// OUTPUT, filter OUTPUT, nat POSTROUTING and, when it is for the node
+// itself, filter INPUT. It understands the matches and targets proxyd
+// writes and the spellings iptables-save prints them with; a rule with a
+// match it does not know is taken as not matching.
+//
+// Like the kernel, a Tracer has state: the recent match's lists (session
+// affinity) remember the sources added by --set, per list name, across
+// the packets it traces. It is not safe for concurrent use.
 type Tracer struct {
 	fams map[model.IPFamily]*ruleset
+	// local reports whether an address is the node's (addrtype LOCAL).
+	local func(netip.Addr) bool
+	now   func() time.Time
+	// recent holds the recent match's lists: name → source → last seen.
+	recent map[string]map[netip.Addr]time.Time
 }
+
+// SetLocal replaces the test of which addresses are the node's, by
+// default flowspec.NodeLocal.
+func (t *Tracer) SetLocal(local func(netip.Addr) bool) { t.local = local }
+
+// SetClock replaces the clock the recent match's --seconds is measured
+// with, by default time.Now.
+func (t *Tracer) SetClock(now func() time.Time) { t.now = now }
 
 var _ flowspec.Tracer = (*Tracer)(nil)
 
@@ -30,7 +50,8 @@ var _ flowspec.Tracer = (*Tracer)(nil)
 // the Proxier does (inserted at the top unless already there), since
 // restore input does not carry them. A nil text leaves its family empty.
 func NewTracer(v4, v6 []byte) (*Tracer, error) {
-	t := &Tracer{fams: map[model.IPFamily]*ruleset{}}
+	t := &Tracer{fams: map[model.IPFamily]*ruleset{}, local: flowspec.NodeLocal, now: time.Now,
+		recent: map[string]map[netip.Addr]time.Time{}}
 	for fam, text := range map[model.IPFamily][]byte{model.IPv4: v4, model.IPv6: v6} {
 		rs := newRuleset()
 		if err := rs.restore(text, false); err != nil {
@@ -67,6 +88,8 @@ type packet struct {
 	dnat     bool
 	masq     bool
 	rnd      func(uint32) uint32
+	tr       *Tracer
+	now      time.Time
 }
 
 // verdicts of a chain walk.
@@ -85,22 +108,36 @@ const maxDepth = 64
 // Trace follows p through the rules.
 func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Result {
 	rs := t.fams[model.FamilyOf(p.Dst.Addr())]
-	pk := &packet{src: p.Src, dst: p.Dst.Addr(), dport: p.Dst.Port(), proto: p.Proto, rnd: rnd}
-	natHook, filterHook := "PREROUTING", "FORWARD"
-	if p.FromNode {
-		natHook, filterHook = "OUTPUT", "OUTPUT"
-	}
+	pk := &packet{src: p.Src, dst: p.Dst.Addr(), dport: p.Dst.Port(), proto: p.Proto, rnd: rnd, tr: t, now: t.now()}
 	res := flowspec.Result{Verdict: flowspec.Untouched}
 	if rs == nil {
 		return res
 	}
-	for _, step := range []struct{ table, hook string }{{tableNAT, natHook}, {tableFilter, filterHook}, {tableNAT, "POSTROUTING"}} {
-		switch rs.hook(step.table, step.hook, pk) {
+	var stop *flowspec.Result
+	run := func(table, hook string) bool {
+		switch rs.hook(table, hook, pk) {
 		case vDrop:
-			return flowspec.Result{Verdict: flowspec.Drop}
+			stop = &flowspec.Result{Verdict: flowspec.Drop}
 		case vReject:
-			return flowspec.Result{Verdict: flowspec.Reject}
+			stop = &flowspec.Result{Verdict: flowspec.Reject}
 		}
+		return stop == nil
+	}
+	// Routing comes after nat: a packet for one of the node's addresses
+	// is delivered (filter INPUT, and no POSTROUTING unless the node sent
+	// it, through loopback); any other is routed on.
+	if p.FromNode {
+		_ = run(tableNAT, "OUTPUT") && run(tableFilter, "OUTPUT") && run(tableNAT, "POSTROUTING") &&
+			(!t.local(pk.dst) || run(tableFilter, "INPUT"))
+	} else if run(tableNAT, "PREROUTING") {
+		if t.local(pk.dst) {
+			run(tableFilter, "INPUT")
+		} else {
+			_ = run(tableFilter, "FORWARD") && run(tableNAT, "POSTROUTING")
+		}
+	}
+	if stop != nil {
+		return *stop
 	}
 	if pk.dnat {
 		res.Verdict = flowspec.DNAT
@@ -199,6 +236,15 @@ func matches(r []string, pk *packet) bool {
 			}
 			module = r[i+1]
 			i++
+			if module == "recent" {
+				// The recent match is one decision over all its options,
+				// which iptables-save prints in its own order.
+				n, opts, ok := parseRecent(r[i+1:])
+				if !ok || !pk.tr.recentMatch(opts, pk) {
+					return false
+				}
+				i += n
+			}
 			continue
 		}
 		n, ok := optionArgs(w)
@@ -292,17 +338,25 @@ func matchOne(module, w string, args []string, pk *packet) (match, known bool) {
 		if w == "--ctstate" || w == "--state" {
 			return slices.Contains(strings.Split(arg, ","), "NEW"), true
 		}
-	case "recent":
-		switch w {
-		case "--rcheck", "--update":
-			return false, true // the first packet: no client was seen yet
-		case "--set", "--remove", "--reap", "--rsource", "--rdest", "--name", "--seconds", "--mask", "--hitcount":
-			return true, true
-		}
 	case "addrtype":
-		if w == "--dst-type" || w == "--src-type" {
-			return false, true // no address is local to the tracer
+		addr := pk.dst
+		switch w {
+		case "--src-type":
+			addr = pk.src
+		case "--dst-type":
+		default:
+			return false, false
 		}
+		m := false
+		for _, typ := range strings.Split(arg, ",") {
+			switch typ {
+			case "LOCAL":
+				m = m || pk.tr.local(addr)
+			default:
+				return false, false // the tracer knows only which addresses are local
+			}
+		}
+		return m, true
 	}
 	return false, false
 }
@@ -406,4 +460,109 @@ func parseAddrPort(s string, port uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("bad DNAT destination %q", s)
 	}
 	return netip.AddrPortFrom(a, port), nil
+}
+
+// recentOpts are the options of one recent match.
+type recentOpts struct {
+	name    string
+	action  string // --set, --rcheck, --update or --remove
+	seconds int
+	reap    bool
+	dest    bool // --rdest: the list holds destinations
+	negate  bool
+}
+
+// parseRecent reads the options of a recent match from words, up to the
+// next match or target, and says how many words they took; ok is false
+// for an option the tracer does not model (--hitcount, --rttl, a mask).
+func parseRecent(words []string) (n int, o recentOpts, ok bool) {
+	o.name = "DEFAULT"
+	for n < len(words) {
+		w := words[n]
+		neg := false
+		if w == "!" && n+1 < len(words) {
+			neg, w = true, words[n+1]
+		}
+		step := 1
+		if neg {
+			step = 2
+		}
+		switch w {
+		case "--set", "--rcheck", "--update", "--remove":
+			o.action, o.negate = w, neg
+		case "--reap":
+			o.reap = true
+		case "--rsource":
+			o.dest = false
+		case "--rdest":
+			o.dest = true
+		case "--name", "--seconds", "--mask":
+			if neg || n+1 >= len(words) {
+				return 0, o, false
+			}
+			arg := words[n+1]
+			step = 2
+			switch w {
+			case "--name":
+				o.name = arg
+			case "--seconds":
+				v, err := strconv.Atoi(arg)
+				if err != nil || v < 0 {
+					return 0, o, false
+				}
+				o.seconds = v
+			case "--mask":
+				if arg != "255.255.255.255" && arg != "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" {
+					return 0, o, false
+				}
+			}
+		case "--hitcount", "--rttl":
+			return 0, o, false
+		default:
+			return n, o, o.action != ""
+		}
+		n += step
+	}
+	return n, o, o.action != ""
+}
+
+// recentMatch evaluates a recent match as xt_recent does: --set adds or
+// refreshes the address and matches; --rcheck matches an address seen
+// within --seconds (any time without it); --update is --rcheck that also
+// refreshes; --remove matches a listed address and forgets it; --reap
+// forgets the addresses older than --seconds.
+func (t *Tracer) recentMatch(o recentOpts, pk *packet) bool {
+	addr := pk.src
+	if o.dest {
+		addr = pk.dst
+	}
+	list := t.recent[o.name]
+	if list == nil {
+		list = map[netip.Addr]time.Time{}
+		t.recent[o.name] = list
+	}
+	window := time.Duration(o.seconds) * time.Second
+	if o.reap && o.seconds > 0 {
+		for a, seen := range list {
+			if pk.now.Sub(seen) >= window {
+				delete(list, a)
+			}
+		}
+	}
+	m := false
+	switch o.action {
+	case "--set":
+		list[addr] = pk.now
+		m = true
+	case "--rcheck", "--update":
+		seen, ok := list[addr]
+		m = ok && (o.seconds == 0 || pk.now.Sub(seen) < window)
+		if m && o.action == "--update" {
+			list[addr] = pk.now
+		}
+	case "--remove":
+		_, m = list[addr]
+		delete(list, addr)
+	}
+	return m != o.negate
 }

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
@@ -17,6 +18,8 @@ func TestFlowSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	flowspec.Run(t, tr)
+	flowspec.RunExternal(t, tr)
+	flowspec.RunAffinity(t, tr)
 }
 
 func TestFlowSpecMasqueradeAll(t *testing.T) {
@@ -140,5 +143,91 @@ func countRule(rs *ruleset, j jumpRule) int {
 func TestTracerRejectsTextTheKernelWouldRefuse(t *testing.T) {
 	if _, err := NewTracer([]byte("*nat\n-A PROXYD-NOPE -j RETURN\nCOMMIT\n"), nil); err == nil {
 		t.Error("NewTracer accepted a rule in a chain that does not exist")
+	}
+}
+
+// TestTracerRemembersAffinityLikeTheKernel follows xt_recent: --set
+// records the client in the endpoint's list, --rcheck --seconds finds it
+// only within the timeout, and clients are remembered one by one.
+func TestTracerRemembersAffinityLikeTheKernel(t *testing.T) {
+	tr, err := TracerFor(affinityState(), flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	tr.SetClock(func() time.Time { return now })
+	vip := netip.MustParseAddrPort("10.96.0.80:80")
+	first, last := func(uint32) uint32 { return 0 }, func(n uint32) uint32 { return n - 1 }
+	trace := func(src netip.Addr, rnd func(uint32) uint32) netip.AddrPort {
+		t.Helper()
+		r := tr.Trace(flowspec.Packet{Src: src, Dst: vip, Proto: model.TCP}, rnd)
+		if r.Verdict != flowspec.DNAT {
+			t.Fatalf("verdict %v, want DNAT", r.Verdict)
+		}
+		return r.Endpoint
+	}
+	ep1, ep2 := netip.AddrPortFrom(flowspec.Pod1, 8080), netip.AddrPortFrom(flowspec.Pod2, 8080)
+	if got := trace(flowspec.Client, last); got != ep2 {
+		t.Fatalf("first connection went to %v, want %v (the draw picks the last endpoint)", got, ep2)
+	}
+	now = now.Add(10799 * time.Second)
+	if got := trace(flowspec.Client, first); got != ep2 {
+		t.Errorf("within the timeout the client went to %v, want its endpoint %v", got, ep2)
+	}
+	if got := trace(flowspec.ExternalClient, first); got != ep1 {
+		t.Errorf("another client went to %v, want the draw's %v", got, ep1)
+	}
+	// The last connection refreshed the entry (--set on every DNAT).
+	now = now.Add(10799 * time.Second)
+	if got := trace(flowspec.Client, first); got != ep2 {
+		t.Errorf("within the timeout of the last connection the client went to %v, want %v", got, ep2)
+	}
+	now = now.Add(10800 * time.Second)
+	if got := trace(flowspec.Client, first); got != ep1 {
+		t.Errorf("after the timeout the client went to %v, want a new draw's %v", got, ep1)
+	}
+}
+
+// TestTracerReadsRecentAndAddrtypeAsSaved reads the spellings
+// iptables-save prints: the recent match's options in the kernel's order,
+// with mask and rsource.
+func TestTracerReadsRecentAndAddrtypeAsSaved(t *testing.T) {
+	dump := `*nat
+:PROXYD-SERVICES - [0:0]
+:PROXYD-NODEPORTS - [0:0]
+:PROXYD-SVC-X - [0:0]
+:PROXYD-SEP-A - [0:0]
+:PROXYD-SEP-B - [0:0]
+-A PROXYD-SERVICES ! -d 127.0.0.0/8 -m comment --comment "proxyd service nodeports; NOTE: this must be the last rule in this chain" -m addrtype --dst-type LOCAL -j PROXYD-NODEPORTS
+-A PROXYD-NODEPORTS -p tcp -m comment --comment default/web:p -m tcp --dport 30080 -j PROXYD-SVC-X
+-A PROXYD-SVC-X -m comment --comment "default/web:p -> 10.244.1.11:8080" -m recent --rcheck --seconds 60 --reap --name PROXYD-SEP-A --mask 255.255.255.255 --rsource -j PROXYD-SEP-A
+-A PROXYD-SVC-X -m comment --comment "default/web:p -> 10.244.1.12:8080" -m recent --rcheck --seconds 60 --reap --name PROXYD-SEP-B --mask 255.255.255.255 --rsource -j PROXYD-SEP-B
+-A PROXYD-SVC-X -m comment --comment "default/web:p -> 10.244.1.11:8080" -m statistic --mode random --probability 0.50000000000 -j PROXYD-SEP-A
+-A PROXYD-SVC-X -m comment --comment "default/web:p -> 10.244.1.12:8080" -j PROXYD-SEP-B
+-A PROXYD-SEP-A -p tcp -m comment --comment default/web:p -m recent --set --name PROXYD-SEP-A --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.1.11:8080
+-A PROXYD-SEP-B -p tcp -m comment --comment default/web:p -m recent --set --name PROXYD-SEP-B --mask 255.255.255.255 --rsource -m tcp -j DNAT --to-destination 10.244.1.12:8080
+COMMIT
+`
+	tr, err := NewTracer([]byte(dump), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := flowspec.Packet{Src: flowspec.ExternalClient, Dst: netip.AddrPortFrom(flowspec.NodeIP, 30080), Proto: model.TCP}
+	want := netip.AddrPortFrom(flowspec.Pod2, 8080)
+	if r := tr.Trace(p, func(n uint32) uint32 { return n - 1 }); r.Endpoint != want {
+		t.Fatalf("first packet: %+v, want DNAT to %v", r, want)
+	}
+	for range 10 {
+		if r := tr.Trace(p, func(uint32) uint32 { return 0 }); r.Endpoint != want {
+			t.Fatalf("a later packet: %+v, want DNAT to %v again", r, want)
+		}
+	}
+	p.Dst = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 30080)
+	if r := tr.Trace(p, func(uint32) uint32 { return 0 }); r.Verdict != flowspec.Untouched {
+		t.Errorf("a NodePort on loopback gives %+v, want untouched", r)
+	}
+	p.Dst = netip.AddrPortFrom(flowspec.ExternalIP, 30080)
+	if r := tr.Trace(p, func(uint32) uint32 { return 0 }); r.Verdict != flowspec.Untouched {
+		t.Errorf("a NodePort on an address that is not the node's gives %+v, want untouched", r)
 	}
 }
