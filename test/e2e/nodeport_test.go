@@ -11,10 +11,12 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/proxyd/proxyd/test/e2e/lab"
 )
 
-// NodePort and external IPs are programmed by the nftables mode (the
-// iptables and IPVS modes serve ClusterIPs only so far).
+// NodePorts and external IPs work from the client and from the node, in
+// every dataplane.
 func TestNodePortAndExternalIP(t *testing.T) {
 	e := needEnv(t)
 	pods := e.lab.Pods[:3]
@@ -24,9 +26,22 @@ func TestNodePortAndExternalIP(t *testing.T) {
 	np := e.createNodePort(t, "np", "10.96.0.30", []string{"10.88.0.100"}, tcp)
 	e.createSlice(t, e.slice("np-1", "np", all, svcPort{"tcp", v1.ProtocolTCP, 8080}))
 	empty := e.createNodePort(t, "np-empty", "10.96.0.31", nil, tcp)
-	px := e.startProxyd(t, "nftables")
-	defer px.stop(t)
+	if _, err := e.lab.Exec(context.Background(), e.lab.ClientNS, "ip", "route", "replace", "10.88.0.100/32", "via", "10.244.1.1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dp := range dataplanes {
+		t.Run(dp.name, func(t *testing.T) {
+			px := e.startProxyd(t, dp.mode, dp.args...)
+			defer func() {
+				px.stop(t)
+				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
+			}()
+			e.nodePortSuite(t, np, empty, pods)
+		})
+	}
+}
 
+func (e *env) nodePortSuite(t *testing.T, np, empty *v1.Service, pods []lab.Pod) {
 	nodePort := fmt.Sprintf("%s:%d", e.lab.NodeIP, np.Spec.Ports[0].NodePort)
 	e.eventually(t, 10*time.Second, "the NodePort answers", func() error {
 		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", nodePort, 1, 1)
@@ -44,9 +59,6 @@ func TestNodePortAndExternalIP(t *testing.T) {
 		assertBalanced(t, "nodeport from node", r, 300, podNames(pods), 0.20, 0.47)
 	})
 	t.Run("an external IP routed to the node balances over all Pods", func(t *testing.T) {
-		if _, err := e.lab.Exec(context.Background(), e.lab.ClientNS, "ip", "route", "replace", "10.88.0.100/32", "via", "10.244.1.1"); err != nil {
-			t.Fatal(err)
-		}
 		r := e.traffic(t, e.lab.ClientNS, "tcp", "10.88.0.100:80", 300, 1)
 		assertBalanced(t, "external IP from client", r, 300, podNames(pods), 0.20, 0.47)
 	})
