@@ -47,6 +47,9 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if c.HealthzBindAddress != "" {
 		set([]string{"healthz-bind-address"}, func() { o.HealthzBindAddress = c.HealthzBindAddress })
 	}
+	if c.EnableProfiling {
+		set([]string{"profiling"}, func() { o.Profiling = true })
+	}
 	if c.ClusterCIDR != "" {
 		set([]string{"cluster-cidr"}, func() { *clusterCIDR = c.ClusterCIDR })
 	}

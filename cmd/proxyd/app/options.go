@@ -41,6 +41,7 @@ type Options struct {
 	ProxyName          string
 	ConfigFile         string
 	ShowVersion        bool
+	Profiling          bool
 	KubeAPIQPS         float32
 	KubeAPIBurst       int32
 }
@@ -91,7 +92,7 @@ func Parse(args []string) (*Options, error) {
 		fs.String(name, "", "accepted for kube-proxy compatibility; ignored")
 	}
 	fs.StringSlice("nodeport-addresses", nil, "accepted for kube-proxy compatibility; NodePorts answer on every node address")
-	fs.Bool("profiling", false, "accepted for kube-proxy compatibility; ignored")
+	fs.BoolVar(&o.Profiling, "profiling", false, "serve /debug/pprof on the metrics address, as kube-proxy does")
 
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
