@@ -17,7 +17,7 @@ E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit e2e e2e-node images lint deps tools demo bench clean ipvs-vm help kind-up kind-deploy kind-down
+.PHONY: all build test unit e2e e2e-node images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -73,7 +73,22 @@ e2e-node: build tools images
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd PROXYD_NODE_IMAGES=$(BIN)/images \
 		$(GO) test -count=1 -tags e2enode -timeout $(E2E_TIMEOUT) -v ./test/e2e/node/
 
-test: deps lint unit e2e e2e-node ipvs-vm
+# bench measures proxyd against upstream kube-proxy in the same lab and
+# writes docs/bench (table, CSV, plots): every contender at 1k Services, the
+# nftables ones at 10k (iptables-nft-restore alone takes many minutes
+# there; add them with BENCH_10K=all). BENCH_30K=1 adds the 30k row.
+BENCH_10K ?= proxyd-nftables,kube-proxy-nftables
+bench: build tools
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 1000 -proxyd $(BIN)/proxyd -out docs/bench
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 10000 $(if $(filter all,$(BENCH_10K)),,-contenders $(BENCH_10K)) -proxyd $(BIN)/proxyd -out docs/bench
+	$(if $(BENCH_30K),PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 30000 -contenders $(BENCH_10K) -proxyd $(BIN)/proxyd -out docs/bench)
+
+# bench-smoke is CI's 1k row: it fails only if the harness breaks, and
+# writes its results under the cache, not into docs/.
+bench-smoke: build tools
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -smoke -proxyd $(BIN)/proxyd -out $(CACHE)/bench-smoke
+
+test: deps lint unit e2e e2e-node ipvs-vm bench-smoke
 
 # kind, for users with Docker (not exercised in CI; see deploy/kind/README.md).
 kind-up:

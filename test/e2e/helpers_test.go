@@ -151,10 +151,20 @@ type svcPort struct {
 
 func (e *env) createService(t *testing.T, name, clusterIP string, labels map[string]string, ports ...svcPort) *v1.Service {
 	t.Helper()
+	return e.createServiceWith(t, name, clusterIP, labels, nil, ports...)
+}
+
+// createServiceWith creates a Service, letting edit change its spec, and
+// deletes it when the test ends.
+func (e *env) createServiceWith(t *testing.T, name, clusterIP string, labels map[string]string, edit func(*v1.Service), ports ...svcPort) *v1.Service {
+	t.Helper()
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default", Labels: labels},
 		Spec: v1.ServiceSpec{ClusterIP: clusterIP}}
 	for _, p := range ports {
 		svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: p.name, Protocol: p.proto, Port: p.port})
+	}
+	if edit != nil {
+		edit(svc)
 	}
 	out, err := e.cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{})
 	if err != nil {

@@ -75,19 +75,9 @@ func (e *env) nodePortSuite(t *testing.T, np, empty *v1.Service, pods []lab.Pod)
 
 func (e *env) createNodePort(t *testing.T, name, clusterIP string, externalIPs []string, ports ...svcPort) *v1.Service {
 	t.Helper()
-	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec: v1.ServiceSpec{Type: v1.ServiceTypeNodePort, ClusterIP: clusterIP, ExternalIPs: externalIPs}}
-	for _, p := range ports {
-		svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: p.name, Protocol: p.proto, Port: p.port})
-	}
-	out, err := e.cs.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create service %s: %v", name, err)
-	}
-	t.Cleanup(func() {
-		_ = e.cs.CoreV1().Services("default").Delete(context.Background(), name, metav1.DeleteOptions{})
-	})
-	return out
+	return e.createServiceWith(t, name, clusterIP, nil, func(s *v1.Service) {
+		s.Spec.Type, s.Spec.ExternalIPs = v1.ServiceTypeNodePort, externalIPs
+	}, ports...)
 }
 
 // sessionAffinity ClientIP: every connection of one client reaches the same

@@ -121,44 +121,18 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			pins.note(w.hairpin, next.hairpin...)
 			w.add(k, next)
 		}
-		oldChains := map[string]*Chain{}
-		for _, c := range old.chains {
-			oldChains[c.Name] = c
-		}
-		for _, c := range next.chains {
-			o, ok := oldChains[c.Name]
-			switch {
-			case !ok:
-				newChains = append(newChains, c)
-			case !sameRules(o, c, f):
-				changedChains = append(changedChains, c)
+		added, gone := matchByName(old.chains, next.chains, func(c *Chain) string { return c.Name }, func(o, n *Chain) {
+			if !sameRules(o, n, f) {
+				changedChains = append(changedChains, n)
 			}
-			delete(oldChains, c.Name)
-		}
-		for _, c := range old.chains {
-			if _, gone := oldChains[c.Name]; gone {
-				goneChains = append(goneChains, c)
-			}
-		}
-		oldSets := map[string]*Set{}
-		for _, set := range old.sets {
-			oldSets[set.Name] = set
-		}
-		for _, set := range next.sets {
-			o, ok := oldSets[set.Name]
-			switch {
-			case !ok:
-				newSets = append(newSets, set)
-			case o.Timeout != set.Timeout:
+		})
+		newChains, goneChains = append(newChains, added...), append(goneChains, gone...)
+		addedSets, droppedSets := matchByName(old.sets, next.sets, func(s *Set) string { return s.Name }, func(o, n *Set) {
+			if o.Timeout != n.Timeout {
 				w.needFull = true
 			}
-			delete(oldSets, set.Name)
-		}
-		for _, set := range old.sets {
-			if _, gone := oldSets[set.Name]; gone {
-				goneSets = append(goneSets, set)
-			}
-		}
+		})
+		newSets, goneSets = append(newSets, addedSets...), append(goneSets, droppedSets...)
 		diffElements(del, add, sets.serviceIPs, old.dispatch, next.dispatch)
 		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
 		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
@@ -206,6 +180,29 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 		p.Ops = append(p.Ops, Op{Kind: OpDelSet, Set: set})
 	}
 	return p
+}
+
+// matchByName pairs old and next objects by name: added are only in next,
+// gone only in old, and kept is called for each pair found in both.
+func matchByName[T any](old, next []T, name func(T) string, kept func(o, n T)) (added, gone []T) {
+	byName := make(map[string]T, len(old))
+	for _, o := range old {
+		byName[name(o)] = o
+	}
+	for _, n := range next {
+		if o, ok := byName[name(n)]; ok {
+			kept(o, n)
+			delete(byName, name(n))
+		} else {
+			added = append(added, n)
+		}
+	}
+	for _, o := range old {
+		if _, ok := byName[name(o)]; ok {
+			gone = append(gone, o)
+		}
+	}
+	return added, gone
 }
 
 // diffElements queues the elements of old missing from next for deletion
