@@ -17,6 +17,9 @@ func newKernelProxier(t *testing.T, ns *testns.NS) *Proxier {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
+	if p.sock == nil {
+		t.Fatal("the netlink socket was not captured: syncs would wait for acks without a deadline")
+	}
 	return p
 }
 

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"time"
 
 	nft "github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/model"
@@ -19,6 +21,7 @@ type Proxier struct {
 	cfg      proxier.Config
 	families []model.IPFamily
 	conn     *nft.Conn
+	sock     *netlink.Conn // conn's socket, for deadlines
 	// written is what the kernel holds per family as proxyd last wrote it;
 	// none means "don't trust the kernel's view, rewrite in full".
 	written map[model.IPFamily]*written
@@ -46,7 +49,11 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	connOpts := []nft.ConnOption{nft.AsLasting(), nft.WithSockOptions(largeBuffers)}
+	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
+	connOpts := []nft.ConnOption{nft.AsLasting(), nft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
+		p.sock = c // set again should the library ever redial
+		return nil
+	})}
 	if o.netnsFD > 0 {
 		connOpts = append(connOpts, nft.WithNetNSFd(o.netnsFD))
 	}
@@ -61,7 +68,8 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		}
 		return nil, fmt.Errorf("nftables mode: the kernel's nf_tables does not answer: %w", err)
 	}
-	return &Proxier{cfg: cfg, families: o.families, conn: conn, written: map[model.IPFamily]*written{}}, nil
+	p.conn = conn
+	return p, nil
 }
 
 // Mode implements proxier.Backend.
@@ -101,7 +109,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 			delete(p.written, f)
 			return fmt.Errorf("sync nftables table %s %s: %w", familyWord(f), TableName, err)
 		}
-		if err := p.conn.Flush(); err != nil {
+		if err := p.flush(plan.Size()); err != nil {
 			delete(p.written, f)
 			return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
 		}
@@ -120,6 +128,19 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 
 // bigTransaction is the size past which a full sync returns its memory.
 const bigTransaction = 20000
+
+// flush commits the queued batch. A deadline bounds the wait for the
+// kernel's acks: if one were lost (a receive buffer overrun), the wait would
+// otherwise never end and the dataplane would stop syncing for good.
+func (p *Proxier) flush(objects int) error {
+	if p.sock != nil {
+		deadline := time.Now().Add(30*time.Second + time.Duration(objects)*time.Millisecond)
+		if err := p.sock.SetReadDeadline(deadline); err == nil {
+			defer func() { _ = p.sock.SetReadDeadline(time.Time{}) }()
+		}
+	}
+	return p.conn.Flush()
+}
 
 // plan decides between a full and an incremental write. The returned view
 // replaces p.written[f] once the plan is in the kernel.
