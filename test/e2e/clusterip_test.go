@@ -68,13 +68,7 @@ func (e *env) clusterIPSuite(t *testing.T, dp dataplane) {
 
 	px := e.startProxyd(t, dp.mode, dp.args...)
 	addr := vip + ":80"
-	e.eventually(t, 10*time.Second, "the VIP answers", func() error {
-		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", addr, 1, 1)
-		if err == nil && r.Answered() == 0 {
-			err = errorf("no answer: %+v %v", r.Errors, r.ErrorSamples)
-		}
-		return err
-	})
+	e.waitAnswers(t, "the VIP answers", addr, 1)
 
 	t.Run("300 TCP connections and 300 UDP exchanges from the client and from the node reach all 3 Pods", func(t *testing.T) {
 		for _, from := range []string{e.lab.ClientNS, e.lab.NodeNS} {

@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -43,13 +42,7 @@ func TestDualStackService(t *testing.T) {
 			px := e.startProxyd(t, dp.mode, dp.args...)
 			defer px.stop(t)
 			for _, vip := range []string{"10.96.0.60:80", "[fd00:10:96::60]:80"} {
-				e.eventually(t, 10*time.Second, vip+" answers", func() error {
-					r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", vip, 1, 1)
-					if err == nil && r.Answered() != 1 {
-						err = errorf("%+v %v", r.Errors, r.ErrorSamples)
-					}
-					return err
-				})
+				e.waitAnswers(t, vip+" answers", vip, 1)
 				for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
 					r := e.traffic(t, ns, "tcp", vip, 300, 1)
 					assertBalanced(t, vip+" from "+ns, r, 300, podNames(pods), 0.20, 0.47)

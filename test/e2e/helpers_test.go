@@ -141,6 +141,19 @@ func (e *env) eventually(t *testing.T, timeout time.Duration, what string, f fun
 	return 0
 }
 
+// waitAnswers waits (10 s at most) until n TCP connections from the client
+// to addr are all answered: the rules for addr are in place.
+func (e *env) waitAnswers(t *testing.T, what, addr string, n int) {
+	t.Helper()
+	e.eventually(t, 10*time.Second, what, func() error {
+		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", addr, n, 1)
+		if err == nil && r.Answered() != n {
+			err = errorf("%d of %d answered: %+v %v", r.Answered(), n, r.Errors, r.ErrorSamples)
+		}
+		return err
+	})
+}
+
 func ptr[T any](v T) *T { return &v }
 
 type svcPort struct {

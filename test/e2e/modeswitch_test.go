@@ -7,7 +7,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -35,13 +34,7 @@ func TestModeSwitchLeavesOnlyTheCurrentModesRules(t *testing.T) {
 	}
 	for i, st := range steps {
 		px := e.startProxyd(t, st.dp.mode, st.dp.args...)
-		e.eventually(t, 10*time.Second, st.dp.name+": the VIP answers", func() error {
-			r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.20:80", 20, 1)
-			if err == nil && r.Answered() != 20 {
-				err = errorf("%d of 20 answered: %+v", r.Answered(), r.Errors)
-			}
-			return err
-		})
+		e.waitAnswers(t, st.dp.name+": the VIP answers", "10.96.0.20:80", 20)
 		if got := e.ruleset(t, st.dp.list); !strings.Contains(got, st.must) {
 			t.Errorf("step %d (%s): %q missing from its own listing:\n%s", i, st.dp.name, st.must, got)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"testing"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -43,13 +42,7 @@ func TestNodePortAndExternalIP(t *testing.T) {
 
 func (e *env) nodePortSuite(t *testing.T, np, empty *v1.Service, pods []lab.Pod) {
 	nodePort := fmt.Sprintf("%s:%d", e.lab.NodeIP, np.Spec.Ports[0].NodePort)
-	e.eventually(t, 10*time.Second, "the NodePort answers", func() error {
-		r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", nodePort, 1, 1)
-		if err == nil && r.Answered() != 1 {
-			err = errorf("%+v %v", r.Errors, r.ErrorSamples)
-		}
-		return err
-	})
+	e.waitAnswers(t, "the NodePort answers", nodePort, 1)
 	t.Run("a NodePort reached from the client balances over all Pods", func(t *testing.T) {
 		r := e.traffic(t, e.lab.ClientNS, "tcp", nodePort, 300, 1)
 		assertBalanced(t, "nodeport from client", r, 300, podNames(pods), 0.20, 0.47)
@@ -103,13 +96,7 @@ func TestSessionAffinityClientIP(t *testing.T) {
 				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
 				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F")
 			}()
-			e.eventually(t, 10*time.Second, "the VIP answers", func() error {
-				r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.40:80", 1, 1)
-				if err == nil && r.Answered() != 1 {
-					err = errorf("%+v", r.Errors)
-				}
-				return err
-			})
+			e.waitAnswers(t, "the VIP answers", "10.96.0.40:80", 1)
 			for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
 				r := e.traffic(t, ns, "tcp", "10.96.0.40:80", 60, 1)
 				if len(r.Counts) != 1 || r.Failed() > 0 {

@@ -22,13 +22,7 @@ func TestRulesSurviveARestart(t *testing.T) {
 	for _, dp := range dataplanes[:2] {
 		t.Run(dp.name, func(t *testing.T) {
 			px := e.startProxyd(t, dp.mode, dp.args...)
-			e.eventually(t, 10*time.Second, "the VIP answers", func() error {
-				r, err := e.lab.Traffic(context.Background(), e.lab.ClientNS, "tcp", "10.96.0.70:80", 1, 1)
-				if err == nil && r.Answered() != 1 {
-					err = errorf("%+v", r.Errors)
-				}
-				return err
-			})
+			e.waitAnswers(t, "the VIP answers", "10.96.0.70:80", 1)
 			var failed, answered atomic.Int64
 			var mu sync.Mutex
 			samples := map[string]string{}
