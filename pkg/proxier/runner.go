@@ -226,7 +226,7 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		}
 	}
 	klog.V(2).InfoS("Synced", "mode", r.backend.Mode(), "servicePorts", len(state.Services), "full", stats.Full,
-		"kernelObjects", stats.KernelOps, "changed", len(diff.Changed()), "elapsed", elapsed)
+		"kernelObjects", stats.KernelOps, "changed", len(diff.Added)+len(diff.Updated)+len(diff.Removed), "elapsed", elapsed)
 }
 
 // requeue puts changes of a failed sync back so their latency is measured
