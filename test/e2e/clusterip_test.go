@@ -105,10 +105,16 @@ func (e *env) clusterIPSuite(t *testing.T, dp dataplane) {
 	})
 
 	t.Run("metrics show syncs and healthz answers 200", func(t *testing.T) {
-		body := e.metrics(t)
-		if n := syncs(body); n <= 0 {
-			t.Errorf("kubeproxy_sync_proxy_rules_duration_seconds_count = %d, want > 0", n)
-		}
+		// The kernel has the rules before the sync that wrote them is
+		// counted (the other family and conntrack come first), so wait.
+		var body string
+		e.eventually(t, 10*time.Second, "a completed sync is counted", func() error {
+			body = e.metrics(t)
+			if n := syncs(body); n <= 0 {
+				return errorf("kubeproxy_sync_proxy_rules_duration_seconds_count = %d, want > 0", n)
+			}
+			return nil
+		})
 		for _, name := range []string{"kubeproxy_sync_proxy_rules_last_timestamp_seconds", "kubeproxy_network_programming_duration_seconds_bucket",
 			"kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_service_changes_pending"} {
 			if !strings.Contains(body, name) {

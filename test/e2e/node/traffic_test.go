@@ -517,12 +517,16 @@ func TestMetricsFromNode(t *testing.T) {
 		t.Fatalf("GET /metrics: %d %v", code, err)
 	}
 	lines := grepLines(body, "kubeproxy_sync_proxy_rules_duration_seconds_")
-	if !strings.Contains(body, "kubeproxy_sync_proxy_rules_duration_seconds") {
-		t.Fatalf("no kubeproxy_sync_proxy_rules_duration_seconds in:\n%.2000s", body)
-	}
+	count := -1
 	for _, l := range strings.Split(lines, "\n") {
 		if strings.Contains(l, "_count") || strings.Contains(l, "_sum") {
 			t.Logf("%s", l)
 		}
+		if v, ok := strings.CutPrefix(l, "kubeproxy_sync_proxy_rules_duration_seconds_count "); ok {
+			count, _ = strconv.Atoi(v)
+		}
+	}
+	if count <= 0 {
+		t.Fatalf("kubeproxy_sync_proxy_rules_duration_seconds_count = %d after the node served traffic, want > 0 in:\n%.2000s", count, body)
 	}
 }
