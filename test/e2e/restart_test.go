@@ -26,6 +26,8 @@ func TestRulesSurviveARestart(t *testing.T) {
 			var failed, answered atomic.Int64
 			var mu sync.Mutex
 			samples := map[string]string{}
+			begin := time.Now()
+			var failedAt []time.Duration // batches with a failure, since begin
 			stop := make(chan struct{})
 			done := make(chan struct{})
 			go func() {
@@ -44,6 +46,9 @@ func TestRulesSurviveARestart(t *testing.T) {
 					failed.Add(int64(r.Failed()))
 					answered.Add(int64(r.Answered()))
 					mu.Lock()
+					if r.Failed() > 0 {
+						failedAt = append(failedAt, time.Since(begin).Round(time.Millisecond))
+					}
 					for k, v := range r.ErrorSamples {
 						samples[k] = v
 					}
@@ -51,9 +56,13 @@ func TestRulesSurviveARestart(t *testing.T) {
 				}
 			}()
 			time.Sleep(300 * time.Millisecond)
+			stopping := time.Since(begin)
 			px.stop(t)
+			stopped := time.Since(begin)
 			time.Sleep(time.Second) // no proxyd at all
+			starting := time.Since(begin)
 			px2 := e.startProxyd(t, dp.mode, dp.args...)
+			healthy := time.Since(begin)
 			time.Sleep(time.Second)
 			close(stop)
 			<-done
@@ -67,6 +76,8 @@ func TestRulesSurviveARestart(t *testing.T) {
 			}
 			if failed.Load() > allowed || answered.Load() < 100 {
 				t.Errorf("across the restart: %d answered, %d failed: %v", answered.Load(), failed.Load(), samples)
+				t.Errorf("failures at %v; SIGTERM at %v, exited at %v, restart at %v, healthy at %v",
+					failedAt, stopping.Round(time.Millisecond), stopped.Round(time.Millisecond), starting.Round(time.Millisecond), healthy.Round(time.Millisecond))
 			} else if failed.Load() > 0 {
 				t.Logf("WARNING across the restart: %d of %d failed: %v", failed.Load(), failed.Load()+answered.Load(), samples)
 			}
