@@ -2,6 +2,7 @@ package informer
 
 import (
 	"net/netip"
+	"strings"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -98,6 +99,28 @@ func ConvertService(logger klog.Logger, svc *v1.Service, proxyName string) *mode
 			}
 		}
 		out.LoadBalancerIPs = parseIPs(logger, svc, "loadBalancerIP", lb)
+		out.LoadBalancerSourceRanges = parsePrefixes(logger, svc, svc.Spec.LoadBalancerSourceRanges)
+		if out.ExternalLocal {
+			// The apiserver allocates it exactly then; anything else in
+			// the field is ignored, as kube-proxy ignores it.
+			out.HealthCheckNodePort, _ = portNumber(svc.Spec.HealthCheckNodePort)
+		}
+	}
+	return out
+}
+
+// parsePrefixes reads loadBalancerSourceRanges, which validation lets carry
+// surrounding spaces. The apiserver rejects a malformed range; one that
+// still arrives is dropped and logged, as kube-proxy drops it.
+func parsePrefixes(logger klog.Logger, svc *v1.Service, raw []string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range raw {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			logger.V(2).Info("Dropping invalid address range", "service", klog.KObj(svc), "field", "loadBalancerSourceRanges", "value", s)
+			continue
+		}
+		out = append(out, p)
 	}
 	return out
 }

@@ -84,6 +84,27 @@ func TestConvertService(t *testing.T) {
 				s.Status.LoadBalancer.Ingress = []v1.LoadBalancerIngress{{IP: "198.51.100.1"}, {IP: "198.51.100.2", IPMode: &proxy}, {Hostname: "lb.example"}}
 			}),
 			want: modelService(func(m *model.Service) { m.LoadBalancerIPs = addrs("198.51.100.1") })},
+		{name: "a LoadBalancer's source ranges are kept, padded ones trimmed and malformed ones dropped",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.LoadBalancerSourceRanges = []string{" 192.0.2.0/24 ", "bogus", "2001:db8::/64"}
+			}),
+			want: modelService(func(m *model.Service) {
+				m.LoadBalancerSourceRanges = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/64")}
+			})},
+		{name: "the health check node port of a Local LoadBalancer is kept",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+				s.Spec.HealthCheckNodePort = 32100
+			}),
+			want: modelService(func(m *model.Service) { m.ExternalLocal, m.HealthCheckNodePort = true, 32100 })},
+		{name: "a health check node port without externalTrafficPolicy Local is ignored",
+			in: service(func(s *v1.Service) {
+				s.Spec.Type = v1.ServiceTypeLoadBalancer
+				s.Spec.HealthCheckNodePort = 32100
+			}),
+			want: modelService()},
 		{name: "a nil service is ignored", in: nil, want: nil},
 		{name: "an ExternalName service is ignored",
 			in: service(func(s *v1.Service) {

@@ -48,7 +48,7 @@ func (b *Builder) Build(snap Snapshot) *State {
 	}
 
 	st := &State{Node: snap.Node, Services: make(map[ServicePortKey]*ServicePort, len(snap.Services))}
-	st.ServiceCIDRs = serviceCIDRs(snap.ServiceCIDRs)
+	st.ServiceCIDRs = normalPrefixes(snap.ServiceCIDRs)
 	memo := make(map[NamespacedName]memoEntry, len(snap.Services))
 	for name, svc := range snap.Services {
 		if svc == nil {
@@ -96,6 +96,9 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 			AffinitySeconds:     svc.AffinitySeconds,
 			TrafficDistribution: svc.TrafficDistribution,
 			ExternalIPs:         externalIPs(svc, ips),
+			LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
+			SourceRanges:        sourceRanges(svc.LoadBalancerSourceRanges, ips),
+			HealthCheckNodePort: svc.HealthCheckNodePort,
 		}
 		sp.Endpoints = mergeEndpoints(list, p, families(ips))
 		sp.ClusterEndpoints = SelectEndpoints(sp, node)
@@ -105,7 +108,8 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 	return out
 }
 
-func serviceCIDRs(in []netip.Prefix) []netip.Prefix {
+// normalPrefixes masks the valid prefixes of in, sorts and deduplicates them.
+func normalPrefixes(in []netip.Prefix) []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range in {
 		if p.IsValid() {
@@ -143,9 +147,34 @@ func clusterIPs(in []netip.Addr) []netip.Addr {
 // externalIPs are the external and load-balancer addresses of families
 // the Service has, deduplicated, sorted.
 func externalIPs(svc *Service, clusterIPs []netip.Addr) []netip.Addr {
+	return familyAddrs(slices.Concat(svc.ExternalIPs, svc.LoadBalancerIPs), clusterIPs)
+}
+
+// sourceRanges keeps the ranges of the Service's families, masked, sorted,
+// deduplicated. A range of length 0 allows every source of its family, as
+// no ranges do.
+func sourceRanges(in []netip.Prefix, clusterIPs []netip.Addr) []netip.Prefix {
+	fams := families(clusterIPs)
+	for _, p := range in {
+		if p.IsValid() && p.Bits() == 0 {
+			fams[FamilyOf(p.Addr())] = false
+		}
+	}
+	var out []netip.Prefix
+	for _, p := range in {
+		if p.IsValid() && fams[FamilyOf(p.Addr())] {
+			out = append(out, p)
+		}
+	}
+	return normalPrefixes(out)
+}
+
+// familyAddrs are the usable addresses of in whose family the Service
+// has, deduplicated, sorted.
+func familyAddrs(in, clusterIPs []netip.Addr) []netip.Addr {
 	fams := families(clusterIPs)
 	var out []netip.Addr
-	for _, ip := range slices.Concat(svc.ExternalIPs, svc.LoadBalancerIPs) {
+	for _, ip := range in {
 		ip = ip.Unmap()
 		if ip.IsValid() && !ip.IsUnspecified() && !ip.IsLoopback() && fams[FamilyOf(ip)] {
 			out = append(out, ip)

@@ -17,6 +17,12 @@ type Service struct {
 	// ingress addresses of a LoadBalancer Service.
 	ExternalIPs     []netip.Addr
 	LoadBalancerIPs []netip.Addr
+	// LoadBalancerSourceRanges are spec.loadBalancerSourceRanges: when set,
+	// only these sources may use the load-balancer addresses.
+	LoadBalancerSourceRanges []netip.Prefix
+	// HealthCheckNodePort is spec.healthCheckNodePort of a LoadBalancer
+	// with externalTrafficPolicy Local; 0 otherwise.
+	HealthCheckNodePort uint16
 }
 
 // ServicePortSpec is one entry of spec.ports.

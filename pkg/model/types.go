@@ -138,6 +138,15 @@ type ServicePort struct {
 	// ExternalIPs are the externalIPs and VIP-mode load-balancer ingress
 	// addresses: traffic to them is handled like NodePort traffic.
 	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are the load-balancer addresses among ExternalIPs.
+	LoadBalancerIPs []netip.Addr
+	// SourceRanges, when not empty, are the only sources allowed to reach
+	// LoadBalancerIPs (loadBalancerSourceRanges, of the Service's
+	// families; a range that allows everything empties it).
+	SourceRanges []netip.Prefix
+	// HealthCheckNodePort is where the node reports, for load balancers,
+	// whether it has local endpoints (0: no health check).
+	HealthCheckNodePort uint16
 
 	// Endpoints are all the port's endpoints, deduplicated, sorted by
 	// address, in any condition.
@@ -181,7 +190,8 @@ func (s *ServicePort) Equal(o *ServicePort) bool {
 	if s.Key != o.Key || !slices.Equal(s.ClusterIPs, o.ClusterIPs) || s.Port != o.Port ||
 		s.NodePort != o.NodePort || s.InternalLocal != o.InternalLocal || s.ExternalLocal != o.ExternalLocal ||
 		s.AffinitySeconds != o.AffinitySeconds || s.TrafficDistribution != o.TrafficDistribution ||
-		!slices.Equal(s.ExternalIPs, o.ExternalIPs) {
+		!slices.Equal(s.ExternalIPs, o.ExternalIPs) || !slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) ||
+		!slices.Equal(s.SourceRanges, o.SourceRanges) || s.HealthCheckNodePort != o.HealthCheckNodePort {
 		return false
 	}
 	return slices.EqualFunc(s.Endpoints, o.Endpoints, Endpoint.Equal) &&

@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/proxyd/proxyd/pkg/conntrack"
+	"github.com/proxyd/proxyd/pkg/healthcheck"
 	"github.com/proxyd/proxyd/pkg/healthz"
 	"github.com/proxyd/proxyd/pkg/informer"
 	"github.com/proxyd/proxyd/pkg/metrics"
@@ -57,12 +58,19 @@ func Run(ctx context.Context, o *Options) error {
 		}
 	}()
 
-	var afterSync func(*model.State, model.Diff)
-	if cleaner, err := conntrack.New(); err != nil {
+	checks := healthcheck.New(func() bool { ok, _ := health.Healthy(); return ok })
+	defer checks.Close()
+	cleaner, err := conntrack.New()
+	if err != nil {
 		klog.ErrorS(err, "Stale UDP flows will not be cleared; they expire on their own")
 	} else {
 		defer cleaner.Close()
-		afterSync = func(s *model.State, d model.Diff) { cleaner.Clean(conntrack.Filters(d, s)) }
+	}
+	afterSync := func(s *model.State, d model.Diff) {
+		if cleaner != nil {
+			cleaner.Clean(conntrack.Filters(d, s))
+		}
+		checks.Sync(s.HealthChecks())
 	}
 	var inf *informer.Informer
 	var builder model.Builder // only the runner's goroutine builds
