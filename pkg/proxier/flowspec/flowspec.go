@@ -104,6 +104,15 @@ var (
 	ExternalClient = netip.MustParseAddr("192.0.2.1")
 	ExternalIP     = netip.MustParseAddr("192.0.2.10")
 
+	// RangedVIP's Service is a LoadBalancer at RangedLBIP that only
+	// SourceRange may use; RangedEmptyVIP's is the same without endpoints.
+	RangedVIP       = netip.MustParseAddr("10.96.0.84")
+	RangedEmptyVIP  = netip.MustParseAddr("10.96.0.85")
+	RangedLBIP      = netip.MustParseAddr("192.0.2.20")
+	RangedEmptyLBIP = netip.MustParseAddr("192.0.2.21")
+	SourceRange     = netip.MustParsePrefix("192.0.2.0/28")
+	OutsideClient   = netip.MustParseAddr("198.51.100.7")
+
 	ServiceCIDR   = netip.MustParsePrefix("10.96.0.0/16")
 	ServiceCIDRv6 = netip.MustParsePrefix("fd00:10:96::/112")
 )
@@ -160,6 +169,15 @@ func Snapshot() model.Snapshot {
 		svc("nplocal", v4(NodePortLocalVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30081; s.ExternalLocal = true }),
 		svc("npremote", v4(NodePortRemoteVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30082; s.ExternalLocal = true }),
 		svc("npempty", v4(NodePortEmptyVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30083 }),
+		svc("ranged", v4(RangedVIP), model.TCP, 80, func(s *model.Service) {
+			s.Ports[0].NodePort = 30084
+			s.LoadBalancerIPs = []netip.Addr{RangedLBIP}
+			s.LoadBalancerSourceRanges = []netip.Prefix{SourceRange}
+		}),
+		svc("rangedempty", v4(RangedEmptyVIP), model.TCP, 80, func(s *model.Service) {
+			s.LoadBalancerIPs = []netip.Addr{RangedEmptyLBIP}
+			s.LoadBalancerSourceRanges = []netip.Prefix{SourceRange}
+		}),
 	}
 	slices := []*model.EndpointSlice{
 		slice("web", "web-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
@@ -174,6 +192,7 @@ func Snapshot() model.Snapshot {
 		slice("np", "np-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
 		slice("nplocal", "nplocal-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
 		slice("npremote", "npremote-a", model.IPv4, model.TCP, ready(Pod2), ready(Pod3)),
+		slice("ranged", "ranged-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
 	}
 	snap := model.Snapshot{
 		Node:         model.Node{Name: NodeName, IPs: []netip.Addr{NodeIP}, Ready: true},
@@ -244,6 +263,14 @@ func ExternalCases() []Case {
 		{Name: "a NodePort without endpoints refuses the node too", Packet: Packet{Src: NodeIP, Dst: node(30083), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a node port no Service has is left alone", Packet: Packet{Src: ExternalClient, Dst: node(30099), Proto: model.TCP}, Want: Untouched},
 		{Name: "a NodePort's ClusterIP still works as a ClusterIP", Packet: Packet{Src: Client, Dst: at1(NodePortVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
+		{Name: "a load-balancer IP admits a source inside loadBalancerSourceRanges", Packet: Packet{Src: ExternalClient, Dst: at1(RangedLBIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
+		{Name: "a load-balancer IP drops a source outside loadBalancerSourceRanges", Packet: Packet{Src: OutsideClient, Dst: at1(RangedLBIP, 80), Proto: model.TCP}, Want: Drop},
+		{Name: "a load-balancer IP drops a Pod outside loadBalancerSourceRanges", Packet: Packet{Src: Client, Dst: at1(RangedLBIP, 80), Proto: model.TCP}, Want: Drop},
+		{Name: "a load-balancer IP drops the node outside loadBalancerSourceRanges", Packet: Packet{Src: NodeIP, Dst: at1(RangedLBIP, 80), Proto: model.TCP, FromNode: true}, Want: Drop},
+		{Name: "loadBalancerSourceRanges do not guard the Service's NodePort", Packet: Packet{Src: OutsideClient, Dst: node(30084), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
+		{Name: "loadBalancerSourceRanges do not guard the Service's ClusterIP", Packet: Packet{Src: Client, Dst: at1(RangedVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
+		{Name: "a guarded load-balancer IP without endpoints refuses a source inside the ranges", Packet: Packet{Src: ExternalClient, Dst: at1(RangedEmptyLBIP, 80), Proto: model.TCP}, Want: Reject},
+		{Name: "a guarded load-balancer IP without endpoints drops a source outside the ranges", Packet: Packet{Src: OutsideClient, Dst: at1(RangedEmptyLBIP, 80), Proto: model.TCP}, Want: Drop},
 	}
 }
 

@@ -127,6 +127,8 @@ func (c *compiler) stmt(s Stmt) ([]expr.Any, error) {
 		return []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: s.Chain}}, nil
 	case Drop:
 		return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}, nil
+	case Accept:
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}, nil
 	case MatchCtStateNew:
 		return ctBit(expr.CtKeySTATE, expr.CtStateBitNEW), nil
 	case MatchCtStatusDNAT:

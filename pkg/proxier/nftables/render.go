@@ -22,6 +22,7 @@ const (
 	NoEndpointNodePorts = "no-endpoint-nodeports"
 	chainFilterInput    = "filter-input"
 	externalChainPrefix = "ext-"
+	firewallChainPrefix = "fw-"
 	chainFilterPostDNAT = "filter-output-post-dnat"
 	chainNatPrerouting  = "nat-prerouting"
 	chainNatOutput      = "nat-output"
@@ -41,6 +42,12 @@ func ServiceChain(k model.ServicePortKey) string {
 // service port takes ("ext-default/web/tcp/http").
 func ExternalChain(k model.ServicePortKey) string {
 	return externalChainPrefix + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
+}
+
+// FirewallChain names the chain that admits only loadBalancerSourceRanges
+// to the load-balancer IPs of one service port ("fw-default/web/tcp/http").
+func FirewallChain(k model.ServicePortKey) string {
+	return firewallChainPrefix + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
 }
 
 // tableSets are the sets every table has; their elements come from the
@@ -79,6 +86,7 @@ type serviceRules struct {
 	clusterIP          netip.Addr
 	hairpin            []netip.Addr
 	sets               []*Set // session affinity: one dynamic set per endpoint
+	fw                 *Chain // the firewall chain while it is being built
 }
 
 // renderServicePort renders one service port for family f; ok is false
@@ -116,12 +124,20 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		return out, true
 	}
 	extIPs := addrsOf(sp.ExternalIPs, f)
+	guarded := out.firewall(sp, f)
 	npElem := Element{Fields: []Value{{Proto: proto}, {Port: sp.NodePort}}}
 	if len(extEPs) == 0 && svcChain == "" {
-		// Nothing serves this port at all: refuse, as for the ClusterIP.
+		// Nothing serves this port at all: refuse, as for the ClusterIP,
+		// once the firewall has dropped the sources it does not admit.
 		for _, ip := range extIPs {
 			out.noEndpoint = append(out.noEndpoint, tuple(ip))
+			if guarded[ip] {
+				e := tuple(ip)
+				e.Goto = FirewallChain(sp.Key)
+				out.dispatch = append(out.dispatch, e)
+			}
 		}
+		out.finishFirewall(Accept{})
 		if sp.NodePort != 0 {
 			out.noEndpointNodePort = append(out.noEndpointNodePort, npElem)
 		}
@@ -154,13 +170,57 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	for _, ip := range extIPs {
 		e := tuple(ip)
 		e.Goto = ext.Name
+		if guarded[ip] {
+			e.Goto = FirewallChain(sp.Key)
+		}
 		out.dispatch = append(out.dispatch, e)
 	}
+	out.finishFirewall(Goto{Chain: ext.Name})
 	if sp.NodePort != 0 {
 		npElem.Goto = ext.Name
 		out.nodePort = append(out.nodePort, npElem)
 	}
 	return out, true
+}
+
+// firewall returns the load-balancer IPs of family f that
+// loadBalancerSourceRanges guard, and starts their chain: one rule per
+// admitted range, which finishFirewall completes. kube-proxy guards the
+// same addresses; NodePorts, external IPs and the ClusterIP stay open.
+func (sr *serviceRules) firewall(sp *model.ServicePort, f model.IPFamily) map[netip.Addr]bool {
+	var ranges []netip.Prefix
+	for _, p := range sp.SourceRanges {
+		if model.FamilyOf(p.Addr()) == f {
+			ranges = append(ranges, p)
+		}
+	}
+	lbIPs := addrsOf(sp.LoadBalancerIPs, f)
+	if len(ranges) == 0 || len(lbIPs) == 0 {
+		return nil
+	}
+	guarded := map[netip.Addr]bool{}
+	for _, ip := range lbIPs {
+		guarded[ip] = true
+	}
+	c := &Chain{Name: FirewallChain(sp.Key)}
+	for _, p := range ranges {
+		c.Rules = append(c.Rules, Rule{MatchSourceIn{Prefix: p}})
+	}
+	sr.fw = c
+	return guarded
+}
+
+// finishFirewall ends every admitting rule with admit and drops the rest.
+func (sr *serviceRules) finishFirewall(admit Stmt) {
+	if sr.fw == nil {
+		return
+	}
+	for i := range sr.fw.Rules {
+		sr.fw.Rules[i] = append(sr.fw.Rules[i], admit)
+	}
+	sr.fw.Rules = append(sr.fw.Rules, Rule{Drop{}})
+	sr.chains = append(sr.chains, sr.fw)
+	sr.fw = nil
 }
 
 // dnatRules picks endpoint i of n with probability 1/(n-i). With session

@@ -51,6 +51,9 @@ type Goto struct{ Chain string }
 // Drop discards the packet silently.
 type Drop struct{}
 
+// Accept ends this hook's evaluation and lets the packet on.
+type Accept struct{}
+
 // MatchSourceDest tests "saddr . daddr" for membership in a set (hairpin).
 type MatchSourceDest struct{ Set string }
 
@@ -153,6 +156,7 @@ func (s UpdateSource) text(f model.IPFamily) string {
 
 func (s Goto) text(model.IPFamily) string { return "goto " + s.Chain }
 func (Drop) text(model.IPFamily) string   { return "drop" }
+func (Accept) text(model.IPFamily) string { return "accept" }
 
 func (MatchCtStateNew) text(model.IPFamily) string   { return "ct state new" }
 func (MatchCtStatusDNAT) text(model.IPFamily) string { return "ct status dnat" }

@@ -139,6 +139,8 @@ func (t Tracer) rule(r Rule, pk *packet, rnd func(uint32) uint32) bool {
 		case Drop:
 			pk.drop = true
 			return true
+		case Accept:
+			return true
 		case MatchCtStateNew:
 		case MatchCtStatusDNAT:
 			if !pk.dnat {
