@@ -26,6 +26,9 @@ const (
 	ChainPostrouting = "PROXYD-POSTROUTING"
 	// ChainMarkMasq sets the masquerade mark.
 	ChainMarkMasq = "PROXYD-MARK-MASQ"
+	// ChainMarkDrop sets the drop mark, which filter's
+	// PROXYD-EXTERNAL-SERVICES drops: nat may not drop.
+	ChainMarkDrop = "PROXYD-MARK-DROP"
 
 	// ChainNodePorts (nat) dispatches traffic to a local address by
 	// NodePort to the service port's external chain; it is jumped to from
@@ -40,6 +43,7 @@ const (
 	svcChainPrefix = "PROXYD-SVC-"
 	svlChainPrefix = "PROXYD-SVL-"
 	extChainPrefix = "PROXYD-EXT-"
+	fwChainPrefix  = "PROXYD-FW-"
 	sepChainPrefix = "PROXYD-SEP-"
 )
 
@@ -68,6 +72,12 @@ func chainName(prefix string, parts ...string) string {
 // endpoints.
 func svcChain(k model.ServicePortKey) string {
 	return chainName(svcChainPrefix, k.String(), k.Protocol.Lower())
+}
+
+// fwChain is the chain that admits only loadBalancerSourceRanges to the
+// load-balancer IPs of one service port.
+func fwChain(k model.ServicePortKey) string {
+	return chainName(fwChainPrefix, k.String(), k.Protocol.Lower())
 }
 
 // extChain is the chain NodePort and external-IP traffic of one service

@@ -80,11 +80,12 @@ func (e *extDispatch) parts() (natServices, nodePorts, filter string) {
 
 // baseRules and baseChains are what every family carries beside its
 // service ports: PROXYD-POSTROUTING (3 rules), PROXYD-MARK-MASQ (1),
-// PROXYD-SERVICES in nat (with the jump to PROXYD-NODEPORTS, 1) and
-// filter, PROXYD-NODEPORTS and PROXYD-EXTERNAL-SERVICES.
+// PROXYD-MARK-DROP (1), PROXYD-SERVICES in nat (with the jump to
+// PROXYD-NODEPORTS, 1) and filter, PROXYD-NODEPORTS and
+// PROXYD-EXTERNAL-SERVICES (with the drop of marked packets, 1).
 const (
-	baseRules  = 5
-	baseChains = 6
+	baseRules  = 7
+	baseChains = 7
 )
 
 // ruleCount is the number of rules in proxyd's chains of the family: the
@@ -121,7 +122,7 @@ func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []n
 		}
 	}
 	if len(stale[tableNAT]) > 0 {
-		keep := map[string]bool{ChainServices: true, ChainPostrouting: true, ChainMarkMasq: true, ChainNodePorts: true}
+		keep := map[string]bool{ChainServices: true, ChainPostrouting: true, ChainMarkMasq: true, ChainMarkDrop: true, ChainNodePorts: true}
 		for _, wsp := range w.sps {
 			for _, c := range wsp.chains {
 				keep[c] = true
@@ -298,8 +299,12 @@ func sameRules(a, b *model.ServicePort, fam model.IPFamily) bool {
 	}
 	return sameInFamily(a.ClusterEndpoints, b.ClusterEndpoints, fam, endpointIP, model.Endpoint.AddrPort) &&
 		sameInFamily(a.ExternalEndpoints, b.ExternalEndpoints, fam, endpointIP, model.Endpoint.AddrPort) &&
-		sameInFamily(a.ExternalIPs, b.ExternalIPs, fam, sameAddr, sameAddr)
+		sameInFamily(a.ExternalIPs, b.ExternalIPs, fam, sameAddr, sameAddr) &&
+		sameInFamily(a.LoadBalancerIPs, b.LoadBalancerIPs, fam, sameAddr, sameAddr) &&
+		sameInFamily(a.SourceRanges, b.SourceRanges, fam, netip.Prefix.Addr, samePrefix)
 }
+
+func samePrefix(p netip.Prefix) netip.Prefix { return p }
 
 // sameInFamily reports whether a and b hold, in order, the same elements
 // of family fam: ip is an element's address, id what must be equal.

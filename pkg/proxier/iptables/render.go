@@ -29,6 +29,8 @@ type renderer struct {
 	hostSuffix string // "/32" or "/128"
 	mark       string
 	markMask   string // mark/mark
+	drop       string // the drop mark
+	dropMask   string // drop/drop
 	rejectWith string
 	loopback   string   // the loopback range NodePorts are not served on
 	probs      []string // probs[n] is probability(n), cached
@@ -44,6 +46,8 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 		loopback:   "127.0.0.0/8",
 	}
 	r.markMask = r.mark + "/" + r.mark
+	r.drop = markString(dropMark(cfg.Mark()))
+	r.dropMask = r.drop + "/" + r.drop
 	if fam == model.IPv6 {
 		r.hostSuffix = "/128"
 		r.rejectWith = "icmp6-port-unreachable"
@@ -53,6 +57,15 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 		r.cidr = p.Masked().String()
 	}
 	return r
+}
+
+// dropMark is kube-proxy's drop bit, 1<<15, or 1<<14 when the masquerade
+// mark took bit 15.
+func dropMark(masq uint32) uint32 {
+	if masq == 1<<15 {
+		return 1 << 14
+	}
+	return 1 << 15
 }
 
 func (r *renderer) prob(n int) string {
@@ -73,12 +86,14 @@ type staleChains map[string]map[string]bool
 func (r *renderer) base(t *restoreText) {
 	t.natChain(ChainPostrouting)
 	t.natChain(ChainMarkMasq)
+	t.natChain(ChainMarkDrop)
 	t.rule(&t.natRules, ChainPostrouting, "-m", "mark", "!", "--mark", r.markMask, "-j", "RETURN")
 	// Clear the bit so a packet that passes another proxy layer (or is
 	// re-routed) is not masqueraded twice.
 	t.rule(&t.natRules, ChainPostrouting, "-j", "MARK", "--xor-mark", r.mark)
 	t.rule(&t.natRules, ChainPostrouting, "-m", "comment", "--comment", `"proxyd service traffic requiring SNAT"`, "-j", "MASQUERADE", "--random-fully")
 	t.rule(&t.natRules, ChainMarkMasq, "-j", "MARK", "--or-mark", r.mark)
+	t.rule(&t.natRules, ChainMarkDrop, "-j", "MARK", "--or-mark", r.drop)
 }
 
 // services renders PROXYD-SERVICES of both tables in full, with the
@@ -111,9 +126,12 @@ func (r *renderer) nodePorts(t *restoreText, sps []*model.ServicePort) {
 	}
 }
 
-// externalServices renders filter's PROXYD-EXTERNAL-SERVICES in full.
+// externalServices renders filter's PROXYD-EXTERNAL-SERVICES in full; it
+// starts with the drop of what a firewall chain marked.
 func (r *renderer) externalServices(t *restoreText, sps []*model.ServicePort) {
 	t.filterChain(ChainExternalServices)
+	t.rule(&t.filterRules, ChainExternalServices, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
+		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
 	for _, sp := range sps {
 		r.externalFilterRules(t, sp)
 	}
@@ -232,20 +250,65 @@ func (r *renderer) externalOf(sp *model.ServicePort) (external, bool) {
 }
 
 // externalIPRules renders the jumps of nat's PROXYD-SERVICES from sp's
-// external IPs to its external chain.
+// external IPs to its external chain, or to its firewall chain for the
+// load-balancer IPs loadBalancerSourceRanges guard.
 func (r *renderer) externalIPRules(t *restoreText, sp *model.ServicePort) {
 	e, ok := r.externalOf(sp)
-	if !ok || !e.chain || len(e.ips) == 0 {
+	if !ok || len(e.ips) == 0 {
 		return
 	}
+	_, guarded := r.guard(sp)
 	proto := sp.Key.Protocol.Lower()
 	port := strconv.Itoa(int(sp.Port))
-	comment := quoteComment(portName(sp.Key) + " external IP")
-	ext := extChain(sp.Key)
 	for _, ip := range e.ips {
+		comment, target := quoteComment(portName(sp.Key)+" external IP"), extChain(sp.Key)
+		switch {
+		case guarded[ip]:
+			comment, target = quoteComment(portName(sp.Key)+" loadbalancer IP"), fwChain(sp.Key)
+		case !e.chain:
+			continue
+		}
 		t.rule(&t.natRules, ChainServices, "-d", ip.String()+r.hostSuffix, "-p", proto, "-m", "comment", "--comment", comment,
-			"-m", proto, "--dport", port, "-j", ext)
+			"-m", proto, "--dport", port, "-j", target)
 	}
+}
+
+// guard returns sp's loadBalancerSourceRanges of the family and the
+// load-balancer IPs they guard; none when either is empty. NodePorts,
+// external IPs and the ClusterIP are not guarded, as in kube-proxy.
+func (r *renderer) guard(sp *model.ServicePort) ([]netip.Prefix, map[netip.Addr]bool) {
+	ranges := familyCIDRs(sp.SourceRanges, r.fam)
+	if len(ranges) == 0 {
+		return nil, nil
+	}
+	var guarded map[netip.Addr]bool
+	for _, ip := range sp.LoadBalancerIPs {
+		if model.FamilyOf(ip) == r.fam {
+			if guarded == nil {
+				guarded = map[netip.Addr]bool{}
+			}
+			guarded[ip] = true
+		}
+	}
+	return ranges, guarded
+}
+
+// firewall renders sp's firewall chain: each admitted range goes on to the
+// external chain (or, with nothing to serve it, back to be refused), every
+// other source is marked for filter to drop.
+func (r *renderer) firewall(t *restoreText, sp *model.ServicePort, ranges []netip.Prefix, hasExt bool) string {
+	fc := fwChain(sp.Key)
+	t.natChain(fc)
+	admit := "RETURN"
+	if hasExt {
+		admit = extChain(sp.Key)
+	}
+	comment := quoteComment(portName(sp.Key) + " loadbalancer IP")
+	for _, p := range ranges {
+		t.rule(&t.natRules, fc, "-s", p.String(), "-m", "comment", "--comment", comment, "-j", admit)
+	}
+	t.rule(&t.natRules, fc, "-m", "comment", "--comment", comment, "-j", ChainMarkDrop)
+	return fc
 }
 
 // nodePortRule renders sp's jump in nat's PROXYD-NODEPORTS.
@@ -301,7 +364,8 @@ func (r *renderer) servicePort(t *restoreText, sp *model.ServicePort, unchanged 
 	eps := endpointsOf(sp.ClusterEndpoints, r.fam)
 	ext, hasExt := r.externalOf(sp)
 	hasExt = hasExt && ext.chain
-	if len(eps) == 0 && !hasExt {
+	ranges, guarded := r.guard(sp)
+	if len(eps) == 0 && !hasExt && len(guarded) == 0 {
 		return nil, 0
 	}
 	before := t.rules
@@ -318,7 +382,10 @@ func (r *renderer) servicePort(t *restoreText, sp *model.ServicePort, unchanged 
 		}
 	}
 	seps := make([]string, len(all)) // seps[i] is the chain of all[i]
-	chains := make([]string, 0, 3+len(all))
+	chains := make([]string, 0, 4+len(all))
+	if len(guarded) > 0 {
+		chains = append(chains, r.firewall(t, sp, ranges, hasExt))
+	}
 	svc := ""
 	if len(eps) > 0 {
 		svc = svcChain(sp.Key)

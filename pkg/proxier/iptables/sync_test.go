@@ -155,12 +155,16 @@ func TestPartialSyncOfExternalChanges(t *testing.T) {
 	base := flowspec.State()
 	npremote := model.ServicePortKey{Namespace: "default", Name: "npremote", Port: "p", Protocol: model.TCP}
 	np := model.ServicePortKey{Namespace: "default", Name: "np", Port: "p", Protocol: model.TCP}
+	ranged := model.ServicePortKey{Namespace: "default", Name: "ranged", Port: "p", Protocol: model.TCP}
+	outside := netip.PrefixFrom(flowspec.OutsideClient, 32)
 	local := model.Endpoint{IP: flowspec.Pod1, Port: flowspec.EchoPort, Ready: true, Serving: true, NodeName: flowspec.NodeName}
 	none := map[string][]string{}
 	gainsLocal := withPort(base, npremote, func(sp *model.ServicePort) {
 		sp.Endpoints = append([]model.Endpoint{local}, sp.Endpoints...)
 		sp.ExternalEndpoints = []model.Endpoint{local}
 	})
+	noExternalIP := withPort(withPort(gainsLocal, webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }),
+		np, func(sp *model.ServicePort) { sp.ExternalIPs = nil })
 	steps := []struct {
 		name  string
 		state *model.State
@@ -174,14 +178,21 @@ func TestPartialSyncOfExternalChanges(t *testing.T) {
 			withPort(gainsLocal, webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }),
 			restoreSummary{Declared: map[string][]string{"nat": sorted(svcChain(webKey), extChain(webKey), ChainNodePorts)}, Deleted: none}},
 		{"a removed external IP rewrites nat's PROXYD-SERVICES",
-			withPort(withPort(gainsLocal, webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }),
-				np, func(sp *model.ServicePort) { sp.ExternalIPs = nil }),
+			noExternalIP,
 			restoreSummary{Declared: map[string][]string{"nat": sorted(ChainServices, svcChain(np), extChain(np))}, Deleted: none}},
+		{"widened loadBalancerSourceRanges rewrite the port's chains, not the dispatch",
+			withPort(noExternalIP, ranged, func(sp *model.ServicePort) { sp.SourceRanges = append(sp.SourceRanges, outside) }),
+			restoreSummary{Declared: map[string][]string{"nat": sorted(fwChain(ranged), svcChain(ranged), extChain(ranged))}, Deleted: none}},
+		{"no loadBalancerSourceRanges: the load-balancer IP goes straight to the external chain",
+			withPort(noExternalIP, ranged, func(sp *model.ServicePort) { sp.SourceRanges = nil }),
+			restoreSummary{Declared: map[string][]string{"nat": sorted(ChainServices, fwChain(ranged), svcChain(ranged), extChain(ranged))},
+				Deleted: map[string][]string{"nat": {fwChain(ranged)}}}},
 		{"back to the first State",
 			base,
 			restoreSummary{Declared: map[string][]string{
 				"nat": sorted(ChainServices, ChainNodePorts, svcChain(np), extChain(np), svcChain(webKey), extChain(webKey),
-					svcChain(npremote), extChain(npremote), svlChain(npremote), sepOf(npremote, flowspec.Pod1)),
+					svcChain(npremote), extChain(npremote), svlChain(npremote), sepOf(npremote, flowspec.Pod1),
+					fwChain(ranged), svcChain(ranged), extChain(ranged)),
 				"filter": {ChainExternalServices}},
 				Deleted: map[string][]string{"nat": sorted(extChain(webKey), svlChain(npremote), sepOf(npremote, flowspec.Pod1))}}},
 	}
@@ -469,7 +480,7 @@ func TestFamilyWithoutServicePortsKeepsItsBaseChains(t *testing.T) {
 	v4only := withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.ClusterIPs = sp.ClusterIPs[:1] })
 	tp.sync(t, v4only)
 	k := tp.kernels[model.IPv6]
-	want := []string{ChainMarkMasq, ChainNodePorts, ChainPostrouting, ChainServices}
+	want := []string{ChainMarkDrop, ChainMarkMasq, ChainNodePorts, ChainPostrouting, ChainServices}
 	if got := k.proxydChains(tableNAT); !slices.Equal(got, want) {
 		t.Errorf("IPv6 nat chains %v, want %v", got, want)
 	}
