@@ -20,12 +20,22 @@ type Health struct {
 	mu           sync.Mutex
 	lastUpdated  time.Time
 	oldestQueued time.Time
+	retiring     bool
 }
 
 // New returns a Health that fails once a queued update waits longer than
 // timeout.
 func New(c clock.PassiveClock, timeout time.Duration) *Health {
 	return &Health{clock: c, timeout: timeout}
+}
+
+// SetNodeRetiring records whether the node is being deleted or drained by
+// the cluster autoscaler; /healthz (not /livez) answers 503 meanwhile, so
+// load balancers stop sending new connections to the node.
+func (h *Health) SetNodeRetiring(retiring bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.retiring = retiring
 }
 
 // QueuedUpdate records that a sync is wanted.
@@ -56,10 +66,12 @@ func (h *Health) Healthy() (bool, time.Time) {
 	return h.clock.Since(h.oldestQueued) < h.timeout, h.lastUpdated
 }
 
+// status is kube-proxy's /healthz and /livez body, field for field.
 type status struct {
-	LastUpdated  string `json:"lastUpdated"`
-	CurrentTime  string `json:"currentTime"`
-	NodeEligible *bool  `json:"nodeEligible,omitempty"`
+	LastUpdated  time.Time `json:"lastUpdated"`
+	CurrentTime  time.Time `json:"currentTime"`
+	NodeEligible *bool     `json:"nodeEligible,omitempty"`
+	Healthy      bool      `json:"healthy"`
 }
 
 // Handler serves /healthz and /livez.
@@ -68,15 +80,24 @@ func (h *Health) Handler() http.Handler {
 	serve := func(withEligibility bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, _ *http.Request) {
 			ok, last := h.Healthy()
-			st := status{LastUpdated: last.String(), CurrentTime: h.clock.Now().String()}
+			now := h.clock.Now()
+			st := status{LastUpdated: last, CurrentTime: now}
 			if withEligibility {
-				eligible := true
+				h.mu.Lock()
+				eligible := !h.retiring
+				h.mu.Unlock()
 				st.NodeEligible = &eligible
+				ok = ok && eligible
 			}
+			st.Healthy = ok
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("X-Content-Type-Options", "nosniff")
 			if !ok {
 				w.WriteHeader(http.StatusServiceUnavailable)
+			} else {
+				// As kube-proxy: a healthy proxy reports a recent
+				// lastUpdated even when nothing needed a sync.
+				st.LastUpdated = now
 			}
 			_ = json.NewEncoder(w).Encode(st)
 		}

@@ -265,8 +265,16 @@ func ConvertNode(logger klog.Logger, node *v1.Node) model.Node {
 			out.Ready = c.Status == v1.ConditionTrue
 		}
 	}
+	out.Retiring = node.DeletionTimestamp != nil
+	for _, t := range node.Spec.Taints {
+		out.Retiring = out.Retiring || t.Key == ToBeDeletedTaint
+	}
 	return out
 }
+
+// ToBeDeletedTaint is the cluster autoscaler's taint on a node it is about
+// to remove.
+const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
 
 // portNumber converts an API port number, reporting whether it is a usable
 // port (1-65535).

@@ -383,6 +383,13 @@ func TestConvertNode(t *testing.T) {
 				},
 			},
 			want: model.Node{Name: "n1", Zone: "zone-a", IPs: addrs("192.168.0.7", "fd00::7", "203.0.113.7"), Ready: true}},
+		{name: "a node being deleted is retiring",
+			in:   &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", DeletionTimestamp: &metav1.Time{}}},
+			want: model.Node{Name: "n1", Retiring: true}},
+		{name: "a node the cluster autoscaler tainted for deletion is retiring",
+			in: &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1"},
+				Spec: v1.NodeSpec{Taints: []v1.Taint{{Key: "other", Effect: v1.TaintEffectNoSchedule}, {Key: ToBeDeletedTaint, Effect: v1.TaintEffectNoSchedule}}}},
+			want: model.Node{Name: "n1", Retiring: true}},
 		{name: "a Ready condition of Unknown is not ready",
 			in: &v1.Node{
 				ObjectMeta: metav1.ObjectMeta{Name: "n1"},

@@ -300,7 +300,7 @@ func (i *Informer) setNode(n model.Node) {
 	i.node = n
 	i.mu.Unlock()
 	if changed {
-		i.logger.V(2).Info("Node changed", "node", n.Name, "zone", n.Zone, "ips", n.IPs, "ready", n.Ready)
+		i.logger.V(2).Info("Node changed", "node", n.Name, "zone", n.Zone, "ips", n.IPs, "ready", n.Ready, "retiring", n.Retiring)
 		i.notify(KindNode, time.Time{})
 	}
 }

@@ -209,10 +209,14 @@ type Node struct {
 	Zone  string // topology.kubernetes.io/zone
 	IPs   []netip.Addr
 	Ready bool
+	// Retiring is true while the Node is being deleted or carries the
+	// cluster autoscaler's ToBeDeletedByClusterAutoscaler taint: /healthz
+	// then answers 503 so load balancers drain the node, as kube-proxy's.
+	Retiring bool
 }
 
 func (n Node) equal(o Node) bool {
-	return n.Name == o.Name && n.Zone == o.Zone && n.Ready == o.Ready && slices.Equal(n.IPs, o.IPs)
+	return n.Name == o.Name && n.Zone == o.Zone && n.Ready == o.Ready && n.Retiring == o.Retiring && slices.Equal(n.IPs, o.IPs)
 }
 
 // State is everything one node must program: the backends' whole input.

@@ -71,6 +71,7 @@ func Run(ctx context.Context, o *Options) error {
 			cleaner.Clean(conntrack.Filters(d, s))
 		}
 		checks.Sync(s.HealthChecks())
+		health.SetNodeRetiring(s.Node.Retiring)
 	}
 	var inf *informer.Informer
 	var builder model.Builder // only the runner's goroutine builds
