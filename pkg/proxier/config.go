@@ -13,6 +13,10 @@ type Config struct {
 	// MasqueradeMark is the packet mark bit that requests masquerade
 	// (kube-proxy's --iptables-masquerade-bit, default 14 → 0x4000).
 	MasqueradeMark uint32
+	// LocalhostNodePorts lets iptables mode serve NodePorts on 127.0.0.1
+	// too (kube-proxy's --iptables-localhost-nodeports); other modes and
+	// IPv6 never do, as in kube-proxy.
+	LocalhostNodePorts bool
 }
 
 // DefaultMasqueradeMark is 1<<14, kube-proxy's default.

@@ -36,6 +36,7 @@ func TestNodePortAndExternalIP(t *testing.T) {
 				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
 			}()
 			e.nodePortSuite(t, np, empty, pods)
+			e.localhostNodePort(t, dp, np, pods)
 		})
 	}
 }
@@ -62,6 +63,25 @@ func (e *env) nodePortSuite(t *testing.T, np, empty *v1.Service, pods []lab.Pod)
 			if r.Errors.Refused != 5 {
 				t.Errorf("from %s: %v %+v %v", ns, r.Counts, r.Errors, r.ErrorSamples)
 			}
+		}
+	})
+}
+
+// localhostNodePort checks kube-proxy's rule for 127.0.0.1:NodePort: iptables
+// mode serves it (--iptables-localhost-nodeports defaults to true), the
+// other modes never do.
+func (e *env) localhostNodePort(t *testing.T, dp dataplane, np *v1.Service, pods []lab.Pod) {
+	addr := fmt.Sprintf("127.0.0.1:%d", np.Spec.Ports[0].NodePort)
+	if dp.mode == "iptables" {
+		t.Run("iptables mode serves the NodePort on 127.0.0.1 of the node", func(t *testing.T) {
+			r := e.traffic(t, e.lab.NodeNS, "tcp", addr, 300, 1)
+			assertBalanced(t, "localhost nodeport", r, 300, podNames(pods), 0.20, 0.47)
+		})
+		return
+	}
+	t.Run("the NodePort is not served on 127.0.0.1, as in kube-proxy's "+dp.mode+" mode", func(t *testing.T) {
+		if r := e.traffic(t, e.lab.NodeNS, "tcp", addr, 5, 1); r.Answered() != 0 || r.Errors.Refused != 5 {
+			t.Errorf("%s from the node: %v %+v, want 5 refused", addr, r.Counts, r.Errors)
 		}
 	})
 }

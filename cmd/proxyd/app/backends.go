@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"k8s.io/klog/v2"
 
@@ -13,12 +14,17 @@ import (
 	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
 
+// routeLocalnet is the sysctl localhost NodePorts need, in proxyd's own
+// network namespace.
+const routeLocalnet = "/proc/sys/net/ipv4/conf/all/route_localnet"
+
 // proxierConfig is the node-wide behaviour every backend shares.
 func (o *Options) proxierConfig() proxier.Config {
 	return proxier.Config{
-		ClusterCIDRs:   o.ClusterCIDRs,
-		MasqueradeAll:  o.MasqueradeAll,
-		MasqueradeMark: 1 << uint(o.MasqueradeBit),
+		ClusterCIDRs:       o.ClusterCIDRs,
+		MasqueradeAll:      o.MasqueradeAll,
+		MasqueradeMark:     1 << uint(o.MasqueradeBit),
+		LocalhostNodePorts: o.LocalhostNodePorts && o.Mode == "iptables",
 	}
 }
 
@@ -34,6 +40,14 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 		var opts []iptables.Option
 		if o.IPTablesBackend != "auto" {
 			opts = append(opts, iptables.WithVariant(iptables.Variant(o.IPTablesBackend)))
+		}
+		if o.LocalhostNodePorts {
+			// Packets to 127.0.0.1 are only routed off the loopback
+			// device with route_localnet, as kube-proxy sets it.
+			if err := os.WriteFile(routeLocalnet, []byte("1"), 0o644); err != nil {
+				klog.ErrorS(err, "Could not set route_localnet; NodePorts will not answer on 127.0.0.1", "sysctl", routeLocalnet)
+				cfg.LocalhostNodePorts = false
+			}
 		}
 		return iptables.New(cfg, opts...)
 	}

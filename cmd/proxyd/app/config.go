@@ -85,5 +85,8 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if masqBit != nil {
 		set([]string{"iptables-masquerade-bit"}, func() { o.MasqueradeBit = int(*masqBit) })
 	}
+	if lh := c.IPTables.LocalhostNodePorts; lh != nil {
+		set([]string{"iptables-localhost-nodeports"}, func() { o.LocalhostNodePorts = *lh })
+	}
 	return nil
 }

@@ -36,6 +36,7 @@ type Options struct {
 	ClusterCIDRs       []netip.Prefix
 	MasqueradeAll      bool
 	MasqueradeBit      int
+	LocalhostNodePorts bool
 	IPVSScheduler      string
 	IPTablesBackend    string
 	ProxyName          string
@@ -73,6 +74,7 @@ func Parse(args []string) (*Options, error) {
 	fs.StringVar(&clusterCIDR, "cluster-cidr", "", "comma-separated Pod CIDRs; ClusterIP traffic from outside them is masqueraded")
 	fs.BoolVar(&o.MasqueradeAll, "masquerade-all", false, "masquerade all traffic sent to ClusterIPs")
 	fs.IntVar(&o.MasqueradeBit, "iptables-masquerade-bit", 14, "bit of the packet mark that requests masquerade (0-31)")
+	fs.BoolVar(&o.LocalhostNodePorts, "iptables-localhost-nodeports", true, "iptables mode: IPv4 NodePorts answer on 127.0.0.1 too (sets route_localnet), as in kube-proxy")
 	fs.StringVar(&o.IPTablesBackend, "iptables-backend", "auto", "iptables variant: auto (the one the node already uses), nft or legacy")
 	fs.StringVar(&o.IPVSScheduler, "ipvs-scheduler", "rr", "IPVS scheduler: rr, lc, wrr, wlc, sh, dh, mh, sed, nq")
 	fs.StringVar(&o.ProxyName, "service-proxy-name", "", "also program Services labelled service.kubernetes.io/service-proxy-name=NAME")

@@ -11,8 +11,9 @@
 // External traffic takes kube-proxy's shape too. A service port with a
 // NodePort or external IPs has a PROXYD-EXT-* chain: its external IPs jump
 // there from PROXYD-SERVICES, its NodePort from PROXYD-NODEPORTS, which
-// the end of PROXYD-SERVICES enters for destinations of type LOCAL except
-// loopback. With externalTrafficPolicy Cluster the external chain marks
+// the end of PROXYD-SERVICES enters for destinations of type LOCAL (except
+// loopback, unless Config.LocalhostNodePorts: then IPv4 NodePorts answer
+// on 127.0.0.1 as well, with route_localnet set, as kube-proxy's default). With externalTrafficPolicy Cluster the external chain marks
 // the packet for masquerade and goes on to the service chain; with Local
 // it sends Pods (the cluster CIDR) and the node itself (masqueraded) to
 // the service chain and everything else to a PROXYD-SVL-* choice among

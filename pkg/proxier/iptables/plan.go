@@ -12,6 +12,8 @@ import (
 // written is what a family's tables hold after the last successful write,
 // as far as proxyd's chains go. It is trusted only while no write failed.
 type written struct {
+	// base is how many rules the base chains hold (see baseRules).
+	base int
 	// sps holds every service port with a ClusterIP of the family.
 	sps map[model.ServicePortKey]writtenSP
 	// spRules is the sum of the service ports' rules; the dispatch and
@@ -94,7 +96,7 @@ const (
 // PROXYD-SERVICES, the rules for external traffic in the dispatch chains
 // and the service ports' own chains.
 func (w *written) ruleCount() int {
-	return baseRules + len(w.sps) + w.spRules + w.refuseRules + w.extRules
+	return w.base + len(w.sps) + w.spRules + w.refuseRules + w.extRules
 }
 
 // chainCount is the number of proxyd chains of the family.
@@ -104,7 +106,7 @@ func (w *written) chainCount() int { return baseChains + w.spChains }
 // the ServiceCIDRs into t, deleting the chains of stale that it does not
 // write again, and returns what the tables will hold.
 func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []netip.Prefix, stale staleChains) *written {
-	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam)}
+	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam), base: r.baseRules()}
 	r.base(t)
 	w.refuseRules = r.services(t, sps, w.cidrs)
 	r.nodePorts(t, sps)

@@ -32,7 +32,8 @@ type renderer struct {
 	drop       string // the drop mark
 	dropMask   string // drop/drop
 	rejectWith string
-	loopback   string   // the loopback range NodePorts are not served on
+	loopback   string   // the loopback range
+	localhost  bool     // NodePorts are served on loopback too (IPv4 only)
 	probs      []string // probs[n] is probability(n), cached
 }
 
@@ -48,6 +49,7 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 	r.markMask = r.mark + "/" + r.mark
 	r.drop = markString(dropMark(cfg.Mark()))
 	r.dropMask = r.drop + "/" + r.drop
+	r.localhost = cfg.LocalhostNodePorts && fam == model.IPv4
 	if fam == model.IPv6 {
 		r.hostSuffix = "/128"
 		r.rejectWith = "icmp6-port-unreachable"
@@ -57,6 +59,14 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 		r.cidr = p.Masked().String()
 	}
 	return r
+}
+
+// baseRules is how many rules every sync keeps beside the service ports'.
+func (r *renderer) baseRules() int {
+	if r.localhost {
+		return baseRules + 1
+	}
+	return baseRules
 }
 
 // dropMark is kube-proxy's drop bit, 1<<15, or 1<<14 when the masquerade
@@ -110,12 +120,16 @@ func (r *renderer) services(t *restoreText, sps []*model.ServicePort, cidrs []ne
 }
 
 // nodePortsJump is the last rule of nat's PROXYD-SERVICES: what is
-// addressed to one of the node's own addresses, except loopback, may be
-// for a NodePort.
+// addressed to one of the node's own addresses, loopback only with
+// localhost NodePorts, may be for a NodePort.
 func (r *renderer) nodePortsJump(t *restoreText) {
-	t.rule(&t.natRules, ChainServices, "!", "-d", r.loopback, "-m", "comment", "--comment",
+	var notLoopback []string
+	if !r.localhost {
+		notLoopback = []string{"!", "-d", r.loopback}
+	}
+	t.rule(&t.natRules, ChainServices, append(notLoopback, "-m", "comment", "--comment",
 		`"proxyd service nodeports; NOTE: this must be the last rule in this chain"`,
-		"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainNodePorts)
+		"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainNodePorts)...)
 }
 
 // nodePorts renders nat's PROXYD-NODEPORTS in full.
@@ -132,6 +146,12 @@ func (r *renderer) externalServices(t *restoreText, sps []*model.ServicePort) {
 	t.filterChain(ChainExternalServices)
 	t.rule(&t.filterRules, ChainExternalServices, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
 		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
+	if r.localhost {
+		// route_localnet lets packets to 127.0.0.0/8 be routed; only the
+		// node's own and DNATed ones may be, as kube-proxy guards it.
+		t.rule(&t.filterRules, ChainExternalServices, "!", "-s", r.loopback, "-d", r.loopback, "-m", "comment", "--comment",
+			`"block incoming localnet connections"`, "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP")
+	}
 	for _, sp := range sps {
 		r.externalFilterRules(t, sp)
 	}

@@ -556,3 +556,14 @@ func TestPartialSyncGolden(t *testing.T) {
 	tp.sync(t, next)
 	golden(t, "partial-ipv4.restore", []byte(tp.kernels[model.IPv4].lastWrite()))
 }
+
+func TestLocalhostNodePortsCountTheirGuard(t *testing.T) {
+	cfg := flowspec.Config()
+	cfg.LocalhostNodePorts = true
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, flowspec.State())
+	tp.wantStatsMatchKernel(t)
+	tp.sync(t, withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }))
+	tp.wantStatsMatchKernel(t)
+	tp.wantKernelMatchesFullWrite(t, cfg, withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }))
+}

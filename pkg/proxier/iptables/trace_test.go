@@ -36,6 +36,38 @@ func TestFlowSpecMasqueradeAll(t *testing.T) {
 	}
 }
 
+func TestLocalhostNodePorts(t *testing.T) {
+	loopback := netip.MustParseAddr("127.0.0.1")
+	p := flowspec.Packet{Src: loopback, Dst: netip.AddrPortFrom(loopback, 30080), Proto: model.TCP, FromNode: true}
+	rnd := func(uint32) uint32 { return 0 }
+	cfg := flowspec.Config()
+	off, err := TracerFor(flowspec.State(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := off.Trace(p, rnd); r.Verdict != flowspec.Untouched {
+		t.Errorf("without LocalhostNodePorts, 127.0.0.1:30080 gives %+v, want untouched", r)
+	}
+	cfg.LocalhostNodePorts = true
+	on, err := TracerFor(flowspec.State(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := on.Trace(p, rnd); r.Verdict != flowspec.DNAT || !r.Masquerade {
+		t.Errorf("with LocalhostNodePorts, 127.0.0.1:30080 gives %+v, want DNAT, masqueraded", r)
+	}
+	flowspec.Run(t, on)
+	flowspec.RunExternal(t, on)
+	v6 := string(Render(flowspec.State(), cfg, model.IPv6))
+	if !strings.Contains(v6, "! -d ::1/128") || strings.Contains(v6, "block incoming localnet") {
+		t.Errorf("IPv6 must never serve NodePorts on loopback:\n%s", v6)
+	}
+	v4 := string(Render(flowspec.State(), cfg, model.IPv4))
+	if !strings.Contains(v4, `! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP`) {
+		t.Errorf("IPv4 with localhost NodePorts lacks the localnet guard:\n%s", v4)
+	}
+}
+
 func TestFlowSpecWithoutClusterCIDRDoesNotMasqueradeOutsiders(t *testing.T) {
 	tr, err := TracerFor(flowspec.State(), proxier.Config{})
 	if err != nil {
