@@ -18,6 +18,17 @@
 // These rules need nft_nat and nft_fib_inet besides the modules the
 // ClusterIP rules use.
 //
+// loadBalancerSourceRanges guard a Service's load-balancer IPs only, as in
+// kube-proxy (its IPVS mode's KUBE-LOAD-BALANCER-FW and
+// KUBE-LOAD-BALANCER-SOURCE-CIDR ipsets): a new connection to a
+// load-balancer IP and port from a source no range of that family admits
+// is dropped; NodePorts, external IPs and the ClusterIP stay open, and a
+// family without ranges is not guarded. When a range admits one of the
+// node's addresses, the load-balancer IP itself is admitted too, since
+// the node reaches an address bound to proxyd-ipvs0 from that address.
+// What the ranges admit to a load-balancer IP without endpoints is refused
+// by IPVS as usual.
+//
 // Ownership follows kube-proxy's kube-ipvs0 idea: every ClusterIP proxyd
 // serves is bound to the dummy interface proxyd-ipvs0, and a virtual server
 // is proxyd's only if its address is bound there (or proxyd wrote it or wants
@@ -39,6 +50,10 @@
 //     ClusterIP (chain external-local) and the drop of other new
 //     connections to a virtual server without local endpoints
 //     (drop-input, before IPVS's LOCAL_IN hook);
+//   - the drop of new connections to a load-balancer IP from outside its
+//     loadBalancerSourceRanges (sets lb-guarded and lb-sources, chains
+//     guard-prerouting and guard-output at priority -110: before the nat
+//     chains and IPVS, for forwarded packets and the node's own);
 //   - reject (ICMP port unreachable) for new connections IPVS did not take:
 //     to a ClusterIP on a port or protocol it has no virtual server for
 //     (the address is local, so the node's own sockets would answer), and to

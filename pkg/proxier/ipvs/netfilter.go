@@ -35,12 +35,23 @@ type ShortCircuit struct {
 	To   netip.AddrPort
 }
 
+// SourceGuard admits only Sources to the load-balancer virtual server LB
+// (loadBalancerSourceRanges, kube-proxy's KUBE-LOAD-BALANCER-FW and
+// KUBE-LOAD-BALANCER-SOURCE-CIDR): a new connection to it from anywhere
+// else is dropped before any DNAT or IPVS sees it.
+type SourceGuard struct {
+	LB Tuple
+	// Sources are of LB's family, masked, sorted, none inside another.
+	Sources []netip.Prefix
+}
+
 // Ruleset is the netfilter side of the IPVS table: the sets and switches
 // the proxyd-ipvs nftables table is made of. It masquerades, and rejects
 // new connections IPVS does not take: to a ClusterIP on a port or protocol
 // no virtual server has, or to an address of the service ranges that is
 // no ClusterIP. (A virtual server without real servers needs no rule: IPVS
-// rejects those itself.) Its String is the table in
+// rejects those itself.) It drops new connections to a load-balancer IP
+// from outside its loadBalancerSourceRanges. Its String is the table in
 // `nft list` syntax, the golden text of tests.
 type Ruleset struct {
 	// ClusterIPs are the ClusterIP virtual servers; traffic to them from
@@ -58,6 +69,9 @@ type Ruleset struct {
 	// ShortCircuits are the external virtual servers of
 	// externalTrafficPolicy Local whose ClusterIP has endpoints.
 	ShortCircuits []ShortCircuit
+	// SourceGuards are the load-balancer virtual servers that
+	// loadBalancerSourceRanges guard, sorted by LB.
+	SourceGuards []SourceGuard
 	// NodeServers are the virtual servers on the node's own addresses
 	// (NodePorts). No rule uses the set they are written to: it records
 	// that proxyd owns them, since their addresses are not bound to
@@ -86,7 +100,24 @@ func (r *Ruleset) Equal(o *Ruleset) bool {
 		slices.Equal(r.ExternalMasq, o.ExternalMasq) && slices.Equal(r.ExternalDrop, o.ExternalDrop) &&
 		slices.Equal(r.ShortCircuits, o.ShortCircuits) && slices.Equal(r.NodeServers, o.NodeServers) &&
 		slices.Equal(r.Hairpin, o.Hairpin) && r.ClusterCIDR4 == o.ClusterCIDR4 && r.ClusterCIDR6 == o.ClusterCIDR6 &&
-		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark
+		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark &&
+		slices.EqualFunc(r.SourceGuards, o.SourceGuards, func(a, b SourceGuard) bool {
+			return a.LB == b.LB && slices.Equal(a.Sources, b.Sources)
+		})
+}
+
+// guardDrops reports whether a new connection from src to t is dropped by
+// a SourceGuard: t is guarded and no source range of t admits src (the
+// lb-guarded and lb-sources sets).
+func (r *Ruleset) guardDrops(t Tuple, src netip.Addr) bool {
+	guarded, admitted := false, false
+	for _, g := range r.SourceGuards {
+		if g.LB == t {
+			guarded = true
+			admitted = admitted || slices.ContainsFunc(g.Sources, func(p netip.Prefix) bool { return p.Contains(src) })
+		}
+	}
+	return guarded && !admitted
 }
 
 // vips returns the distinct ClusterIPs, sorted.
@@ -140,6 +171,9 @@ func (r *Ruleset) String() string {
 	fmt.Fprintf(&b, "table inet %s {\n", TableName)
 	for _, s := range r.sets() {
 		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, s.keyType.Name)
+		if s.interval {
+			b.WriteString("\t\tflags interval\n")
+		}
 		if len(s.elements) > 0 {
 			b.WriteString("\t\telements = {\n")
 			for _, e := range s.elements {

@@ -133,8 +133,40 @@ func TestNftablesNodeServersReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.SortFunc(got, func(a, b Tuple) int { return VSKey(a).Compare(VSKey(b)) })
-	if !slices.Equal(got, r.NodeServers) || len(got) != 4 {
+	if !slices.Equal(got, r.NodeServers) || len(got) != 5 { // the five NodePorts of the flow spec
 		t.Fatalf("node servers read back %v, want %v", got, r.NodeServers)
+	}
+	if err := fw.Delete(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The kernel takes the guard's interval sets of both families, with a
+// single-address element (the load-balancer IP the node uses) and ranges
+// that nested in the model, and lists them as rendered.
+func TestNftablesSourceGuardsInANetns(t *testing.T) {
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs nft(8) to read the table back")
+	}
+	ns := testNetns(t, "nftguard")
+	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
+	p := lbPort(prefixes("10.88.0.0/16", "10.88.1.0/24", "192.0.2.0/28", "2001:db8:1::/48", "2001:db8:1:2::/64"), "192.0.2.20", "2001:db8::20")
+	p.ClusterIPs = append(p.ClusterIPs, addr("fd00:10:96::84"))
+	s := lbState(p)
+	s.Node.IPs = append(s.Node.IPs, addr("2001:db8:1::2"))
+	r := RenderNetfilter(Render(s, "rr"), flowspec.Config())
+	if len(r.SourceGuards) != 2 || len(r.SourceGuards[0].Sources) != 3 || len(r.SourceGuards[1].Sources) != 2 {
+		t.Fatalf("guards %+v", r.SourceGuards)
+	}
+	if err := fw.Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := nftList(t, ns)
+	if err != nil {
+		t.Fatalf("nft list: %v: %s", err, got)
+	}
+	if g, w := normalise(got), normalise(r.String()); g != w {
+		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
 	}
 	if err := fw.Delete(); err != nil {
 		t.Fatal(err)

@@ -60,10 +60,10 @@ func (n *nftFirewall) Apply(r *Ruleset) error {
 	c.DelTable(nftTable)
 	t := c.AddTable(nftTable)
 	for _, s := range r.sets() {
-		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, Concatenation: len(nftables.ConcatSetTypeElements(s.keyType)) > 1}
+		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, Concatenation: len(nftables.ConcatSetTypeElements(s.keyType)) > 1, Interval: s.interval}
 		elems := make([]nftables.SetElement, 0, len(s.elements))
 		for _, e := range s.elements {
-			elems = append(elems, nftables.SetElement{Key: e.key})
+			elems = append(elems, nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd})
 		}
 		if err := c.AddSet(set, elems); err != nil {
 			return fmt.Errorf("nftables: set %s: %w", s.name, err)

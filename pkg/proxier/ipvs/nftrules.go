@@ -33,6 +33,13 @@ type chainSpec struct {
 // its ClusterIP before IPVS looks; drop-input then runs before IPVS's
 // LOCAL_IN hook (priority 99) and drops what is left for a Local virtual
 // server without local endpoints, which IPVS would otherwise refuse.
+// guard-prerouting and guard-output drop new connections to a
+// load-balancer IP from outside its loadBalancerSourceRanges at priority
+// -110 (as kube-proxy's nftables mode does, "dstnat - 10"): after
+// conntrack (-200) and before everything else here — the nat chains
+// (-100), whose external-local DNAT would hide the address, and IPVS (its
+// LOCAL_OUT hook at -98, LOCAL_IN at 99) — for forwarded packets and the
+// node's own alike.
 var chains = []chainSpec{
 	{name: "prerouting", kind: "nat", hook: "prerouting", priorityText: "dstnat", hooknum: nftables.ChainHookPrerouting, priority: nftables.ChainPriorityNATDest},
 	{name: "output", kind: "nat", hook: "output", priorityText: "-100", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityNATDest},
@@ -43,16 +50,20 @@ var chains = []chainSpec{
 	{name: "reject-output", kind: "filter", hook: "output", priorityText: "-90", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityRef(-90)},
 	{name: "reject-forward", kind: "filter", hook: "forward", priorityText: "-110", hooknum: nftables.ChainHookForward, priority: nftables.ChainPriorityRef(-110)},
 	{name: "drop-input", kind: "filter", hook: "input", priorityText: "filter", hooknum: nftables.ChainHookInput, priority: nftables.ChainPriorityRef(0)},
+	{name: "guard-prerouting", kind: "filter", hook: "prerouting", priorityText: "dstnat - 10", hooknum: nftables.ChainHookPrerouting, priority: nftables.ChainPriorityRef(-110)},
+	{name: "guard-output", kind: "filter", hook: "output", priorityText: "-110", hooknum: nftables.ChainHookOutput, priority: nftables.ChainPriorityRef(-110)},
 }
 
 type setElem struct {
-	text string
-	key  []byte
+	text   string
+	key    []byte
+	keyEnd []byte // the last key of a range, in an interval set
 }
 
 type setSpec struct {
 	name     string
 	keyType  nftables.SetDatatype
+	interval bool
 	elements []setElem
 }
 
@@ -138,8 +149,39 @@ func (r *Ruleset) sets() []setSpec {
 			})
 		}
 		out = append(out, hp)
+		var guarded []Tuple
+		sources := setSpec{name: "lb-sources-" + f.suffix, keyType: concatType(f.addrType, nftables.TypeInetProto, nftables.TypeInetService, f.addrType), interval: true}
+		for _, g := range r.SourceGuards {
+			if g.LB.Addr.Is4() != f.is4 {
+				continue
+			}
+			guarded = append(guarded, g.LB)
+			lb := concat(g.LB.Addr.AsSlice(), []byte{byte(protoNumber(g.LB.Protocol))}, port(g.LB.Port))
+			for _, p := range g.Sources {
+				text := p.String()
+				if p.IsSingleIP() {
+					text = p.Addr().String()
+				}
+				sources.elements = append(sources.elements, setElem{
+					text:   fmt.Sprintf("%s . %s . %d . %s", g.LB.Addr, g.LB.Protocol.Lower(), g.LB.Port, text),
+					key:    concat(lb, p.Addr().AsSlice()),
+					keyEnd: concat(lb, lastAddr(p).AsSlice()),
+				})
+			}
+		}
+		out = append(out, tupleSet("lb-guarded", guarded), sources)
 	}
 	return out
+}
+
+// lastAddr is the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }
 
 // nodeServersSet (with the family suffix) records the virtual servers on
@@ -228,6 +270,7 @@ func (r *Ruleset) rules() []ruleSpec {
 		ex := append(ctNew(), append(tuple, lookup("external-drop-"+f.suffix), &expr.Verdict{Kind: expr.VerdictDrop})...)
 		out = append(out, ruleSpec{chain: "drop-input", text: fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport @external-drop-%s drop", f.ip, f.suffix), exprs: ex})
 	}
+	out = append(out, r.guardRules()...)
 	for _, f := range families {
 		tuple, n := f.loadTuple()
 		ex := append(tuple,
@@ -268,6 +311,28 @@ func (r *Ruleset) rules() []ruleSpec {
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: cidr.Addr().AsSlice()},
 				rejectExpr())
 			out = append(out, ruleSpec{chain: chain, text: fmt.Sprintf("ct state new %s daddr %s reject", f.ip, cidr), exprs: ex})
+		}
+	}
+	return out
+}
+
+// guardRules drop, in guard-prerouting and guard-output, a new connection
+// to a guarded load-balancer virtual server (lb-guarded) whose source no
+// range of it admits (lb-sources, keyed by the virtual server and a
+// source range). The tuple loaded for the first lookup stays in its
+// registers for the second, which appends the source address.
+func (r *Ruleset) guardRules() []ruleSpec {
+	var out []ruleSpec
+	for _, chain := range []string{"guard-prerouting", "guard-output"} {
+		for _, f := range families {
+			tuple, n := f.loadTuple()
+			ex := append(ctNew(), tuple...)
+			ex = append(ex, lookup("lb-guarded-"+f.suffix),
+				&expr.Payload{DestRegister: reg32(n), Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.addrLen},
+				&expr.Lookup{SourceRegister: reg1, SetName: "lb-sources-" + f.suffix, Invert: true},
+				&expr.Verdict{Kind: expr.VerdictDrop})
+			out = append(out, ruleSpec{chain: chain, exprs: ex,
+				text: fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport @lb-guarded-%s %s daddr . meta l4proto . th dport . %s saddr != @lb-sources-%s drop", f.ip, f.suffix, f.ip, f.ip, f.suffix)})
 		}
 	}
 	return out

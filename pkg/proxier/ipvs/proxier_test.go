@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"slices"
 	"strings"
 	"syscall"
@@ -26,9 +27,12 @@ func TestSyncCreatesTheRenderedTable(t *testing.T) {
 		t.Fatalf("kernel table:\n%s\nwant:\n%s", got, want)
 	}
 	addrs, _ := r.links.Addrs(LinkName)
-	// The ClusterIPs and the external IP, not the node's address.
-	if want := len(s.ClusterIPs(model.IPv4)) + len(s.ClusterIPs(model.IPv6)) + 1; len(addrs) != want || !slices.Contains(addrs, flowspec.ExternalIP) || slices.Contains(addrs, flowspec.NodeIP) {
-		t.Fatalf("bound %v, want the %d ClusterIPs and the external IP", addrs, want-1)
+	// The ClusterIPs and the external and load-balancer IPs, not the
+	// node's address.
+	external := []netip.Addr{flowspec.ExternalIP, flowspec.RangedLBIP, flowspec.RangedEmptyLBIP}
+	if want := len(s.ClusterIPs(model.IPv4)) + len(s.ClusterIPs(model.IPv6)) + len(external); len(addrs) != want ||
+		slices.ContainsFunc(external, func(a netip.Addr) bool { return !slices.Contains(addrs, a) }) || slices.Contains(addrs, flowspec.NodeIP) {
+		t.Fatalf("bound %v, want the %d ClusterIPs and %v", addrs, want-len(external), external)
 	}
 	if !r.fw.Current().Equal(RenderNetfilter(Render(s, "rr"), flowspec.Config())) {
 		t.Fatal("firewall does not hold the rendered ruleset")

@@ -23,7 +23,9 @@ import (
 // bound: they are the node's own). Their real servers are the port's
 // ExternalEndpoints; with externalTrafficPolicy Local the virtual server
 // remembers the ClusterIP's, where the netfilter side sends Pods and the
-// node itself.
+// node itself. A load-balancer IP's virtual server carries the port's
+// loadBalancerSourceRanges of its family, which the netfilter side
+// enforces.
 func Render(s *model.State, scheduler string) *Table {
 	t := &Table{Servers: map[VSKey]*VirtualServer{}}
 	if s == nil {
@@ -79,12 +81,22 @@ func Render(s *model.State, scheduler string) *Table {
 		if !sp.Key.Protocol.Valid() || sp.Port == 0 || !sp.HasExternal() {
 			continue
 		}
-		external := func(k VSKey, onNode bool) {
+		lbIPs := map[netip.Addr]bool{}
+		for _, ip := range sp.LoadBalancerIPs {
+			lbIPs[ip.Unmap()] = true
+		}
+		// external adds the virtual server of an external address (a
+		// load-balancer IP when lb, which loadBalancerSourceRanges guard)
+		// or of a NodePort.
+		external := func(k VSKey, onNode, lb bool) {
 			vs := add(sp, k, sp.ExternalEndpoints)
 			if vs == nil {
 				return
 			}
 			vs.External, vs.OnNode, vs.Local = true, onNode, sp.ExternalLocal
+			if lb {
+				vs.SourceRanges = familyPrefixes(sp.SourceRanges, model.FamilyOf(k.Addr))
+			}
 			if !sp.ExternalLocal {
 				return
 			}
@@ -102,13 +114,13 @@ func Render(s *model.State, scheduler string) *Table {
 		}
 		for _, ip := range sp.ExternalIPs {
 			if ip = ip.Unmap(); ip.IsValid() && fams[model.FamilyOf(ip)] {
-				external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.Port}, nodeIPs[ip])
+				external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.Port}, nodeIPs[ip], lbIPs[ip])
 			}
 		}
 		if sp.NodePort != 0 {
 			for _, ip := range t.NodeIPs {
 				if fams[model.FamilyOf(ip)] {
-					external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.NodePort}, true)
+					external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.NodePort}, true, false)
 				}
 			}
 		}
@@ -116,7 +128,58 @@ func Render(s *model.State, scheduler string) *Table {
 	return t
 }
 
-// RenderNetfilter derives the netfilter side of t under cfg.
+// familyPrefixes returns the prefixes of ps of family f, masked, IPv4 ones
+// in their 4-byte form, sorted, without one another contains; nil if none.
+func familyPrefixes(ps []netip.Prefix, f model.IPFamily) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range ps {
+		if !p.IsValid() {
+			continue
+		}
+		if a := p.Addr(); a.Is4In6() {
+			if p.Bits() < 96 {
+				continue
+			}
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		if model.FamilyOf(p.Addr()) == f {
+			out = append(out, p.Masked())
+		}
+	}
+	// Shorter prefixes first: a prefix is then dropped when one kept
+	// before it contains it (two prefixes either nest or are disjoint).
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		return cmp.Or(cmp.Compare(a.Bits(), b.Bits()), a.Addr().Compare(b.Addr()))
+	})
+	var kept []netip.Prefix
+	for _, p := range out {
+		if !slices.ContainsFunc(kept, func(k netip.Prefix) bool { return k.Contains(p.Addr()) }) {
+			kept = append(kept, p)
+		}
+	}
+	slices.SortFunc(kept, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	return kept
+}
+
+// sourceGuard is the guard of a load-balancer virtual server with source
+// ranges. As in kube-proxy's IPVS mode, when a range admits one of the
+// node's addresses the load-balancer IP itself is admitted too: the node
+// reaches an address bound to proxyd-ipvs0 from that very address.
+func sourceGuard(vs *VirtualServer, nodeIPs []netip.Addr) SourceGuard {
+	sources := slices.Clone(vs.SourceRanges)
+	for _, ip := range nodeIPs {
+		if slices.ContainsFunc(vs.SourceRanges, func(p netip.Prefix) bool { return p.Contains(ip) }) {
+			sources = append(sources, netip.PrefixFrom(vs.Addr, vs.Addr.BitLen()))
+			break
+		}
+	}
+	return SourceGuard{LB: Tuple{Addr: vs.Addr, Protocol: vs.Protocol, Port: vs.Port}, Sources: familyPrefixes(sources, model.FamilyOf(vs.Addr))}
+}
+
+// RenderNetfilter derives the netfilter side of t under cfg, including a
+// SourceGuard for each virtual server with SourceRanges.
 func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 	r := &Ruleset{MasqueradeAll: cfg.MasqueradeAll, Mark: cfg.Mark(), ServiceCIDRs: slices.Clone(t.ServiceCIDRs)}
 	if p, ok := cfg.ClusterCIDR(4); ok {
@@ -130,6 +193,9 @@ func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 		tu := Tuple{Addr: vs.Addr, Protocol: vs.Protocol, Port: vs.Port}
 		if vs.OnNode {
 			r.NodeServers = append(r.NodeServers, tu)
+		}
+		if len(vs.SourceRanges) > 0 {
+			r.SourceGuards = append(r.SourceGuards, sourceGuard(vs, t.NodeIPs))
 		}
 		switch {
 		case !vs.External:

@@ -65,6 +65,10 @@ type VirtualServer struct {
 	OnNode       bool
 	Local        bool
 	ShortCircuit netip.AddrPort
+	// SourceRanges, set only on a load-balancer IP's virtual server, are
+	// the port's loadBalancerSourceRanges of the address's family: the
+	// only sources a new connection to it may come from (none: any).
+	SourceRanges []netip.Prefix
 }
 
 // Persistent reports whether the virtual server pins clients.
@@ -128,6 +132,13 @@ func (t *Table) String() string {
 				if v.ShortCircuit.IsValid() {
 					fmt.Fprintf(&b, ", cluster traffic to %s", v.ShortCircuit)
 				}
+			}
+			for i, p := range v.SourceRanges {
+				sep := ","
+				if i == 0 {
+					sep = ", only from"
+				}
+				fmt.Fprintf(&b, "%s %s", sep, p)
 			}
 		}
 		b.WriteString("\n")
