@@ -97,7 +97,7 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 			TrafficDistribution: svc.TrafficDistribution,
 			ExternalIPs:         externalIPs(svc, ips),
 			LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
-			SourceRanges:        sourceRanges(svc.LoadBalancerSourceRanges, ips),
+			SourceRanges:        sourceRanges(svc, ips, node),
 			HealthCheckNodePort: svc.HealthCheckNodePort,
 		}
 		sp.Endpoints = mergeEndpoints(list, p, families(ips))
@@ -152,18 +152,30 @@ func externalIPs(svc *Service, clusterIPs []netip.Addr) []netip.Addr {
 
 // sourceRanges keeps the ranges of the Service's families, masked, sorted,
 // deduplicated. A range of length 0 allows every source of its family, as
-// no ranges do.
-func sourceRanges(in []netip.Prefix, clusterIPs []netip.Addr) []netip.Prefix {
+// no ranges do. When a range admits one of the node's addresses, the
+// load-balancer IPs of that family are admitted as sources too, as in
+// kube-proxy: a node that holds the address reaches it from it.
+func sourceRanges(svc *Service, clusterIPs []netip.Addr, node Node) []netip.Prefix {
 	fams := families(clusterIPs)
-	for _, p := range in {
+	for _, p := range svc.LoadBalancerSourceRanges {
 		if p.IsValid() && p.Bits() == 0 {
 			fams[FamilyOf(p.Addr())] = false
 		}
 	}
 	var out []netip.Prefix
-	for _, p := range in {
-		if p.IsValid() && fams[FamilyOf(p.Addr())] {
-			out = append(out, p)
+	admitsNode := map[IPFamily]bool{}
+	for _, p := range svc.LoadBalancerSourceRanges {
+		if !p.IsValid() || !fams[FamilyOf(p.Addr())] {
+			continue
+		}
+		out = append(out, p)
+		for _, ip := range node.IPs {
+			admitsNode[FamilyOf(ip)] = admitsNode[FamilyOf(ip)] || p.Masked().Contains(ip.Unmap())
+		}
+	}
+	for _, ip := range familyAddrs(svc.LoadBalancerIPs, clusterIPs) {
+		if admitsNode[FamilyOf(ip)] {
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
 		}
 	}
 	return normalPrefixes(out)

@@ -40,12 +40,17 @@ func TestSourceRangesAreKeptPerFamily(t *testing.T) {
 			[]netip.Prefix{p("2001:db8::/64"), p("10.0.0.0/8")}, []netip.Prefix{p("10.0.0.0/8")}},
 		{"a zero-length range opens its family only", []string{"10.96.0.1", "fd00::1"},
 			[]netip.Prefix{p("0.0.0.0/0"), p("10.0.0.0/8"), p("2001:db8::/64")}, []netip.Prefix{p("2001:db8::/64")}},
+		{"a range that admits the node admits the load-balancer IP as a source too", []string{"10.96.0.1"},
+			[]netip.Prefix{p("192.168.0.0/16")}, []netip.Prefix{p("192.168.0.0/16"), p("198.51.100.1/32")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			svc := web(tt.ips...)
 			svc.LoadBalancerSourceRanges = tt.ranges
-			sp := Build(snapshot([]*Service{svc})).Services[httpKey]
+			svc.LoadBalancerIPs = []netip.Addr{addr("198.51.100.1")}
+			snap := snapshot([]*Service{svc})
+			snap.Node.IPs = []netip.Addr{addr("192.168.0.7")}
+			sp := Build(snap).Services[httpKey]
 			if sp == nil {
 				t.Fatal("no service port")
 			}
