@@ -18,6 +18,19 @@ import (
 // network namespace.
 const routeLocalnet = "/proc/sys/net/ipv4/conf/all/route_localnet"
 
+// prepareNode sets what the mode needs of the node's sysctls: packets to
+// 127.0.0.1 are only routed off the loopback device with route_localnet,
+// which localhost NodePorts need, as kube-proxy sets it.
+func prepareNode(o *Options) error {
+	if o.Mode != "iptables" || !o.LocalhostNodePorts {
+		return nil
+	}
+	if err := os.WriteFile(routeLocalnet, []byte("1"), 0o644); err != nil {
+		return fmt.Errorf("set %s: %w", routeLocalnet, err)
+	}
+	return nil
+}
+
 // proxierConfig is the node-wide behaviour every backend shares.
 func (o *Options) proxierConfig() proxier.Config {
 	return proxier.Config{
@@ -41,13 +54,9 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 		if o.IPTablesBackend != "auto" {
 			opts = append(opts, iptables.WithVariant(iptables.Variant(o.IPTablesBackend)))
 		}
-		if o.LocalhostNodePorts {
-			// Packets to 127.0.0.1 are only routed off the loopback
-			// device with route_localnet, as kube-proxy sets it.
-			if err := os.WriteFile(routeLocalnet, []byte("1"), 0o644); err != nil {
-				klog.ErrorS(err, "Could not set route_localnet; NodePorts will not answer on 127.0.0.1", "sysctl", routeLocalnet)
-				cfg.LocalhostNodePorts = false
-			}
+		if err := prepareNode(o); err != nil {
+			klog.ErrorS(err, "NodePorts will not answer on 127.0.0.1")
+			cfg.LocalhostNodePorts = false
 		}
 		return iptables.New(cfg, opts...)
 	}

@@ -38,6 +38,12 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if c.ClientConnection.Kubeconfig != "" {
 		set([]string{"kubeconfig"}, func() { o.Kubeconfig = c.ClientConnection.Kubeconfig })
 	}
+	if c.ClientConnection.QPS != 0 {
+		set([]string{"kube-api-qps"}, func() { o.KubeAPIQPS = c.ClientConnection.QPS })
+	}
+	if c.ClientConnection.Burst != 0 {
+		set([]string{"kube-api-burst"}, func() { o.KubeAPIBurst = c.ClientConnection.Burst })
+	}
 	if c.HostnameOverride != "" {
 		set([]string{"hostname-override"}, func() { o.HostnameOverride = c.HostnameOverride })
 	}

@@ -29,6 +29,20 @@ func Main(args []string) int {
 		fmt.Println("proxyd", Version)
 		return 0
 	}
+	if o.WriteConfigTo != "" {
+		if err := writeConfig(o, o.WriteConfigTo); err != nil {
+			fmt.Fprintf(os.Stderr, "proxyd: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if o.InitOnly {
+		if err := prepareNode(o); err != nil {
+			fmt.Fprintf(os.Stderr, "proxyd: --init-only: %v\n", err)
+			return 1
+		}
+		return 0
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	defer klog.Flush()

@@ -45,6 +45,8 @@ type Options struct {
 	Profiling          bool
 	KubeAPIQPS         float32
 	KubeAPIBurst       int32
+	InitOnly           bool
+	WriteConfigTo      string
 }
 
 // ErrHelp is returned by Parse when --help was asked for.
@@ -82,18 +84,9 @@ func Parse(args []string) (*Options, error) {
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "QPS to the apiserver")
 	fs.Int32Var(&o.KubeAPIBurst, "kube-api-burst", 100, "burst to the apiserver")
-	// Accepted so that kube-proxy manifests run unchanged; proxyd leaves
-	// host-wide conntrack sizing and OOM scores to the node.
-	for _, name := range []string{"conntrack-max-per-core", "conntrack-min", "oom-score-adj"} {
-		fs.Int32(name, 0, "accepted for kube-proxy compatibility; ignored")
-	}
-	for _, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "config-sync-period"} {
-		fs.Duration(name, 0, "accepted for kube-proxy compatibility; ignored")
-	}
-	for _, name := range []string{"bind-address", "kube-api-content-type", "feature-gates", "detect-local-mode", "proxy-port-range"} {
-		fs.String(name, "", "accepted for kube-proxy compatibility; ignored")
-	}
-	fs.StringSlice("nodeport-addresses", nil, "accepted for kube-proxy compatibility; NodePorts answer on every node address")
+	compatFlags(fs)
+	fs.BoolVar(&o.InitOnly, "init-only", false, "do the node setup that needs full privileges (route_localnet for localhost NodePorts), then exit")
+	fs.StringVar(&o.WriteConfigTo, "write-config-to", "", "write the effective configuration as a KubeProxyConfiguration to this file and exit")
 	fs.BoolVar(&o.Profiling, "profiling", false, "serve /debug/pprof on the metrics address, as kube-proxy does")
 
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
@@ -116,6 +109,9 @@ func Parse(args []string) (*Options, error) {
 		if err := applyConfigFile(o, &clusterCIDR, fs); err != nil {
 			return nil, err
 		}
+	}
+	if err := applyPortFlags(o, fs); err != nil {
+		return nil, err
 	}
 	var err error
 	if o.ClusterCIDRs, err = parseCIDRs(clusterCIDR); err != nil {
