@@ -24,10 +24,24 @@ const (
 //     only when every ready endpoint carries hints and at least one matches;
 //     otherwise all ready endpoints are used.
 //
-// An empty result means the ClusterIP rejects new connections.
+// An empty result means the ClusterIP refuses new connections, or, with
+// internalTrafficPolicy Local while other nodes have usable endpoints
+// (see Usable), drops them, as kube-proxy does.
 func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
+	return selectEndpoints(sp, node, sp.InternalLocal)
+}
+
+// Usable reports whether any of eps could take a connection (ready, or
+// serving and terminating): a port whose traffic policy leaves it none on
+// this node drops the traffic instead of refusing it, so a client retries
+// rather than believe the Service is gone.
+func Usable(eps []Endpoint) bool {
+	return slices.ContainsFunc(eps, func(e Endpoint) bool { return e.Ready || e.Serving && e.Terminating })
+}
+
+func selectEndpoints(sp *ServicePort, node Node, local bool) []Endpoint {
 	candidates := sp.Endpoints
-	if sp.InternalLocal {
+	if local {
 		candidates = slices.DeleteFunc(slices.Clone(candidates), func(e Endpoint) bool { return e.NodeName != node.Name })
 	}
 	var ready, terminating []Endpoint
@@ -45,7 +59,7 @@ func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
 	if len(ready) == len(candidates) {
 		ready = candidates // the usual case: share the backing array, State is read-only
 	}
-	if sp.InternalLocal {
+	if local {
 		return ready
 	}
 	return applyHints(ready, node)
@@ -53,15 +67,19 @@ func SelectEndpoints(sp *ServicePort, node Node) []Endpoint {
 
 // SelectExternalEndpoints decides which endpoints NodePort and external-IP
 // traffic arriving at node may use. With externalTrafficPolicy Cluster it
-// is the ClusterIP choice; with Local it is the node's own endpoints (ready,
-// else serving and terminating), so the client's address is preserved and
-// a node without one drops the traffic rather than forward it.
+// is the cluster-wide choice (internalTrafficPolicy does not narrow
+// external traffic); with Local it is the node's own endpoints (ready, else
+// serving and terminating), so the client's address is preserved and a node
+// without one drops the traffic rather than forward it.
 func SelectExternalEndpoints(sp *ServicePort, node Node) []Endpoint {
 	if !sp.HasExternal() {
 		return nil
 	}
 	if !sp.ExternalLocal {
-		return sp.ClusterEndpoints
+		if !sp.InternalLocal {
+			return sp.ClusterEndpoints
+		}
+		return selectEndpoints(sp, node, false)
 	}
 	var ready, terminating []Endpoint
 	for _, e := range sp.Endpoints {

@@ -92,6 +92,9 @@ var (
 	TermVIP        = netip.MustParseAddr("10.96.0.50")
 	SCTPVIP        = netip.MustParseAddr("10.96.0.60")
 	LocalVIP       = netip.MustParseAddr("10.96.0.70")
+	// LocalRemoteVIP's Service has internalTrafficPolicy Local and its only
+	// endpoint on another node, and NodePort 30085.
+	LocalRemoteVIP = netip.MustParseAddr("10.96.0.71")
 	HeadlessLikeIP = netip.MustParseAddr("10.96.0.99")
 
 	StickyVIP         = netip.MustParseAddr("10.96.0.90")
@@ -164,6 +167,7 @@ func Snapshot() model.Snapshot {
 		svc("term", v4(TermVIP), model.TCP, 80, nil),
 		svc("sctp", v4(SCTPVIP), model.SCTP, 9999, nil),
 		svc("local", v4(LocalVIP), model.TCP, 80, func(s *model.Service) { s.InternalLocal = true }),
+		svc("localremote", v4(LocalRemoteVIP), model.TCP, 80, func(s *model.Service) { s.InternalLocal = true; s.Ports[0].NodePort = 30085 }),
 		svc("sticky", v4(StickyVIP), model.TCP, 80, func(s *model.Service) { s.AffinitySeconds = 10800 }),
 		svc("np", v4(NodePortVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30080; s.ExternalIPs = []netip.Addr{ExternalIP} }),
 		svc("nplocal", v4(NodePortLocalVIP), model.TCP, 80, func(s *model.Service) { s.Ports[0].NodePort = 30081; s.ExternalLocal = true }),
@@ -188,6 +192,7 @@ func Snapshot() model.Snapshot {
 		slice("term", "term-a", model.IPv4, model.TCP, ep(Pod2, "node2", false, true, true), ep(Pod3, "node2", false, false, true)),
 		slice("sctp", "sctp-a", model.IPv4, model.SCTP, ready(Pod1)),
 		slice("local", "local-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
+		slice("localremote", "localremote-a", model.IPv4, model.TCP, ready(Pod2)),
 		slice("sticky", "sticky-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2), ready(Pod3)),
 		slice("np", "np-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
 		slice("nplocal", "nplocal-a", model.IPv4, model.TCP, ep(Pod1, NodeName, true, true, false), ready(Pod2)),
@@ -237,6 +242,8 @@ func Cases() []Case {
 		{Name: "with no ready endpoint, serving terminating endpoints take traffic", Packet: Packet{Src: Client, Dst: vip(TermVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod2)},
 		{Name: "SCTP to a ClusterIP reaches its Pod", Packet: Packet{Src: Client, Dst: vip(SCTPVIP, 9999), Proto: model.SCTP}, Want: DNAT, Endpoints: at(Pod1)},
 		{Name: "internalTrafficPolicy Local uses only this node's endpoint", Packet: Packet{Src: Client, Dst: vip(LocalVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1)},
+		{Name: "internalTrafficPolicy Local without a local endpoint drops, as other nodes still serve", Packet: Packet{Src: Client, Dst: vip(LocalRemoteVIP, 80), Proto: model.TCP}, Want: Drop},
+		{Name: "internalTrafficPolicy Local without a local endpoint drops the node's traffic too", Packet: Packet{Src: NodeIP, Dst: vip(LocalRemoteVIP, 80), Proto: model.TCP, FromNode: true}, Want: Drop},
 		{Name: "an unallocated address in the service range is refused", Packet: Packet{Src: Client, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP}, Want: Reject},
 		{Name: "an unallocated address in the service range is refused from the node too", Packet: Packet{Src: NodeIP, Dst: vip(HeadlessLikeIP, 80), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a Pod address (what a headless Service's name resolves to) is untouched", Packet: Packet{Src: Client, Dst: vip(Pod1, EchoPort), Proto: model.TCP}, Want: Untouched},
@@ -262,6 +269,7 @@ func ExternalCases() []Case {
 		{Name: "a NodePort without endpoints refuses", Packet: Packet{Src: ExternalClient, Dst: node(30083), Proto: model.TCP}, Want: Reject},
 		{Name: "a NodePort without endpoints refuses the node too", Packet: Packet{Src: NodeIP, Dst: node(30083), Proto: model.TCP, FromNode: true}, Want: Reject},
 		{Name: "a node port no Service has is left alone", Packet: Packet{Src: ExternalClient, Dst: node(30099), Proto: model.TCP}, Want: Untouched},
+		{Name: "internalTrafficPolicy Local does not narrow the Service's NodePort", Packet: Packet{Src: ExternalClient, Dst: node(30085), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod2), Masquerade: true},
 		{Name: "a NodePort's ClusterIP still works as a ClusterIP", Packet: Packet{Src: Client, Dst: at1(NodePortVIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2)},
 		{Name: "a load-balancer IP admits a source inside loadBalancerSourceRanges", Packet: Packet{Src: ExternalClient, Dst: at1(RangedLBIP, 80), Proto: model.TCP}, Want: DNAT, Endpoints: at(Pod1, Pod2), Masquerade: true},
 		{Name: "a load-balancer IP drops a source outside loadBalancerSourceRanges", Packet: Packet{Src: OutsideClient, Dst: at1(RangedLBIP, 80), Proto: model.TCP}, Want: Drop},

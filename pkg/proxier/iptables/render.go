@@ -228,6 +228,10 @@ func (r *renderer) dispatchTo(t *restoreText, sp *model.ServicePort, nat, filter
 	case withEndpoints && nat:
 		t.rule(&t.natRules, ChainServices, "-d", dst, "-p", proto, "-m", "comment", "--comment", quoteComment(name+" cluster IP"),
 			"-m", proto, "--dport", port, "-j", svcChain(sp.Key))
+	case !withEndpoints && filter && dropsInternal(sp, r.fam):
+		// Other nodes serve it: drop, as kube-proxy does.
+		t.rule(&t.filterRules, ChainServices, "-d", dst, "-p", proto, "-m", "comment", "--comment", quoteComment(name+" has no local endpoints"),
+			"-m", proto, "--dport", port, "-j", "DROP")
 	case !withEndpoints && filter:
 		t.rule(&t.filterRules, ChainServices, "-d", dst, "-p", proto, "-m", "comment", "--comment", quoteComment(name+" has no endpoints"),
 			"-m", proto, "--dport", port, "-j", "REJECT", "--reject-with", r.rejectWith)
@@ -552,6 +556,13 @@ func endpointsOf(eps []model.Endpoint, fam model.IPFamily) []model.Endpoint {
 }
 
 // hasEndpoints reports whether sp has a usable endpoint of family fam.
+// dropsInternal reports whether sp's ClusterIP traffic of family fam is
+// dropped rather than refused: internalTrafficPolicy Local leaves it no
+// endpoint on this node while other nodes have usable ones.
+func dropsInternal(sp *model.ServicePort, fam model.IPFamily) bool {
+	return sp.InternalLocal && !hasEndpoints(sp, fam) && model.Usable(endpointsOf(sp.Endpoints, fam))
+}
+
 func hasEndpoints(sp *model.ServicePort, fam model.IPFamily) bool {
 	for _, e := range sp.ClusterEndpoints {
 		if model.FamilyOf(e.IP) == fam {

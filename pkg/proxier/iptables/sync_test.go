@@ -567,3 +567,33 @@ func TestLocalhostNodePortsCountTheirGuard(t *testing.T) {
 	tp.wantStatsMatchKernel(t)
 	tp.wantKernelMatchesFullWrite(t, cfg, withPort(flowspec.State(), webKey, func(sp *model.ServicePort) { sp.NodePort = 30090; selectExternal(sp) }))
 }
+
+// A port flipping between "no local endpoint, drop" and "a local endpoint"
+// is written by a partial sync that leaves the kernel as a full write would.
+func TestPartialSyncOfTheInternalLocalDrop(t *testing.T) {
+	cfg := flowspec.Config()
+	k := model.ServicePortKey{Namespace: "default", Name: "localremote", Port: "p", Protocol: model.TCP}
+	local := model.Endpoint{IP: flowspec.Pod1, Port: flowspec.EchoPort, Ready: true, Serving: true, NodeName: flowspec.NodeName}
+	gains := withPort(flowspec.State(), k, func(sp *model.ServicePort) {
+		sp.Endpoints = append([]model.Endpoint{local}, sp.Endpoints...)
+		sp.ClusterEndpoints = []model.Endpoint{local}
+	})
+	loses := withPort(flowspec.State(), k, func(sp *model.ServicePort) { sp.Endpoints, sp.ClusterEndpoints, sp.ExternalEndpoints = nil, nil, nil })
+	// Only the remote endpoint's readiness changes: no chain of the port
+	// changes, only its ClusterIP's verdict (drop, then refuse).
+	notReady := withPort(flowspec.State(), k, func(sp *model.ServicePort) {
+		sp.NodePort, sp.ExternalEndpoints = 0, nil
+		sp.Endpoints = slices.Clone(sp.Endpoints)
+		sp.Endpoints[0].Ready, sp.Endpoints[0].Serving = false, false
+	})
+	noNodePort := withPort(flowspec.State(), k, func(sp *model.ServicePort) { sp.NodePort, sp.ExternalEndpoints = 0, nil })
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, flowspec.State())
+	for _, st := range []*model.State{gains, flowspec.State(), loses, flowspec.State(), noNodePort, notReady, noNodePort} {
+		if s := tp.sync(t, st); s.Full {
+			t.Fatal("sync was full")
+		}
+		tp.wantKernelMatchesFullWrite(t, cfg, st)
+		tp.wantStatsMatchKernel(t)
+	}
+}

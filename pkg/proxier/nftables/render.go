@@ -105,9 +105,18 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	extEPs := model.EndpointsOf(sp.ExternalEndpoints, f)
 	aff := out.affinity(sp, slices.Concat(clusterEPs, extEPs))
 	svcChain := ""
-	if len(clusterEPs) == 0 {
+	switch {
+	case len(clusterEPs) == 0 && sp.InternalLocal && model.Usable(model.EndpointsOf(sp.Endpoints, f)):
+		// Other nodes serve it: drop, as kube-proxy does, so clients
+		// retry rather than believe the Service is gone.
+		c := &Chain{Name: ServiceChain(sp.Key), Rules: []Rule{{Drop{}}}}
+		out.chains = append(out.chains, c)
+		e := tuple(vip)
+		e.Goto = c.Name
+		out.dispatch = append(out.dispatch, e)
+	case len(clusterEPs) == 0:
 		out.noEndpoint = append(out.noEndpoint, tuple(vip))
-	} else {
+	default:
 		svcChain = ServiceChain(sp.Key)
 		c := &Chain{Name: svcChain}
 		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {

@@ -123,6 +123,9 @@ func TestIncrementalPlansMatchFullRenderingsOnRandomChanges(t *testing.T) {
 			sp := *pool.Services[k]
 			n := rng.IntN(len(sp.ClusterEndpoints) + 1)
 			sp.ClusterEndpoints = slices.Clone(sp.ClusterEndpoints[rng.IntN(len(sp.ClusterEndpoints)-n+1):][:n])
+			if rng.IntN(5) == 0 { // internalTrafficPolicy Local, served only elsewhere: dropped
+				sp.InternalLocal, sp.ClusterEndpoints = true, nil
+			}
 			if rng.IntN(4) == 0 { // another port of the same VIP
 				sp.ClusterIPs = pool.Services[svcKey(0)].ClusterIPs
 				sp.Key.Port, sp.Port = "alt", uint16(1000+idx)
@@ -136,6 +139,11 @@ func TestIncrementalPlansMatchFullRenderingsOnRandomChanges(t *testing.T) {
 				sp.NodePort, sp.ExternalLocal = uint16(30000+alt+idx), rng.IntN(2) == 0
 				if rng.IntN(2) == 0 {
 					sp.ExternalIPs = []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(alt + idx)})}
+					if rng.IntN(2) == 0 { // a load balancer, guarded or not
+						sp.LoadBalancerIPs = sp.ExternalIPs
+						sp.SourceRanges = [][]netip.Prefix{nil, {netip.MustParsePrefix("198.51.100.0/24")},
+							{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("203.0.113.0/24")}}[rng.IntN(3)]
+					}
 				}
 				if rng.IntN(2) == 0 && len(sp.ClusterEndpoints) > 0 {
 					local := sp.ClusterEndpoints[0]
