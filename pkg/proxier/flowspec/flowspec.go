@@ -85,13 +85,13 @@ var (
 	Pod2v6   = netip.MustParseAddr("fd00:10:244:1::12")
 	Clientv6 = netip.MustParseAddr("fd00:10:244:1::100")
 
-	WebVIP         = netip.MustParseAddr("10.96.0.10")
-	DNSVIP         = netip.MustParseAddr("10.96.0.20")
-	EmptyVIP       = netip.MustParseAddr("10.96.0.30")
-	NotReadyVIP    = netip.MustParseAddr("10.96.0.40")
-	TermVIP        = netip.MustParseAddr("10.96.0.50")
-	SCTPVIP        = netip.MustParseAddr("10.96.0.60")
-	LocalVIP       = netip.MustParseAddr("10.96.0.70")
+	WebVIP      = netip.MustParseAddr("10.96.0.10")
+	DNSVIP      = netip.MustParseAddr("10.96.0.20")
+	EmptyVIP    = netip.MustParseAddr("10.96.0.30")
+	NotReadyVIP = netip.MustParseAddr("10.96.0.40")
+	TermVIP     = netip.MustParseAddr("10.96.0.50")
+	SCTPVIP     = netip.MustParseAddr("10.96.0.60")
+	LocalVIP    = netip.MustParseAddr("10.96.0.70")
 	// LocalRemoteVIP's Service has internalTrafficPolicy Local and its only
 	// endpoint on another node, and NodePort 30085.
 	LocalRemoteVIP = netip.MustParseAddr("10.96.0.71")
