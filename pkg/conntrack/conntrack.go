@@ -92,9 +92,10 @@ func New() (*Cleaner, error) {
 }
 
 // Clean deletes the flows of every filter, walking the conntrack table
-// once per family; failures are logged, not fatal, since the rules are
-// already right and the entries expire anyway.
-func (c *Cleaner) Clean(filters []Filter) int {
+// once per family, and returns how many it deleted per family; failures
+// are logged, not fatal, since the rules are already right and the entries
+// expire anyway.
+func (c *Cleaner) Clean(filters []Filter) map[model.IPFamily]int {
 	byFamily := map[netlink.InetFamily][]netlink.CustomConntrackFilter{}
 	for _, f := range filters {
 		family := netlink.InetFamily(unix.AF_INET)
@@ -103,16 +104,20 @@ func (c *Cleaner) Clean(filters []Filter) int {
 		}
 		byFamily[family] = append(byFamily[family], f)
 	}
-	deleted := 0
+	deleted := map[model.IPFamily]int{}
 	for family, fs := range byFamily {
 		n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, family, fs...)
 		if err != nil {
 			klog.ErrorS(err, "Could not delete stale conntrack entries", "family", family, "filters", len(fs))
 		}
-		deleted += int(n)
-	}
-	if deleted > 0 {
-		klog.V(2).InfoS("Deleted stale conntrack entries", "entries", deleted, "filters", len(filters))
+		if n > 0 {
+			f := model.IPv4
+			if family == unix.AF_INET6 {
+				f = model.IPv6
+			}
+			deleted[f] += int(n)
+			klog.V(2).InfoS("Deleted stale conntrack entries", "family", f, "entries", n, "filters", len(fs))
+		}
 	}
 	return deleted
 }

@@ -21,6 +21,15 @@ type Health struct {
 	lastUpdated  time.Time
 	oldestQueued time.Time
 	retiring     bool
+	observe      func(path string, code int)
+}
+
+// Observe makes every answer of /healthz and /livez call f with the path
+// and status code (kube-proxy's kubeproxy_proxy_{healthz,livez}_total).
+func (h *Health) Observe(f func(path string, code int)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.observe = f
 }
 
 // New returns a Health that fails once a queued update waits longer than
@@ -78,7 +87,7 @@ type status struct {
 func (h *Health) Handler() http.Handler {
 	mux := http.NewServeMux()
 	serve := func(withEligibility bool) http.HandlerFunc {
-		return func(w http.ResponseWriter, _ *http.Request) {
+		return func(w http.ResponseWriter, req *http.Request) {
 			ok, last := h.Healthy()
 			now := h.clock.Now()
 			st := status{LastUpdated: last, CurrentTime: now}
@@ -92,8 +101,18 @@ func (h *Health) Handler() http.Handler {
 			st.Healthy = ok
 			w.Header().Set("Content-Type", "application/json")
 			w.Header().Set("X-Content-Type-Options", "nosniff")
+			code := http.StatusOK
 			if !ok {
-				w.WriteHeader(http.StatusServiceUnavailable)
+				code = http.StatusServiceUnavailable
+			}
+			h.mu.Lock()
+			observe := h.observe
+			h.mu.Unlock()
+			if observe != nil {
+				observe(req.URL.Path, code)
+			}
+			if !ok {
+				w.WriteHeader(code)
 			} else {
 				// As kube-proxy: a healthy proxy reports a recent
 				// lastUpdated even when nothing needed a sync.

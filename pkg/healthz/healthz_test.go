@@ -48,3 +48,15 @@ func TestHealthzFollowsKubeProxy(t *testing.T) {
 		t.Errorf("retiring node: /livez %d %+v, want 200 without nodeEligible", code, st)
 	}
 }
+
+func TestEveryAnswerIsObserved(t *testing.T) {
+	h := New(clocktesting.NewFakeClock(time.Now()), time.Second)
+	seen := map[string]int{}
+	h.Observe(func(path string, code int) { seen[path] = code })
+	h.SetNodeRetiring(true)
+	get(t, h.Handler(), "/healthz")
+	get(t, h.Handler(), "/livez")
+	if seen["/healthz"] != 503 || seen["/livez"] != 200 {
+		t.Errorf("observed %v, want /healthz 503 and /livez 200", seen)
+	}
+}

@@ -6,6 +6,8 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/proxyd/proxyd/pkg/model"
 )
 
 // Metrics holds every metric proxyd exports.
@@ -25,6 +27,10 @@ type Metrics struct {
 	SyncFailures        prometheus.Counter
 	KernelObjects       prometheus.Counter
 	Syncs               *prometheus.CounterVec
+	HealthzTotal        *prometheus.CounterVec
+	LivezTotal          *prometheus.CounterVec
+	NoLocalEndpoints    *prometheus.GaugeVec
+	ConntrackDeleted    *prometheus.CounterVec
 }
 
 func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
@@ -77,10 +83,51 @@ func New(mode string) *Metrics {
 			Name: "proxyd_kernel_objects_written_total", Help: "Rules, chains and set elements written to the kernel"}),
 		Syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyd_syncs_total", Help: "Syncs by result: full, partial, skipped (nothing to write) or error"}, []string{"result"}),
+		HealthzTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kubeproxy_proxy_healthz_total", Help: "Cumulative proxy healthz HTTP status"}, []string{"code"}),
+		LivezTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kubeproxy_proxy_livez_total", Help: "Cumulative proxy livez HTTP status"}, []string{"code"}),
+		NoLocalEndpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kubeproxy_sync_proxy_rules_no_local_endpoints_total", Help: "Number of services with a Local traffic policy and no endpoints"},
+			[]string{"traffic_policy", "ip_family"}),
+		ConntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kubeproxy_conntrack_reconciler_deleted_entries_total", Help: "Cumulative conntrack flows deleted by conntrack reconciler"},
+			[]string{"ip_family"}),
 	}
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
-		m.SyncFailures, m.KernelObjects, m.Syncs,
+		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// SetNoLocalEndpoints sets kubeproxy_sync_proxy_rules_no_local_endpoints_total
+// from s: per family, the service ports whose Local traffic policy leaves
+// them no endpoint on this node while other nodes have usable ones.
+func (m *Metrics) SetNoLocalEndpoints(s *model.State) {
+	counts := map[[2]string]int{}
+	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+		counts[[2]string{"internal", f.String()}] = 0
+		counts[[2]string{"external", f.String()}] = 0
+	}
+	for _, sp := range s.Services {
+		if !sp.InternalLocal && !(sp.ExternalLocal && sp.HasExternal()) {
+			continue
+		}
+		for _, ip := range sp.ClusterIPs {
+			f := model.FamilyOf(ip)
+			if !model.Usable(model.EndpointsOf(sp.Endpoints, f)) {
+				continue
+			}
+			if sp.InternalLocal && len(model.EndpointsOf(sp.ClusterEndpoints, f)) == 0 {
+				counts[[2]string{"internal", f.String()}]++
+			}
+			if sp.ExternalLocal && sp.HasExternal() && len(model.EndpointsOf(sp.ExternalEndpoints, f)) == 0 {
+				counts[[2]string{"external", f.String()}]++
+			}
+		}
+	}
+	for k, n := range counts {
+		m.NoLocalEndpoints.WithLabelValues(k[0], k[1]).Set(float64(n))
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,6 +49,13 @@ func Run(ctx context.Context, o *Options) error {
 
 	m := metrics.New(o.Mode)
 	health := healthz.New(clock.RealClock{}, 2*o.SyncPeriod)
+	health.Observe(func(path string, code int) {
+		counter := m.HealthzTotal
+		if path == "/livez" {
+			counter = m.LivezTotal
+		}
+		counter.WithLabelValues(strconv.Itoa(code)).Inc()
+	})
 	servers, err := serve(o, m, health)
 	if err != nil {
 		return err
@@ -68,8 +76,11 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	afterSync := func(s *model.State, d model.Diff) {
 		if cleaner != nil {
-			cleaner.Clean(conntrack.Filters(d, s))
+			for family, n := range cleaner.Clean(conntrack.Filters(d, s)) {
+				m.ConntrackDeleted.WithLabelValues(family.String()).Add(float64(n))
+			}
 		}
+		m.SetNoLocalEndpoints(s)
 		checks.Sync(s.HealthChecks())
 		health.SetNodeRetiring(s.Node.Retiring)
 	}

@@ -1,0 +1,41 @@
+package metrics_test
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/proxyd/proxyd/pkg/metrics"
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+)
+
+func TestNoLocalEndpointsCountsWhatKubeProxyCounts(t *testing.T) {
+	m := metrics.New("nftables")
+	m.SetNoLocalEndpoints(flowspec.State())
+	// The spec has one internalTrafficPolicy Local port served only
+	// elsewhere (localremote) and one externalTrafficPolicy Local port
+	// without a local endpoint (npremote).
+	for _, c := range []struct {
+		policy, family string
+		want           float64
+	}{{"internal", "IPv4", 1}, {"external", "IPv4", 1}, {"internal", "IPv6", 0}, {"external", "IPv6", 0}} {
+		if got := value(t, m.NoLocalEndpoints.WithLabelValues(c.policy, c.family)); got != c.want {
+			t.Errorf("%s %s = %v, want %v", c.policy, c.family, got, c.want)
+		}
+	}
+	m.SetNoLocalEndpoints(&model.State{})
+	if got := value(t, m.NoLocalEndpoints.WithLabelValues("internal", "IPv4")); got != 0 {
+		t.Errorf("after the ports are gone: %v, want 0", got)
+	}
+}
+
+func value(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var pb dto.Metric
+	if err := g.Write(&pb); err != nil {
+		t.Fatal(err)
+	}
+	return pb.GetGauge().GetValue()
+}
