@@ -54,6 +54,12 @@
 //     loadBalancerSourceRanges (sets lb-guarded and lb-sources, chains
 //     guard-prerouting and guard-output at priority -110: before the nat
 //     chains and IPVS, for forwarded packets and the node's own);
+//   - in the same chains, the drop of new connections to a ClusterIP of
+//     internalTrafficPolicy Local whose family has no endpoint on this node
+//     while another node has a usable one (set internal-drop): kube-proxy
+//     drops them rather than refuse, so a client retries; its virtual
+//     server stays, without real servers, and a port with no usable
+//     endpoint anywhere is still refused by IPVS;
 //   - reject (ICMP port unreachable) for new connections IPVS did not take:
 //     to a ClusterIP on a port or protocol it has no virtual server for
 //     (the address is local, so the node's own sockets would answer), and to

@@ -51,7 +51,8 @@ type SourceGuard struct {
 // no virtual server has, or to an address of the service ranges that is
 // no ClusterIP. (A virtual server without real servers needs no rule: IPVS
 // rejects those itself.) It drops new connections to a load-balancer IP
-// from outside its loadBalancerSourceRanges. Its String is the table in
+// from outside its loadBalancerSourceRanges, and to a ClusterIP of
+// internalTrafficPolicy Local served only by other nodes. Its String is the table in
 // `nft list` syntax, the golden text of tests.
 type Ruleset struct {
 	// ClusterIPs are the ClusterIP virtual servers; traffic to them from
@@ -72,6 +73,12 @@ type Ruleset struct {
 	// SourceGuards are the load-balancer virtual servers that
 	// loadBalancerSourceRanges guard, sorted by LB.
 	SourceGuards []SourceGuard
+	// InternalDrop are the ClusterIP virtual servers of
+	// internalTrafficPolicy Local without a local endpoint while other
+	// nodes have usable ones: new connections to them, forwarded or from
+	// the node, are dropped before anything else here or IPVS sees them
+	// (where IPVS would refuse them). They are also in ClusterIPs.
+	InternalDrop []Tuple
 	// NodeServers are the virtual servers on the node's own addresses
 	// (NodePorts). No rule uses the set they are written to: it records
 	// that proxyd owns them, since their addresses are not bound to
@@ -98,6 +105,7 @@ func (r *Ruleset) Equal(o *Ruleset) bool {
 	}
 	return slices.Equal(r.ClusterIPs, o.ClusterIPs) && slices.Equal(r.ServiceCIDRs, o.ServiceCIDRs) &&
 		slices.Equal(r.ExternalMasq, o.ExternalMasq) && slices.Equal(r.ExternalDrop, o.ExternalDrop) &&
+		slices.Equal(r.InternalDrop, o.InternalDrop) &&
 		slices.Equal(r.ShortCircuits, o.ShortCircuits) && slices.Equal(r.NodeServers, o.NodeServers) &&
 		slices.Equal(r.Hairpin, o.Hairpin) && r.ClusterCIDR4 == o.ClusterCIDR4 && r.ClusterCIDR6 == o.ClusterCIDR6 &&
 		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark &&

@@ -133,7 +133,7 @@ func TestNftablesNodeServersReadBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.SortFunc(got, func(a, b Tuple) int { return VSKey(a).Compare(VSKey(b)) })
-	if !slices.Equal(got, r.NodeServers) || len(got) != 5 { // the five NodePorts of the flow spec
+	if !slices.Equal(got, r.NodeServers) || len(got) != 6 { // the six NodePorts of the flow spec
 		t.Fatalf("node servers read back %v, want %v", got, r.NodeServers)
 	}
 	if err := fw.Delete(); err != nil {

@@ -33,9 +33,11 @@ type chainSpec struct {
 // its ClusterIP before IPVS looks; drop-input then runs before IPVS's
 // LOCAL_IN hook (priority 99) and drops what is left for a Local virtual
 // server without local endpoints, which IPVS would otherwise refuse.
-// guard-prerouting and guard-output drop new connections to a
-// load-balancer IP from outside its loadBalancerSourceRanges at priority
-// -110 (as kube-proxy's nftables mode does, "dstnat - 10"): after
+// guard-prerouting and guard-output drop new connections to a ClusterIP
+// of internalTrafficPolicy Local served only by other nodes (which IPVS
+// would refuse), and to a load-balancer IP from outside its
+// loadBalancerSourceRanges, at priority -110 (as kube-proxy's nftables
+// mode does, "dstnat - 10"): after
 // conntrack (-200) and before everything else here — the nat chains
 // (-100), whose external-local DNAT would hide the address, and IPVS (its
 // LOCAL_OUT hook at -98, LOCAL_IN at 99) — for forwarded packets and the
@@ -169,7 +171,7 @@ func (r *Ruleset) sets() []setSpec {
 				})
 			}
 		}
-		out = append(out, tupleSet("lb-guarded", guarded), sources)
+		out = append(out, tupleSet("lb-guarded", guarded), sources, tupleSet(internalDropSet, r.InternalDrop))
 	}
 	return out
 }
@@ -183,6 +185,9 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	a, _ := netip.AddrFromSlice(b)
 	return a
 }
+
+// internalDropSet (with the family suffix) holds Ruleset.InternalDrop.
+const internalDropSet = "internal-drop"
 
 // nodeServersSet (with the family suffix) records the virtual servers on
 // the node's own addresses; see Ruleset.NodeServers.
@@ -317,13 +322,22 @@ func (r *Ruleset) rules() []ruleSpec {
 }
 
 // guardRules drop, in guard-prerouting and guard-output, a new connection
-// to a guarded load-balancer virtual server (lb-guarded) whose source no
-// range of it admits (lb-sources, keyed by the virtual server and a
-// source range). The tuple loaded for the first lookup stays in its
-// registers for the second, which appends the source address.
+// to a ClusterIP virtual server of internal-drop (internalTrafficPolicy
+// Local served only elsewhere), and one to a guarded load-balancer virtual
+// server (lb-guarded) whose source no range of it admits (lb-sources,
+// keyed by the virtual server and a source range). The tuple loaded for
+// the lb-guarded lookup stays in its registers for the second, which
+// appends the source address.
 func (r *Ruleset) guardRules() []ruleSpec {
 	var out []ruleSpec
 	for _, chain := range []string{"guard-prerouting", "guard-output"} {
+		for _, f := range families {
+			tuple, _ := f.loadTuple()
+			ex := append(ctNew(), tuple...)
+			ex = append(ex, lookup(internalDropSet+"-"+f.suffix), &expr.Verdict{Kind: expr.VerdictDrop})
+			out = append(out, ruleSpec{chain: chain, exprs: ex,
+				text: fmt.Sprintf("ct state new %s daddr . meta l4proto . th dport @%s-%s drop", f.ip, internalDropSet, f.suffix)})
+		}
 		for _, f := range families {
 			tuple, n := f.loadTuple()
 			ex := append(ctNew(), tuple...)

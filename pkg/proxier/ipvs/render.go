@@ -15,6 +15,10 @@ import (
 // on the port's number and protocol; its real servers are the port's
 // ClusterEndpoints of the same family, weight 1, as the model selected them.
 // AffinitySeconds > 0 makes the virtual server persistent for that long.
+// With internalTrafficPolicy Local and no local endpoint while other nodes
+// have usable ones, the virtual server stays (without real servers) and is
+// marked InternalDrop: the netfilter side drops its new connections before
+// IPVS would refuse them.
 //
 // External traffic is served the way kube-proxy's IPVS mode does it: each
 // external IP (and VIP-mode load-balancer IP) of the port becomes a virtual
@@ -72,8 +76,11 @@ func Render(s *model.State, scheduler string) *Table {
 			continue
 		}
 		for _, ip := range sp.ClusterIPs {
-			if ip.IsValid() {
-				add(sp, VSKey{Addr: ip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}, sp.ClusterEndpoints)
+			if !ip.IsValid() {
+				continue
+			}
+			if vs := add(sp, VSKey{Addr: ip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}, sp.ClusterEndpoints); vs != nil {
+				vs.InternalDrop = internalDrop(sp, model.FamilyOf(vs.Addr))
 			}
 		}
 	}
@@ -128,6 +135,16 @@ func Render(s *model.State, scheduler string) *Table {
 	return t
 }
 
+// internalDrop reports whether new connections to sp's ClusterIP of family
+// f are dropped rather than refused: with internalTrafficPolicy Local this
+// node has no endpoint of f while some node has a usable one, as
+// kube-proxy does, so that a client retries instead of believing the
+// Service gone.
+func internalDrop(sp *model.ServicePort, f model.IPFamily) bool {
+	return sp.InternalLocal && len(model.EndpointsOf(sp.ClusterEndpoints, f)) == 0 &&
+		model.Usable(model.EndpointsOf(sp.Endpoints, f))
+}
+
 // familyPrefixes returns the prefixes of ps of family f, masked, IPv4 ones
 // in their 4-byte form, sorted, without one another contains; nil if none.
 func familyPrefixes(ps []netip.Prefix, f model.IPFamily) []netip.Prefix {
@@ -179,7 +196,8 @@ func sourceGuard(vs *VirtualServer, nodeIPs []netip.Addr) SourceGuard {
 }
 
 // RenderNetfilter derives the netfilter side of t under cfg, including a
-// SourceGuard for each virtual server with SourceRanges.
+// SourceGuard for each virtual server with SourceRanges and an InternalDrop
+// tuple for each one marked InternalDrop.
 func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 	r := &Ruleset{MasqueradeAll: cfg.MasqueradeAll, Mark: cfg.Mark(), ServiceCIDRs: slices.Clone(t.ServiceCIDRs)}
 	if p, ok := cfg.ClusterCIDR(4); ok {
@@ -200,6 +218,9 @@ func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 		switch {
 		case !vs.External:
 			r.ClusterIPs = append(r.ClusterIPs, tu)
+			if vs.InternalDrop {
+				r.InternalDrop = append(r.InternalDrop, tu)
+			}
 		case !vs.Local:
 			r.ExternalMasq = append(r.ExternalMasq, tu)
 		default:

@@ -69,6 +69,12 @@ type VirtualServer struct {
 	// the port's loadBalancerSourceRanges of the address's family: the
 	// only sources a new connection to it may come from (none: any).
 	SourceRanges []netip.Prefix
+	// InternalDrop, set only on a ClusterIP's virtual server, is
+	// internalTrafficPolicy Local without an endpoint on this node while
+	// another node has a usable one: new connections to it are dropped
+	// (not refused) before IPVS sees them, as kube-proxy does. The virtual
+	// server itself stays, without real servers.
+	InternalDrop bool
 }
 
 // Persistent reports whether the virtual server pins clients.
@@ -132,6 +138,9 @@ func (t *Table) String() string {
 				if v.ShortCircuit.IsValid() {
 					fmt.Fprintf(&b, ", cluster traffic to %s", v.ShortCircuit)
 				}
+			}
+			if v.InternalDrop {
+				b.WriteString(" internal local, no local endpoint: drop")
 			}
 			for i, p := range v.SourceRanges {
 				sep := ","

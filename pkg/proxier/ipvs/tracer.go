@@ -13,10 +13,12 @@ import (
 // Tracer evaluates a rendered IPVS table and its netfilter side for the
 // first packet of a new connection, in the kernel's order:
 //
-//  0. guard-prerouting/-output drop a new connection to a load-balancer
-//     virtual server that loadBalancerSourceRanges guard when no range of
-//     it admits the source, forwarded or from the node, before anything
-//     below rewrites the destination;
+//  0. guard-prerouting/-output drop a new connection, forwarded or from
+//     the node, before anything below rewrites the destination: to a
+//     ClusterIP virtual server in InternalDrop (internalTrafficPolicy
+//     Local, endpoints only on other nodes), and to a load-balancer virtual
+//     server that loadBalancerSourceRanges guard when no range of it
+//     admits the source;
 //  1. nat prerouting/output mark traffic to a ClusterIP from outside the
 //     cluster CIDR (or all, with MasqueradeAll) and all traffic to an
 //     external virtual server of externalTrafficPolicy Cluster; for one of
@@ -95,7 +97,7 @@ func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Re
 	src := p.Src.Unmap()
 	tu := Tuple{Addr: dst.Addr(), Protocol: p.Proto, Port: dst.Port()}
 	// filter prerouting / output at -110: the source-range guard.
-	if t.rules.guardDrops(tu, src) {
+	if has(t.rules.InternalDrop, tu) || t.rules.guardDrops(tu, src) {
 		return flowspec.Result{Verdict: flowspec.Drop}
 	}
 	// nat prerouting / output: mark-masq, then external-local.
