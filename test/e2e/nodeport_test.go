@@ -37,6 +37,7 @@ func TestNodePortAndExternalIP(t *testing.T) {
 			}()
 			e.nodePortSuite(t, np, empty, pods)
 			e.localhostNodePort(t, dp, np, pods)
+			e.secondaryAddressNodePort(t, dp, np, pods)
 		})
 	}
 }
@@ -83,6 +84,25 @@ func (e *env) localhostNodePort(t *testing.T, dp dataplane, np *v1.Service, pods
 		if r := e.traffic(t, e.lab.NodeNS, "tcp", addr, 5, 1); r.Answered() != 0 || r.Errors.Refused != 5 {
 			t.Errorf("%s from the node: %v %+v, want 5 refused", addr, r.Counts, r.Errors)
 		}
+	})
+}
+
+// secondaryAddressNodePort checks kube-proxy's default --nodeport-addresses:
+// nftables mode answers only on the node's primary address, the iptables
+// modes on every local one (here the node's bridge address, 10.244.1.1).
+func (e *env) secondaryAddressNodePort(t *testing.T, dp dataplane, np *v1.Service, pods []lab.Pod) {
+	addr := fmt.Sprintf("10.244.1.1:%d", np.Spec.Ports[0].NodePort)
+	if dp.mode == "nftables" {
+		t.Run("nftables mode does not serve the NodePort on a secondary node address", func(t *testing.T) {
+			if r := e.traffic(t, e.lab.ClientNS, "tcp", addr, 5, 1); r.Answered() != 0 || r.Errors.Refused != 5 {
+				t.Errorf("%s from the client: %v %+v, want 5 refused", addr, r.Counts, r.Errors)
+			}
+		})
+		return
+	}
+	t.Run("iptables mode serves the NodePort on every node address", func(t *testing.T) {
+		r := e.traffic(t, e.lab.ClientNS, "tcp", addr, 300, 1)
+		assertBalanced(t, "nodeport on the bridge address", r, 300, podNames(pods), 0.20, 0.47)
 	})
 }
 

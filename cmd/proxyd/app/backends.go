@@ -38,6 +38,8 @@ func (o *Options) proxierConfig() proxier.Config {
 		MasqueradeAll:      o.MasqueradeAll,
 		MasqueradeMark:     1 << uint(o.MasqueradeBit),
 		LocalhostNodePorts: o.LocalhostNodePorts && o.Mode == "iptables",
+		NodePortAddresses:  o.NodePortAddresses,
+		NodePortPrimary:    o.NodePortPrimary,
 	}
 }
 

@@ -33,7 +33,6 @@ func compatFlags(fs *pflag.FlagSet) {
 		fs.Bool(name, false, "accepted for kube-proxy compatibility; ignored")
 	}
 	fs.StringSlice("ipvs-exclude-cidrs", nil, "accepted for kube-proxy compatibility; ignored")
-	fs.StringSlice("nodeport-addresses", nil, "accepted for kube-proxy compatibility; NodePorts answer on every node address")
 	fs.Int32("healthz-port", 0, "deprecated kube-proxy flag: the port of --healthz-bind-address; 0 disables it")
 	fs.Int32("metrics-port", 0, "deprecated kube-proxy flag: the port of --metrics-bind-address; 0 disables it")
 }
@@ -84,6 +83,12 @@ func writeConfig(o *Options, path string) error {
 			c.ClusterCIDR += ","
 		}
 		c.ClusterCIDR += p.String()
+	}
+	if o.NodePortPrimary {
+		c.NodePortAddresses = append(c.NodePortAddresses, "primary")
+	}
+	for _, p := range o.NodePortAddresses {
+		c.NodePortAddresses = append(c.NodePortAddresses, p.String())
 	}
 	bit := int32(o.MasqueradeBit)
 	sync, minSync := metav1.Duration{Duration: o.SyncPeriod}, metav1.Duration{Duration: o.MinSyncPeriod}

@@ -46,7 +46,7 @@ func TestWriteConfigToRoundTrips(t *testing.T) {
 	want, err := Parse([]string{"--proxy-mode=iptables", "--iptables-sync-period=10s", "--iptables-min-sync-period=2s",
 		"--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--masquerade-all", "--iptables-masquerade-bit=12",
 		"--iptables-localhost-nodeports=false", "--hostname-override=n1", "--kubeconfig=/etc/k", "--kube-api-qps=7",
-		"--metrics-bind-address=0.0.0.0:10249", "--profiling"})
+		"--metrics-bind-address=0.0.0.0:10249", "--profiling", "--nodeport-addresses=primary,192.0.2.0/24"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,5 +64,30 @@ func TestWriteConfigToRoundTrips(t *testing.T) {
 	}
 	if want.SyncPeriod != 10*time.Second {
 		t.Errorf("sync period %v", want.SyncPeriod)
+	}
+}
+
+func TestNodePortAddressesDefaultAsKubeProxy(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		primary bool
+		ranges  int
+	}{
+		{[]string{"--mode=nftables"}, true, 0},
+		{[]string{"--mode=iptables"}, false, 0},
+		{[]string{"--mode=ipvs"}, false, 0},
+		{[]string{"--mode=nftables", "--nodeport-addresses=all"}, false, 2},
+		{[]string{"--mode=iptables", "--nodeport-addresses=primary,192.0.2.0/24"}, true, 1},
+	} {
+		o, err := Parse(tc.args)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if o.NodePortPrimary != tc.primary || len(o.NodePortAddresses) != tc.ranges {
+			t.Errorf("%v: primary %v, ranges %v; want %v and %d ranges", tc.args, o.NodePortPrimary, o.NodePortAddresses, tc.primary, tc.ranges)
+		}
+	}
+	if _, err := Parse([]string{"--nodeport-addresses=10.0.0.0/33"}); err == nil {
+		t.Error("a bad CIDR was accepted")
 	}
 }

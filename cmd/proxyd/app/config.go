@@ -38,6 +38,9 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if c.ClientConnection.Kubeconfig != "" {
 		set([]string{"kubeconfig"}, func() { o.Kubeconfig = c.ClientConnection.Kubeconfig })
 	}
+	if len(c.NodePortAddresses) > 0 {
+		o.nodePortAddressesFromConfig = c.NodePortAddresses
+	}
 	if c.ClientConnection.QPS != 0 {
 		set([]string{"kube-api-qps"}, func() { o.KubeAPIQPS = c.ClientConnection.QPS })
 	}

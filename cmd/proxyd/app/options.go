@@ -47,6 +47,39 @@ type Options struct {
 	KubeAPIBurst       int32
 	InitOnly           bool
 	WriteConfigTo      string
+	// NodePortAddresses and NodePortPrimary restrict NodePorts (see
+	// proxier.Config).
+	NodePortAddresses []netip.Prefix
+	NodePortPrimary   bool
+
+	nodePortAddressesFromConfig []string
+}
+
+// parseNodePortAddresses reads --nodeport-addresses. With none given,
+// nftables mode pins NodePorts to the primary addresses and the others
+// answer on all, as kube-proxy defaults them.
+func (o *Options) parseNodePortAddresses(values []string) error {
+	if len(values) == 0 {
+		o.NodePortPrimary = o.Mode == "nftables"
+		return nil
+	}
+	for _, v := range values {
+		switch v = strings.TrimSpace(v); v {
+		case "primary":
+			o.NodePortPrimary = true
+		case "all":
+			o.NodePortAddresses = append(o.NodePortAddresses, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"))
+		case "localhost":
+			o.NodePortAddresses = append(o.NodePortAddresses, netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"))
+		default:
+			p, err := netip.ParsePrefix(v)
+			if err != nil {
+				return fmt.Errorf("--nodeport-addresses %q: want a CIDR, primary, localhost or all", v)
+			}
+			o.NodePortAddresses = append(o.NodePortAddresses, p.Masked())
+		}
+	}
+	return nil
 }
 
 // ErrHelp is returned by Parse when --help was asked for.
@@ -85,6 +118,9 @@ func Parse(args []string) (*Options, error) {
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "QPS to the apiserver")
 	fs.Int32Var(&o.KubeAPIBurst, "kube-api-burst", 100, "burst to the apiserver")
 	compatFlags(fs)
+	var nodePortAddresses []string
+	fs.StringSliceVar(&nodePortAddresses, "nodeport-addresses", nil,
+		"addresses NodePorts answer on: CIDRs of node addresses, 'primary' (the node's primary address of each family) or 'all'; default primary in nftables mode, all otherwise, as in kube-proxy")
 	fs.BoolVar(&o.InitOnly, "init-only", false, "do the node setup that needs full privileges (route_localnet for localhost NodePorts), then exit")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", "", "write the effective configuration as a KubeProxyConfiguration to this file and exit")
 	fs.BoolVar(&o.Profiling, "profiling", false, "serve /debug/pprof on the metrics address, as kube-proxy does")
@@ -111,6 +147,13 @@ func Parse(args []string) (*Options, error) {
 		}
 	}
 	if err := applyPortFlags(o, fs); err != nil {
+		return nil, err
+	}
+	if o.nodePortAddressesFromConfig != nil && !fs.Changed("nodeport-addresses") {
+		nodePortAddresses = o.nodePortAddressesFromConfig
+	}
+	o.nodePortAddressesFromConfig = nil
+	if err := o.parseNodePortAddresses(nodePortAddresses); err != nil {
 		return nil, err
 	}
 	var err error

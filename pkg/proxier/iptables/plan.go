@@ -12,8 +12,11 @@ import (
 // written is what a family's tables hold after the last successful write,
 // as far as proxyd's chains go. It is trusted only while no write failed.
 type written struct {
-	// base is how many rules the base chains hold (see baseRules).
-	base int
+	// base is how many rules the base chains hold (see baseRules), and
+	// npAll and npIPs where they send NodePort traffic from.
+	base  int
+	npAll bool
+	npIPs []netip.Addr
 	// sps holds every service port with a ClusterIP of the family.
 	sps map[model.ServicePortKey]writtenSP
 	// spRules is the sum of the service ports' rules; the dispatch and
@@ -106,7 +109,8 @@ func (w *written) chainCount() int { return baseChains + w.spChains }
 // the ServiceCIDRs into t, deleting the chains of stale that it does not
 // write again, and returns what the tables will hold.
 func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []netip.Prefix, stale staleChains) *written {
-	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam), base: r.baseRules()}
+	w := &written{sps: make(map[model.ServicePortKey]writtenSP, len(sps)), cidrs: familyCIDRs(cidrs, r.fam), base: r.baseRules(),
+		npAll: r.npAll, npIPs: r.npIPs}
 	r.base(t)
 	w.refuseRules = r.services(t, sps, w.cidrs)
 	r.nodePorts(t, sps)
@@ -165,6 +169,10 @@ func (w *written) remove(k model.ServicePortKey) writtenSP {
 func (r *renderer) partial(t *restoreText, s *model.State, w *written, sorted func() []*model.ServicePort, alwaysServices bool) {
 	var changed []*model.ServicePort
 	natDispatch, filterDispatch := alwaysServices, alwaysServices
+	if r.npAll != w.npAll || !slices.Equal(r.npIPs, w.npIPs) {
+		w.npAll, w.npIPs, w.base = r.npAll, r.npIPs, r.baseRules()
+		natDispatch = true
+	}
 	if cidrs := familyCIDRs(s.ServiceCIDRs, r.fam); !slices.Equal(cidrs, w.cidrs) {
 		w.cidrs = cidrs
 		filterDispatch = true

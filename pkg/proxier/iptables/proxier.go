@@ -222,6 +222,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 func (p *Proxier) syncFamily(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort) (int, error) {
 	var t restoreText
 	w := f.w
+	f.r.forNode(s.Node)
 	if full || w == nil {
 		owned, err := f.owned(ctx)
 		if err != nil {

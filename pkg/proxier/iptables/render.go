@@ -16,6 +16,7 @@ import (
 // Proxier ensures them with single-rule commands, see jumpRules).
 func Render(s *model.State, cfg proxier.Config, fam model.IPFamily) []byte {
 	r := newRenderer(cfg, fam)
+	r.forNode(s.Node)
 	var t restoreText
 	r.fullState(&t, s.Sorted(), s.ServiceCIDRs, nil)
 	return t.bytes()
@@ -32,9 +33,12 @@ type renderer struct {
 	drop       string // the drop mark
 	dropMask   string // drop/drop
 	rejectWith string
-	loopback   string   // the loopback range
-	localhost  bool     // NodePorts are served on loopback too (IPv4 only)
-	probs      []string // probs[n] is probability(n), cached
+	loopback   string // the loopback range
+	localhost  bool   // NodePorts are served on loopback too (IPv4 only)
+	cfg        proxier.Config
+	npAll      bool         // NodePorts answer on every local address
+	npIPs      []netip.Addr // else on these (--nodeport-addresses)
+	probs      []string     // probs[n] is probability(n), cached
 }
 
 func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
@@ -49,7 +53,9 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 	r.markMask = r.mark + "/" + r.mark
 	r.drop = markString(dropMark(cfg.Mark()))
 	r.dropMask = r.drop + "/" + r.drop
-	r.localhost = cfg.LocalhostNodePorts && fam == model.IPv4
+	r.cfg = cfg
+	r.localhost = cfg.LocalhostNodePorts && fam == model.IPv4 && cfg.NodePortsOnLoopback(fam)
+	r.forNode(model.Node{})
 	if fam == model.IPv6 {
 		r.hostSuffix = "/128"
 		r.rejectWith = "icmp6-port-unreachable"
@@ -63,10 +69,11 @@ func newRenderer(cfg proxier.Config, fam model.IPFamily) *renderer {
 
 // baseRules is how many rules every sync keeps beside the service ports'.
 func (r *renderer) baseRules() int {
+	n := baseRules - 1 + r.nodePortJumps()
 	if r.localhost {
-		return baseRules + 1
+		n++
 	}
-	return baseRules
+	return n
 }
 
 // dropMark is kube-proxy's drop bit, 1<<15, or 1<<14 when the masquerade
@@ -119,17 +126,42 @@ func (r *renderer) services(t *restoreText, sps []*model.ServicePort, cidrs []ne
 	return r.refuse(t, sps, cidrs)
 }
 
-// nodePortsJump is the last rule of nat's PROXYD-SERVICES: what is
-// addressed to one of the node's own addresses, loopback only with
-// localhost NodePorts, may be for a NodePort.
+// forNode sets the addresses NodePorts answer on from the node's.
+func (r *renderer) forNode(n model.Node) {
+	r.npIPs, r.npAll = r.cfg.NodePortIPs(n, r.fam)
+}
+
+// nodePortsJump is the end of nat's PROXYD-SERVICES: what is addressed to
+// one of the node's own addresses (loopback only with localhost NodePorts;
+// only those --nodeport-addresses allows) may be for a NodePort.
 func (r *renderer) nodePortsJump(t *restoreText) {
-	var notLoopback []string
-	if !r.localhost {
-		notLoopback = []string{"!", "-d", r.loopback}
+	const comment = `"proxyd service nodeports; NOTE: this must be the last rule in this chain"`
+	if r.npAll {
+		var notLoopback []string
+		if !r.localhost {
+			notLoopback = []string{"!", "-d", r.loopback}
+		}
+		t.rule(&t.natRules, ChainServices, append(notLoopback, "-m", "comment", "--comment", comment,
+			"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainNodePorts)...)
+		return
 	}
-	t.rule(&t.natRules, ChainServices, append(notLoopback, "-m", "comment", "--comment",
-		`"proxyd service nodeports; NOTE: this must be the last rule in this chain"`,
-		"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainNodePorts)...)
+	if r.localhost {
+		t.rule(&t.natRules, ChainServices, "-d", r.loopback, "-m", "comment", "--comment", comment, "-j", ChainNodePorts)
+	}
+	for _, ip := range r.npIPs {
+		t.rule(&t.natRules, ChainServices, "-d", ip.String()+r.hostSuffix, "-m", "comment", "--comment", comment, "-j", ChainNodePorts)
+	}
+}
+
+// nodePortJumps is how many rules nodePortsJump writes.
+func (r *renderer) nodePortJumps() int {
+	switch {
+	case r.npAll:
+		return 1
+	case r.localhost:
+		return 1 + len(r.npIPs)
+	}
+	return len(r.npIPs)
 }
 
 // nodePorts renders nat's PROXYD-NODEPORTS in full.
@@ -295,44 +327,6 @@ func (r *renderer) externalIPRules(t *restoreText, sp *model.ServicePort) {
 		t.rule(&t.natRules, ChainServices, "-d", ip.String()+r.hostSuffix, "-p", proto, "-m", "comment", "--comment", comment,
 			"-m", proto, "--dport", port, "-j", target)
 	}
-}
-
-// guard returns sp's loadBalancerSourceRanges of the family and the
-// load-balancer IPs they guard; none when either is empty. NodePorts,
-// external IPs and the ClusterIP are not guarded, as in kube-proxy.
-func (r *renderer) guard(sp *model.ServicePort) ([]netip.Prefix, map[netip.Addr]bool) {
-	ranges := familyCIDRs(sp.SourceRanges, r.fam)
-	if len(ranges) == 0 {
-		return nil, nil
-	}
-	var guarded map[netip.Addr]bool
-	for _, ip := range sp.LoadBalancerIPs {
-		if model.FamilyOf(ip) == r.fam {
-			if guarded == nil {
-				guarded = map[netip.Addr]bool{}
-			}
-			guarded[ip] = true
-		}
-	}
-	return ranges, guarded
-}
-
-// firewall renders sp's firewall chain: each admitted range goes on to the
-// external chain (or, with nothing to serve it, back to be refused), every
-// other source is marked for filter to drop.
-func (r *renderer) firewall(t *restoreText, sp *model.ServicePort, ranges []netip.Prefix, hasExt bool) string {
-	fc := fwChain(sp.Key)
-	t.natChain(fc)
-	admit := "RETURN"
-	if hasExt {
-		admit = extChain(sp.Key)
-	}
-	comment := quoteComment(portName(sp.Key) + " loadbalancer IP")
-	for _, p := range ranges {
-		t.rule(&t.natRules, fc, "-s", p.String(), "-m", "comment", "--comment", comment, "-j", admit)
-	}
-	t.rule(&t.natRules, fc, "-m", "comment", "--comment", comment, "-j", ChainMarkDrop)
-	return fc
 }
 
 // nodePortRule renders sp's jump in nat's PROXYD-NODEPORTS.

@@ -597,3 +597,32 @@ func TestPartialSyncOfTheInternalLocalDrop(t *testing.T) {
 		tp.wantStatsMatchKernel(t)
 	}
 }
+
+// --nodeport-addresses pins NodePorts to the node's addresses; a change of
+// the node's address rewrites the jumps on a partial sync.
+func TestNodePortAddressesFollowTheNode(t *testing.T) {
+	cfg := flowspec.Config()
+	cfg.NodePortPrimary = true
+	tp := newTestProxier(t, cfg)
+	tp.sync(t, flowspec.State())
+	saved := string(tp.kernels[model.IPv4].saveAll())
+	if !strings.Contains(saved, "-A PROXYD-SERVICES -d 10.88.0.2/32 -m comment") || strings.Contains(saved, "--dst-type LOCAL -j PROXYD-NODEPORTS") {
+		t.Errorf("NodePorts are not pinned to the primary address:\n%s", saved)
+	}
+	tr, err := NewTracer(tp.kernels[model.IPv4].saveAll(), tp.kernels[model.IPv6].saveAll())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowspec.RunExternal(t, tr)
+
+	moved := flowspec.State()
+	moved.Node.IPs = []netip.Addr{netip.MustParseAddr("10.88.0.3")}
+	if s := tp.sync(t, moved); s.Full {
+		t.Fatal("sync was full")
+	}
+	tp.wantKernelMatchesFullWrite(t, cfg, moved)
+	tp.wantStatsMatchKernel(t)
+	if saved := string(tp.kernels[model.IPv4].saveAll()); !strings.Contains(saved, "-d 10.88.0.3/32") || strings.Contains(saved, "-d 10.88.0.2/32 -m comment") {
+		t.Errorf("the jump did not follow the node's address:\n%s", saved)
+	}
+}

@@ -204,7 +204,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	start := p.clock.Now()
-	desired := Render(s, p.scheduler)
+	desired := RenderWith(s, p.scheduler, p.cfg)
 	for _, c := range desired.Conflicts {
 		p.log.Warn("service port left out of IPVS", "conflict", c)
 	}

@@ -31,6 +31,12 @@ import (
 // loadBalancerSourceRanges of its family, which the netfilter side
 // enforces.
 func Render(s *model.State, scheduler string) *Table {
+	return RenderWith(s, scheduler, proxier.Config{})
+}
+
+// RenderWith is Render under cfg, whose NodePortAddresses choose the node
+// addresses a NodePort gets a virtual server on.
+func RenderWith(s *model.State, scheduler string, cfg proxier.Config) *Table {
 	t := &Table{Servers: map[VSKey]*VirtualServer{}}
 	if s == nil {
 		return t
@@ -126,7 +132,7 @@ func Render(s *model.State, scheduler string) *Table {
 		}
 		if sp.NodePort != 0 {
 			for _, ip := range t.NodeIPs {
-				if fams[model.FamilyOf(ip)] {
+				if fams[model.FamilyOf(ip)] && nodePortOn(cfg, s.Node, ip) {
 					external(VSKey{Addr: ip, Protocol: sp.Key.Protocol, Port: sp.NodePort}, true, false)
 				}
 			}
@@ -242,4 +248,11 @@ func RenderNetfilter(t *Table, cfg proxier.Config) *Ruleset {
 		return cmp.Or(a.Endpoint.Compare(b.Endpoint), cmp.Compare(a.Protocol, b.Protocol))
 	})
 	return r
+}
+
+// nodePortOn reports whether --nodeport-addresses lets NodePorts answer on
+// the node address ip.
+func nodePortOn(cfg proxier.Config, node model.Node, ip netip.Addr) bool {
+	ips, all := cfg.NodePortIPs(node, model.FamilyOf(ip))
+	return all || slices.Contains(ips, ip)
 }

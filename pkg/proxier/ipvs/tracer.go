@@ -74,7 +74,7 @@ func NewTracer(s *model.State, cfg proxier.Config, scheduler string) (*Tracer, e
 	if err != nil {
 		return nil, err
 	}
-	t := Render(s, sched)
+	t := RenderWith(s, sched, cfg)
 	return TracerFor(t, RenderNetfilter(t, cfg)), nil
 }
 

@@ -7,6 +7,7 @@ import (
 
 	"github.com/proxyd/proxyd/internal/testns"
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
@@ -27,14 +28,26 @@ func newKernelProxier(t *testing.T, ns *testns.NS) *Proxier {
 // nft, exactly as its own rendering and exactly as the same text loaded by
 // nft itself: no unknown expressions, no raw bytes.
 func TestKernelListingMatchesRenderingAndNft(t *testing.T) {
+	primary := flowspec.Config()
+	primary.NodePortPrimary = true // NodePorts on the node's own address only
+	for name, cfg := range map[string]proxier.Config{"default": flowspec.Config(), "nodeport-addresses primary": primary} {
+		t.Run(name, func(t *testing.T) { kernelListingMatches(t, cfg) })
+	}
+}
+
+func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 	ns := testns.New(t, "nft")
-	p := newKernelProxier(t, ns)
+	p, err := New(cfg, WithNetNS(ns.FD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
 	st := flowspec.State()
 	if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
 		t.Fatalf("sync: %v", err)
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
-		want := Render(st, flowspec.Config(), f).String()
+		want := Render(st, cfg, f).String()
 		got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName)
 		if CanonicalListing(got) != CanonicalListing(want) {
 			t.Errorf("%v: kernel listing differs from rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)

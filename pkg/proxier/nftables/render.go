@@ -309,8 +309,17 @@ func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 	if f == model.IPv6 {
 		loopback = netip.MustParsePrefix("::1/128")
 	}
-	nodePorts := Rule{MatchFibLocal{}, MatchDestIn{Prefix: loopback, Not: true}, MatchProtoPort{Set: NodePortsMap, Vmap: true}}
-	rejectNodePorts := Rule{MatchCtStateNew{}, MatchFibLocal{}, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}}
+	nodePorts := []Rule{{MatchFibLocal{}, MatchDestIn{Prefix: loopback, Not: true}, MatchProtoPort{Set: NodePortsMap, Vmap: true}}}
+	rejectNodePorts := []Rule{{MatchCtStateNew{}, MatchFibLocal{}, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}}}
+	if ips, all := cfg.NodePortIPs(s.Node, f); !all {
+		// --nodeport-addresses: only these of the node's addresses.
+		nodePorts, rejectNodePorts = nil, nil
+		for _, ip := range ips {
+			to := MatchDestIn{Prefix: netip.PrefixFrom(ip, ip.BitLen())}
+			nodePorts = append(nodePorts, Rule{to, MatchProtoPort{Set: NodePortsMap, Vmap: true}})
+			rejectNodePorts = append(rejectNodePorts, Rule{MatchCtStateNew{}, to, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}})
+		}
+	}
 	reject := Rule{MatchCtStateNew{}, MatchServiceTuple{Set: NoEndpointsSet}, Reject{}}
 	// After DNAT, a packet still addressed to a ClusterIP, or to any
 	// address of the service ranges, matched no service port: refuse it at
@@ -322,8 +331,8 @@ func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 		}
 	}
 	return []*Chain{
-		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: []Rule{dispatch, nodePorts}},
-		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: []Rule{dispatch, nodePorts}},
+		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: append([]Rule{dispatch}, nodePorts...)},
+		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: append([]Rule{dispatch}, nodePorts...)},
 		{Name: chainNatPostroute, Base: &BaseChain{Type: "nat", Hook: "postrouting", Priority: 100}, Rules: []Rule{
 			{MatchCtStatusDNAT{}, MatchSourceDest{Set: HairpinSet}, Masquerade{}},
 			{MatchMark{Mark: mark}, ClearMark{Mark: mark}, Masquerade{FullyRandom: true}},
@@ -331,7 +340,7 @@ func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
 		{Name: chainFilterForward, Base: &BaseChain{Type: "filter", Hook: "forward", Priority: -110}, Rules: append([]Rule{reject}, postDNAT...)},
 		{Name: chainFilterOutput, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -110}, Rules: []Rule{reject}},
 		{Name: chainFilterPostDNAT, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -90}, Rules: postDNAT},
-		{Name: chainFilterInput, Base: &BaseChain{Type: "filter", Hook: "input", Priority: -110}, Rules: []Rule{rejectNodePorts}},
+		{Name: chainFilterInput, Base: &BaseChain{Type: "filter", Hook: "input", Priority: -110}, Rules: rejectNodePorts},
 	}
 }
 

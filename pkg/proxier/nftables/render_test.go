@@ -189,3 +189,16 @@ func bigSnapshot(n, eps int) model.Snapshot {
 	}
 	return snap
 }
+
+func TestNodePortAddressesPinTheNodePorts(t *testing.T) {
+	cfg := flowspec.Config()
+	cfg.NodePortPrimary = true
+	st := flowspec.State()
+	r := Render(st, cfg, model.IPv4)
+	text := r.String()
+	if !strings.Contains(text, "ip daddr 10.88.0.2 meta l4proto . th dport vmap @service-nodeports") || strings.Contains(text, "fib daddr type local") {
+		t.Errorf("NodePorts are not pinned to the primary address:\n%s", text)
+	}
+	tracer := NewTracer(r, Render(st, cfg, model.IPv6))
+	flowspec.RunExternal(t, tracer) // the spec's NodePorts are all on the primary address
+}
