@@ -125,3 +125,46 @@ func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
 		t.Errorf("an untouched table was rewritten: %+v", got)
 	}
 }
+
+// A new proxyd (a restart) rewrites the table it finds in place: the base
+// chains keep their hooks (the same handles), so a connection whose first
+// packet races the commit is NATed by the old rules or the new ones, never
+// by neither; and what the cluster lost while no proxyd ran is gone after.
+func TestKernelRestartRewritesTheTableInPlace(t *testing.T) {
+	ns := testns.New(t, "nftrestart")
+	before := flowspec.State()
+	if err := newKernelProxier(t, ns).Sync(context.Background(), before, model.Compute(nil, before)); err != nil {
+		t.Fatal(err)
+	}
+	handles := func() string {
+		// A table created again gets a new handle (the counter is the
+		// family's); its chains would number from 1 again.
+		return ns.Run(t, "sh", "-c", "nft -a list table ip "+TableName+" | grep -E '^table|chain (nat|filter)-' | sort")
+	}
+	baseBefore := handles()
+
+	after := flowspec.State()
+	web := model.ServicePortKey{Namespace: "default", Name: "web", Port: "p", Protocol: model.TCP}
+	dns := model.ServicePortKey{Namespace: "default", Name: "dns", Port: "p", Protocol: model.UDP}
+	delete(after.Services, dns) // deleted while no proxyd ran
+	changed := *after.Services[web]
+	changed.ClusterEndpoints = changed.ClusterEndpoints[:1]
+	after.Services[web] = &changed
+
+	p := newKernelProxier(t, ns)
+	if err := p.Sync(context.Background(), after, model.Compute(nil, after)); err != nil {
+		t.Fatal(err)
+	}
+	if s := p.LastSyncStats(); !s.Full {
+		t.Errorf("the first sync of a new process was not full: %+v", s)
+	}
+	if got := handles(); got != baseBefore {
+		t.Errorf("the table and its base chains were recreated:\n--- before\n%s\n--- after\n%s", baseBefore, got)
+	}
+	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+		want := Render(after, flowspec.Config(), f).String()
+		if got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName); CanonicalListing(got) != CanonicalListing(want) {
+			t.Errorf("%v: the rewritten table differs from the rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
+		}
+	}
+}

@@ -105,13 +105,24 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 			delete(p.written, f)
 			return err
 		}
-		if err := queue(p.conn, plan); err != nil {
-			delete(p.written, f)
-			return fmt.Errorf("sync nftables table %s %s: %w", familyWord(f), TableName, err)
+		var old *kernelTable
+		if plan.Full {
+			if old, err = listTable(p.conn, f); err != nil {
+				delete(p.written, f)
+				return err
+			}
 		}
-		if err := p.flush(plan.Size()); err != nil {
+		if err := p.write(plan, old); err != nil && old != nil {
+			// Keeping the base chains failed; delete the table instead.
+			klog.InfoS("Could not rewrite the nftables table in place, recreating it", "family", f, "err", err)
+			err = p.write(plan, nil)
+			if err != nil {
+				delete(p.written, f)
+				return err
+			}
+		} else if err != nil {
 			delete(p.written, f)
-			return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
+			return err
 		}
 		p.written[f] = next
 		klog.V(4).InfoS("Wrote nftables transaction", "family", f, "full", plan.Full, "objects", plan.Size())
@@ -122,6 +133,18 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 		// A large batch of netlink messages was just garbage; give the
 		// memory back now rather than keep the peak as resident size.
 		debug.FreeOSMemory()
+	}
+	return nil
+}
+
+// write queues plan and commits it.
+func (p *Proxier) write(plan Plan, old *kernelTable) error {
+	f := plan.Family
+	if err := queue(p.conn, plan, old); err != nil {
+		return fmt.Errorf("sync nftables table %s %s: %w", familyWord(f), TableName, err)
+	}
+	if err := p.flush(plan.Size()); err != nil {
+		return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
 	}
 	return nil
 }
