@@ -6,7 +6,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/proxyd/proxyd/pkg/model"
-	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
 // TestVMSourceRanges checks loadBalancerSourceRanges on real packets: a
@@ -25,19 +23,7 @@ import (
 // one incremental write that takes effect. The node's address is
 // 192.168.99.1, the client's (192.168.99.2) gateway.
 func TestVMSourceRanges(t *testing.T) {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pod1 := peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
-	pod2 := peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
-	cl := client(t)
-	whoAmI(t, pod1, "10.244.1.11:8080")
-
-	p, err := New(flowspec.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	_, pod2, cl, p := twoPods(t)
 	build := func(ranges ...string) *model.State {
 		lb := lbPort(prefixes(ranges...), "192.0.2.20")
 		lb.ClusterEndpoints, lb.ExternalEndpoints = lb.ClusterEndpoints[:1], lb.ClusterEndpoints[:1]

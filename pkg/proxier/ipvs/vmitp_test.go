@@ -5,7 +5,6 @@ package ipvs
 import (
 	"context"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/proxyd/proxyd/pkg/model"
@@ -20,19 +19,7 @@ import (
 // comes, and goes again, the incremental syncs take effect. The node's
 // address is 192.168.99.1, the client's gateway.
 func TestVMInternalLocalDrop(t *testing.T) {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pod1 := peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
-	pod2 := peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
-	cl := client(t)
-	whoAmI(t, pod1, "10.244.1.11:8080")
-
-	p, err := New(flowspec.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	_, pod2, cl, p := twoPods(t)
 	// pod1 is on node (this one or another); itpe's endpoint serves nowhere.
 	build := func(node string) *model.State {
 		pod := itpEndpoint("10.244.1.11:8080", node, true, true, false)

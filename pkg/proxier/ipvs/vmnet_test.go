@@ -78,6 +78,26 @@ var (
 // <name>0 (VM side, address gw/len) and <name>1 (inside, address ip/len,
 // default route via gw), created on first use. Its packets to a ClusterIP
 // are forwarded traffic (prerouting, LOCAL_IN), not the node's own.
+// twoPods is the topology most VM tests share: forwarding on, Pods
+// 10.244.1.11 and 10.244.2.12 on links of their own, the client namespace,
+// pod1 answering, and a Proxier that removes its rules after the test.
+func twoPods(t *testing.T) (pod1, pod2, cl netns.NsHandle, p *Proxier) {
+	t.Helper()
+	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pod1 = peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
+	pod2 = peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
+	cl = client(t)
+	whoAmI(t, pod1, "10.244.1.11:8080")
+	p, err := New(flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	return pod1, pod2, cl, p
+}
+
 func peer(t *testing.T, name, gwCIDR, ipCIDR string) netns.NsHandle {
 	t.Helper()
 	peersMu.Lock()
@@ -233,19 +253,7 @@ func ask(t *testing.T, ns netns.NsHandle, to string) string {
 // itself are masqueraded, a Pod is not, and a Pod reaching itself through
 // its Service is (hairpin).
 func TestVMPackets(t *testing.T) {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pod1 := peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
-	pod2 := peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
-	cl := client(t)
-	whoAmI(t, pod1, "10.244.1.11:8080")
-
-	p, err := New(flowspec.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	pod1, pod2, cl, p := twoPods(t)
 	s := state(sp("web", model.TCP, "10.96.0.10", 80, "10.244.1.11:8080"))
 	s.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16")}
 	if err := p.Sync(context.Background(), s, model.Compute(nil, s)); err != nil {
@@ -426,19 +434,7 @@ func dumpConns(t *testing.T, h Handle) string {
 // NodePort without endpoints refuses. The node's address is 192.168.99.1,
 // the client's gateway.
 func TestVMExternalPackets(t *testing.T) {
-	if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	pod1 := peer(t, "vp", "10.244.1.1/24", "10.244.1.11/24")
-	pod2 := peer(t, "vq", "10.244.2.1/24", "10.244.2.12/24")
-	cl := client(t)
-	whoAmI(t, pod1, "10.244.1.11:8080")
-
-	p, err := New(flowspec.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = p.Cleanup(context.Background()) })
+	_, pod2, cl, p := twoPods(t)
 	remote := func(s *model.ServicePort) *model.ServicePort {
 		for i := range s.Endpoints {
 			s.Endpoints[i].NodeName = "elsewhere"
