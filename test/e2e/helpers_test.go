@@ -108,6 +108,18 @@ func (e *env) startProxyd(t *testing.T, mode string, extra ...string) *proxyd {
 	return px
 }
 
+// startDataplane runs proxyd in dp's mode for the rest of the (sub)test,
+// then stops it and removes everything it wrote, so the next dataplane
+// starts from a clean kernel.
+func (e *env) startDataplane(t *testing.T, dp dataplane) {
+	t.Helper()
+	px := e.startProxyd(t, dp.mode, dp.args...)
+	t.Cleanup(func() {
+		px.stop(t)
+		_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
+	})
+}
+
 func (p *proxyd) stop(t *testing.T) {
 	if p.proc.Exited() {
 		return

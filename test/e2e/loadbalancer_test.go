@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -35,11 +34,7 @@ func TestLoadBalancer(t *testing.T) {
 			es := e.slice(name+"-1", name, []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}, svcPort{"tcp", v1.ProtocolTCP, 8080})
 			es.Endpoints[0].NodeName = ptr(e.lab.NodeName)
 			slice := e.createSlice(t, es)
-			px := e.startProxyd(t, dp.mode, dp.args...)
-			defer func() {
-				px.stop(t)
-				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
-			}()
+			e.startDataplane(t, dp)
 			e.loadBalancerSuite(t, svc, slice, lbIP+":80", pods)
 		})
 	}

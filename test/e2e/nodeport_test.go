@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -30,11 +29,7 @@ func TestNodePortAndExternalIP(t *testing.T) {
 	}
 	for _, dp := range dataplanes {
 		t.Run(dp.name, func(t *testing.T) {
-			px := e.startProxyd(t, dp.mode, dp.args...)
-			defer func() {
-				px.stop(t)
-				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
-			}()
+			e.startDataplane(t, dp)
 			e.nodePortSuite(t, np, empty, pods)
 			e.localhostNodePort(t, dp, np, pods)
 			e.secondaryAddressNodePort(t, dp, np, pods)
@@ -130,12 +125,8 @@ func TestSessionAffinityClientIP(t *testing.T) {
 	e.createSlice(t, e.slice("sticky-1", "sticky", []endpoint{{pods[0], true}, {pods[1], true}, {pods[2], true}}, svcPort{"tcp", v1.ProtocolTCP, 8080}))
 	for _, dp := range dataplanes {
 		t.Run(dp.name, func(t *testing.T) {
-			px := e.startProxyd(t, dp.mode, dp.args...)
-			defer func() {
-				px.stop(t)
-				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
-				_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F")
-			}()
+			e.startDataplane(t, dp)
+			t.Cleanup(func() { _, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F") })
 			e.waitAnswers(t, "the VIP answers", "10.96.0.40:80", 1)
 			for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
 				r := e.traffic(t, ns, "tcp", "10.96.0.40:80", 60, 1)
