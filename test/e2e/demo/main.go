@@ -61,7 +61,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 
-	step("creating Service demo/web (ClusterIP 10.96.0.10:80) and its EndpointSlice over pod1..pod3:8080")
+	step("creating Service default/web (ClusterIP 10.96.0.10:80) and its EndpointSlice over pod1..pod3:8080")
 	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
 		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.10", Ports: []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}}}}
 	if _, err := cs.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
