@@ -180,6 +180,12 @@ func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
 		kt.chains = append(kt.chains, kc)
 	}
 	for _, s := range sets {
+		if s.HasTimeout || s.Dynamic {
+			// Affinity sets: the rewrite keeps their entries, which
+			// expire on their own, so there is nothing to read.
+			kt.sets[s.Name] = nil
+			continue
+		}
 		elems, err := conn.GetSetElements(s)
 		if err != nil {
 			return nil, fmt.Errorf("list elements of nftables set %s: %w", s.Name, err)
