@@ -1,6 +1,7 @@
 package app
 
 import (
+	"os"
 	"path/filepath"
 	"reflect"
 	"testing"
@@ -89,5 +90,25 @@ func TestNodePortAddressesDefaultAsKubeProxy(t *testing.T) {
 	}
 	if _, err := Parse([]string{"--nodeport-addresses=10.0.0.0/33"}); err == nil {
 		t.Error("a bad CIDR was accepted")
+	}
+}
+
+// With no mode given, proxyd runs kube-proxy's default, iptables, with its
+// NodePorts on every address and on localhost, from flags and from a
+// KubeProxyConfiguration that leaves mode empty alike.
+func TestTheDefaultModeIsKubeProxys(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: \"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{nil, {"--config=" + path}} {
+		o, err := Parse(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := o.proxierConfig()
+		if o.Mode != "iptables" || o.NodePortPrimary || !cfg.LocalhostNodePorts {
+			t.Errorf("%v: mode %q, primary %v, localhost %v; want iptables on every address and localhost", args, o.Mode, o.NodePortPrimary, cfg.LocalhostNodePorts)
+		}
 	}
 }

@@ -92,8 +92,8 @@ func Parse(args []string) (*Options, error) {
 	fs := pflag.NewFlagSet("proxyd", pflag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	var clusterCIDR string
-	fs.StringVar(&o.Mode, "mode", "nftables", "dataplane: "+strings.Join(Modes, ", "))
-	fs.StringVar(&o.Mode, "proxy-mode", "nftables", "alias of --mode (kube-proxy's name)")
+	fs.StringVar(&o.Mode, "mode", "iptables", "dataplane: "+strings.Join(Modes, ", ")+"; iptables by default, as kube-proxy on Linux")
+	fs.StringVar(&o.Mode, "proxy-mode", "iptables", "alias of --mode (kube-proxy's name)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster config when empty")
 	fs.StringVar(&o.Master, "master", "", "apiserver URL, overrides the kubeconfig's")
 	fs.StringVar(&o.HostnameOverride, "hostname-override", "", "this node's name; the hostname when empty")
