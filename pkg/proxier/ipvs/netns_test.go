@@ -86,25 +86,14 @@ func TestNftablesTableInANetns(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := nftList(t, ns)
-	if err != nil {
-		t.Fatalf("nft list: %v: %s", err, got)
-	}
-	if g, w := normalise(got), normalise(r.String()); g != w {
-		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
-	}
+	wantKernelLists(t, ns, r)
 	// The dual-stack external state: IPv6 DNAT, fib and drop rules.
 	ext := Render(extState(), "rr")
 	r = RenderNetfilter(ext, flowspec.Config())
 	if err := fw.Apply(r); err != nil {
 		t.Fatal(err)
 	}
-	if got, err = nftList(t, ns); err != nil {
-		t.Fatalf("nft list: %v: %s", err, got)
-	}
-	if g, w := normalise(got), normalise(r.String()); g != w {
-		t.Errorf("kernel table (external state) differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
-	}
+	wantKernelLists(t, ns, r) // the external state
 	if err := fw.Delete(); err != nil {
 		t.Fatal(err)
 	}
@@ -161,14 +150,21 @@ func TestNftablesSourceGuardsInANetns(t *testing.T) {
 	if err := fw.Apply(r); err != nil {
 		t.Fatal(err)
 	}
+	wantKernelLists(t, ns, r)
+	if err := fw.Delete(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantKernelLists checks that nft lists the table in ns exactly as r
+// renders it.
+func wantKernelLists(t *testing.T, ns string, r *Ruleset) {
+	t.Helper()
 	got, err := nftList(t, ns)
 	if err != nil {
 		t.Fatalf("nft list: %v: %s", err, got)
 	}
 	if g, w := normalise(got), normalise(r.String()); g != w {
 		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
-	}
-	if err := fw.Delete(); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -37,17 +37,24 @@ func listen(t *testing.T, addrs ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		serve(t, ln, func(net.Conn) {})
 	}
+}
+
+// serve runs answer on every connection ln accepts, closing each after,
+// until the test ends.
+func serve(t *testing.T, ln net.Listener, answer func(net.Conn)) {
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			answer(c)
+			c.Close()
+		}
+	}()
 }
 
 // dial opens a TCP connection and classifies the outcome.
@@ -206,18 +213,10 @@ func whoAmI(t *testing.T, ns netns.NsHandle, addr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			ra, _ := c.RemoteAddr().(*net.TCPAddr)
-			fmt.Fprintf(c, "%s\n", ra.IP)
-			c.Close()
-		}
-	}()
+	serve(t, ln, func(c net.Conn) {
+		ra, _ := c.RemoteAddr().(*net.TCPAddr)
+		fmt.Fprintf(c, "%s\n", ra.IP)
+	})
 }
 
 // ask connects to to from ns (the VM itself for ns < 0) and returns the
