@@ -91,7 +91,12 @@ func (e *env) startProxyd(t *testing.T, mode string, extra ...string) *proxyd {
 		t.Fatal(err)
 	}
 	px := &proxyd{proc: p, mode: mode}
-	t.Cleanup(func() { px.stop(t) })
+	t.Cleanup(func() {
+		px.stop(t)
+		if t.Failed() {
+			t.Logf("the last lines proxyd (%s) logged:\n%s", mode, tail(p.Log))
+		}
+	})
 	e.eventually(t, 20*time.Second, "proxyd /healthz answers 200", func() error {
 		if p.Exited() {
 			return fmt.Errorf("proxyd exited: %v\n%s", p.Err(), tail(p.Log))
@@ -111,13 +116,14 @@ func (e *env) startProxyd(t *testing.T, mode string, extra ...string) *proxyd {
 // startDataplane runs proxyd in dp's mode for the rest of the (sub)test,
 // then stops it and removes everything it wrote, so the next dataplane
 // starts from a clean kernel.
-func (e *env) startDataplane(t *testing.T, dp dataplane) {
+func (e *env) startDataplane(t *testing.T, dp dataplane) *proxyd {
 	t.Helper()
 	px := e.startProxyd(t, dp.mode, dp.args...)
 	t.Cleanup(func() {
 		px.stop(t)
 		_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
 	})
+	return px
 }
 
 func (p *proxyd) stop(t *testing.T) {

@@ -128,10 +128,17 @@ func TestSessionAffinityClientIP(t *testing.T) {
 			e.startDataplane(t, dp)
 			t.Cleanup(func() { _, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F") })
 			e.waitAnswers(t, "the VIP answers", "10.96.0.40:80", 1)
+			// One at a time: SYNs in flight together before the first one
+			// has recorded the client race past the affinity lookup, in
+			// kube-proxy's rulesets as in ours.
 			for _, ns := range []string{e.lab.ClientNS, e.lab.NodeNS} {
-				r := e.traffic(t, ns, "tcp", "10.96.0.40:80", 60, 1)
+				r, err := e.lab.TrafficWith(context.Background(), ns, lab.TrafficOptions{
+					Proto: "tcp", Addr: "10.96.0.40:80", Count: 60, Parallel: 1})
+				if err != nil {
+					t.Fatal(err)
+				}
 				if len(r.Counts) != 1 || r.Failed() > 0 {
-					t.Errorf("from %s: 60 connections reached %v (%+v), want one Pod", ns, r.Counts, r.Errors)
+					t.Errorf("from %s: 60 connections reached %v (%+v %v), want one Pod", ns, r.Counts, r.Errors, r.ErrorSamples)
 				}
 			}
 		})
