@@ -1,8 +1,15 @@
-// Package conntrack forgets connection-tracking entries that would keep
-// sending datagrams to endpoints that are gone. TCP needs none of this (a
-// dead Pod's connections reset), but a UDP or SCTP flow sticks to its
-// conntrack entry, and so to a removed endpoint, until the entry is
-// deleted. It consumes the model's Diff, after a successful sync.
+// Package conntrack forgets connection-tracking entries the rules no longer
+// send anywhere. A UDP or SCTP flow sticks to its conntrack entry, so to the
+// endpoint (or to no endpoint at all, if it was created while the Service
+// rejected) it was first given, until the entry is deleted. TCP needs this
+// only for connections that were never answered: a client that reuses the
+// source port of a refused or unanswered SYN would otherwise follow that
+// SYN's entry for two minutes. Established TCP connections are left alone.
+//
+// The rule is kube-proxy's, applied to UDP, SCTP and unanswered TCP: a
+// flow sent to one of a changed service port's destinations whose reply
+// does not come from one of the port's serving endpoints is stale. It runs
+// after every sync that changed something, on the ports that changed.
 package conntrack
 
 import (
@@ -17,67 +24,100 @@ import (
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
-// Filter is one set of flows to delete: those sent to VIP with the given
-// protocol and, when Endpoint is valid, DNATed to it. For TCP only
-// connections still waiting for the endpoint's SYN-ACK match.
-type Filter struct {
-	Proto    model.Protocol
-	VIP      netip.AddrPort
-	Endpoint netip.Addr
-}
-
 // tcpSynSent is conntrack's TCP_CONNTRACK_SYN_SENT.
 const tcpSynSent = 1
 
-// Match reports whether a flow is one f deletes.
-func (f Filter) Match(flow *netlink.ConntrackFlow) bool {
-	proto := map[model.Protocol]uint8{model.TCP: unix.IPPROTO_TCP, model.UDP: unix.IPPROTO_UDP, model.SCTP: unix.IPPROTO_SCTP}[f.Proto]
-	fw, rv := flow.Forward, flow.Reverse
-	if fw.Protocol != proto || fw.DstPort != f.VIP.Port() || !sameIP(fw.DstIP, f.VIP.Addr()) {
-		return false
-	}
-	if f.Endpoint.IsValid() && !sameIP(rv.SrcIP, f.Endpoint) {
-		return false
-	}
-	if f.Proto == model.TCP {
-		tcp, ok := flow.ProtoInfo.(*netlink.ProtoInfoTCP)
-		return ok && tcp.State == tcpSynSent
-	}
-	return true
+var protocols = map[model.Protocol]uint8{model.TCP: unix.IPPROTO_TCP, model.UDP: unix.IPPROTO_UDP, model.SCTP: unix.IPPROTO_SCTP}
+
+type destination struct {
+	proto uint8
+	addr  netip.AddrPort
 }
 
-func sameIP(ip net.IP, a netip.Addr) bool {
-	b, ok := netip.AddrFromSlice(ip)
-	return ok && b.Unmap() == a.Unmap()
+// Plan is the flows one sync leaves stale, indexed by destination so that
+// one walk of the conntrack table finds them all.
+type Plan struct {
+	// keep maps each destination to the reply sources its flows may have:
+	// the serving endpoints (nil: none, the destination is gone).
+	keep     map[destination]map[netip.AddrPort]bool
+	families map[model.IPFamily]bool
+}
+
+// NewPlan returns the flows d leaves stale in s: those sent to a retired
+// destination, and those sent to a destination of an added or updated port
+// but not answered by one of its serving endpoints. On the first sync every
+// port is added, so the whole table is reconciled with the rules.
+func NewPlan(d model.Diff, s *model.State) *Plan {
+	p := &Plan{keep: map[destination]map[netip.AddrPort]bool{}, families: map[model.IPFamily]bool{}}
+	for _, dst := range d.Retired {
+		p.add(dst, nil)
+	}
+	for _, keys := range [][]model.ServicePortKey{d.Added, d.Updated} {
+		for _, k := range keys {
+			sp := s.Services[k]
+			if sp == nil {
+				continue
+			}
+			serving := map[netip.AddrPort]bool{}
+			for _, e := range sp.Endpoints {
+				if e.Ready || e.Serving {
+					serving[e.AddrPort()] = true
+				}
+			}
+			for _, dst := range sp.Destinations() {
+				p.add(dst, serving)
+			}
+		}
+	}
+	return p
+}
+
+func (p *Plan) add(dst model.Destination, serving map[netip.AddrPort]bool) {
+	proto, ok := protocols[dst.Protocol]
+	if !ok {
+		return
+	}
+	p.keep[destination{proto, dst.Addr}] = serving
+	p.families[model.FamilyOf(dst.Addr.Addr())] = true
+}
+
+// Empty reports whether no flow can be stale.
+func (p *Plan) Empty() bool { return len(p.keep) == 0 }
+
+// Stale reports whether flow is one the plan deletes.
+func (p *Plan) Stale(flow *netlink.ConntrackFlow) bool {
+	fw, rv := flow.Forward, flow.Reverse
+	dst, ok := addrPort(fw.DstIP, fw.DstPort)
+	if !ok {
+		return false
+	}
+	serving, found := p.keep[destination{fw.Protocol, dst}]
+	if !found {
+		everywhere := netip.IPv4Unspecified()
+		if dst.Addr().Is6() {
+			everywhere = netip.IPv6Unspecified()
+		}
+		if serving, found = p.keep[destination{fw.Protocol, netip.AddrPortFrom(everywhere, dst.Port())}]; !found {
+			return false
+		}
+	}
+	if fw.Protocol == unix.IPPROTO_TCP {
+		tcp, ok := flow.ProtoInfo.(*netlink.ProtoInfoTCP)
+		if !ok || tcp.State != tcpSynSent {
+			return false
+		}
+	}
+	reply, ok := addrPort(rv.SrcIP, rv.SrcPort)
+	return !ok || !serving[reply]
+}
+
+func addrPort(ip net.IP, port uint16) (netip.AddrPort, bool) {
+	a, ok := netip.AddrFromSlice(ip)
+	return netip.AddrPortFrom(a.Unmap(), port), ok
 }
 
 // MatchConntrackFlow implements netlink.CustomConntrackFilter.
-func (f Filter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool { return f.Match(flow) }
-
-// Filters returns the flows d makes stale: UDP and SCTP flows to a removed
-// endpoint, TCP connections to it that never got an answer (a client that
-// reuses the source port would otherwise be sent to the dead Pod until the
-// entry expires), and UDP/SCTP flows to a VIP that just got its first
-// endpoint (created while it rejected, they would keep failing).
-// Established TCP connections are left alone: the stack ends them.
-func Filters(d model.Diff, s *model.State) []Filter {
-	var out []Filter
-	for _, se := range d.StaleEndpoints {
-		for _, vip := range se.VIPs {
-			out = append(out, Filter{Proto: se.Key.Protocol, VIP: vip, Endpoint: se.Endpoint.IP})
-		}
-	}
-	for _, k := range d.NewlyServed {
-		sp := s.Services[k]
-		if sp == nil || k.Protocol == model.TCP {
-			continue
-		}
-		for _, ip := range sp.ClusterIPs {
-			out = append(out, Filter{Proto: k.Protocol, VIP: netip.AddrPortFrom(ip, sp.Port)})
-		}
-	}
-	return out
-}
+func (p *Plan) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool { return p.Stale(flow) }
 
 // Cleaner deletes entries through ctnetlink in one network namespace.
 type Cleaner struct{ h *netlink.Handle }
@@ -91,32 +131,24 @@ func New() (*Cleaner, error) {
 	return &Cleaner{h: h}, nil
 }
 
-// Clean deletes the flows of every filter, walking the conntrack table
-// once per family, and returns how many it deleted per family; failures
-// are logged, not fatal, since the rules are already right and the entries
-// expire anyway.
-func (c *Cleaner) Clean(filters []Filter) map[model.IPFamily]int {
-	byFamily := map[netlink.InetFamily][]netlink.CustomConntrackFilter{}
-	for _, f := range filters {
-		family := netlink.InetFamily(unix.AF_INET)
-		if f.VIP.Addr().Is6() {
-			family = unix.AF_INET6
-		}
-		byFamily[family] = append(byFamily[family], f)
-	}
+// Clean deletes the plan's stale flows, walking the conntrack table once
+// per family it names, and returns how many it deleted per family;
+// failures are logged, not fatal, since the rules are already right and
+// the entries expire anyway.
+func (c *Cleaner) Clean(p *Plan) map[model.IPFamily]int {
 	deleted := map[model.IPFamily]int{}
-	for family, fs := range byFamily {
-		n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, family, fs...)
+	for family := range p.families {
+		inet := netlink.InetFamily(unix.AF_INET)
+		if family == model.IPv6 {
+			inet = unix.AF_INET6
+		}
+		n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, inet, p)
 		if err != nil {
-			klog.ErrorS(err, "Could not delete stale conntrack entries", "family", family, "filters", len(fs))
+			klog.ErrorS(err, "Could not delete stale conntrack entries", "family", family, "destinations", len(p.keep))
 		}
 		if n > 0 {
-			f := model.IPv4
-			if family == unix.AF_INET6 {
-				f = model.IPv6
-			}
-			deleted[f] += int(n)
-			klog.V(2).InfoS("Deleted stale conntrack entries", "family", f, "entries", n, "filters", len(fs))
+			deleted[family] += int(n)
+			klog.V(2).InfoS("Deleted stale conntrack entries", "family", family, "entries", n)
 		}
 	}
 	return deleted

@@ -160,32 +160,28 @@ func TestSelectEndpointsPolicies(t *testing.T) {
 
 func TestComputeDiff(t *testing.T) {
 	before := Build(snapshot([]*Service{web("10.96.0.10")}, webSlice("a", IPv4, readyEP("10.0.0.1"), readyEP("10.0.0.2"))))
+	vip := Destination{Protocol: TCP, Addr: netip.MustParseAddrPort("10.96.0.10:80")}
 	t.Run("identical states differ in nothing", func(t *testing.T) {
 		again := Build(snapshot([]*Service{web("10.96.0.10")}, webSlice("a", IPv4, readyEP("10.0.0.2"), readyEP("10.0.0.1"))))
-		if d := Compute(before, again); !d.Empty() || len(d.StaleEndpoints) != 0 {
+		if d := Compute(before, again); !d.Empty() || len(d.Retired) != 0 {
 			t.Errorf("diff = %+v, want empty", d)
 		}
 	})
-	t.Run("a removed endpoint is an update with one stale endpoint", func(t *testing.T) {
+	t.Run("a removed endpoint is an update that retires nothing", func(t *testing.T) {
 		after := Build(snapshot([]*Service{web("10.96.0.10")}, webSlice("a", IPv4, readyEP("10.0.0.1"))))
-		d := Compute(before, after)
-		if !slices.Equal(d.Updated, []ServicePortKey{httpKey}) || len(d.StaleEndpoints) != 1 || d.StaleEndpoints[0].Endpoint.String() != "10.0.0.2:8080" {
+		if d := Compute(before, after); !slices.Equal(d.Updated, []ServicePortKey{httpKey}) || len(d.Retired) != 0 {
 			t.Errorf("diff = %+v", d)
 		}
-		if got := d.StaleEndpoints[0].VIPs; len(got) != 1 || got[0].String() != "10.96.0.10:80" {
-			t.Errorf("stale VIPs = %v", got)
-		}
 	})
-	t.Run("a deleted Service is removed and all its endpoints are stale", func(t *testing.T) {
+	t.Run("a deleted Service is removed and retires its ClusterIP", func(t *testing.T) {
 		d := Compute(before, Build(snapshot(nil)))
-		if !slices.Equal(d.Removed, []ServicePortKey{httpKey}) || len(d.StaleEndpoints) != 2 {
+		if !slices.Equal(d.Removed, []ServicePortKey{httpKey}) || !slices.Equal(d.Retired, []Destination{vip}) {
 			t.Errorf("diff = %+v", d)
 		}
 	})
-	t.Run("a Service that gains its first endpoint is newly served", func(t *testing.T) {
-		empty := Build(snapshot([]*Service{web("10.96.0.10")}))
-		d := Compute(empty, before)
-		if !slices.Equal(d.NewlyServed, []ServicePortKey{httpKey}) || !slices.Equal(d.Updated, []ServicePortKey{httpKey}) {
+	t.Run("a new ClusterIP retires the old one", func(t *testing.T) {
+		d := Compute(before, Build(snapshot([]*Service{web("10.96.0.11")}, webSlice("a", IPv4, readyEP("10.0.0.1"), readyEP("10.0.0.2")))))
+		if !slices.Equal(d.Updated, []ServicePortKey{httpKey}) || !slices.Equal(d.Retired, []Destination{vip}) {
 			t.Errorf("diff = %+v", d)
 		}
 	})
@@ -232,23 +228,24 @@ func TestBuilderReusesUnchangedServicesAndRebuildsChangedOnes(t *testing.T) {
 	}
 }
 
-func TestStaleEndpointsCoverNodePortsAndExternalIPs(t *testing.T) {
+func TestDestinationsCoverExternalIPsAndTheNodePortPerFamily(t *testing.T) {
 	s := web("10.96.0.10")
+	s.ClusterIPs = append(s.ClusterIPs, addr("fd00:10:96::10"))
 	s.Ports[0].NodePort = 30080
 	s.ExternalIPs = []netip.Addr{addr("192.0.2.10")}
-	snap := snapshot([]*Service{s}, webSlice("a", IPv4, readyEP("10.0.0.1"), readyEP("10.0.0.2")))
-	snap.Node.IPs = []netip.Addr{addr("10.88.0.2")}
-	before := Build(snap)
-	snap.Slices[NamespacedName{"ns", "a"}] = webSlice("a", IPv4, readyEP("10.0.0.1"))
-	d := Compute(before, Build(snap))
-	if len(d.StaleEndpoints) != 1 {
-		t.Fatalf("stale = %+v", d.StaleEndpoints)
-	}
+	before := Build(snapshot([]*Service{s}, webSlice("a", IPv4, readyEP("10.0.0.1"))))
 	var got []string
-	for _, v := range d.StaleEndpoints[0].VIPs {
-		got = append(got, v.String())
+	for _, d := range before.Services[httpKey].Destinations() {
+		got = append(got, string(d.Protocol)+" "+d.Addr.String())
 	}
-	if want := []string{"10.96.0.10:80", "192.0.2.10:80", "10.88.0.2:30080"}; !slices.Equal(got, want) {
-		t.Errorf("VIPs = %v, want %v", got, want)
+	want := []string{"TCP 10.96.0.10:80", "TCP [fd00:10:96::10]:80", "TCP 192.0.2.10:80", "TCP 0.0.0.0:30080", "TCP [::]:30080"}
+	if !slices.Equal(got, want) {
+		t.Errorf("destinations = %v, want %v", got, want)
+	}
+	s.Ports[0].NodePort = 30081
+	d := Compute(before, Build(snapshot([]*Service{s}, webSlice("a", IPv4, readyEP("10.0.0.1")))))
+	retired := []Destination{{TCP, netip.MustParseAddrPort("0.0.0.0:30080")}, {TCP, netip.MustParseAddrPort("[::]:30080")}}
+	if !slices.Equal(d.Retired, retired) {
+		t.Errorf("a moved NodePort retires %v, want %v", d.Retired, retired)
 	}
 }

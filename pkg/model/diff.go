@@ -1,31 +1,17 @@
 package model
 
-import (
-	"net/netip"
-	"slices"
-)
+import "slices"
 
 // Diff says what changed between two States: which service ports a backend
-// must rewrite, and which flows conntrack must forget.
+// must rewrite, and where conntrack must look for flows the rules no longer
+// send anywhere.
 type Diff struct {
 	Added   []ServicePortKey
 	Updated []ServicePortKey
 	Removed []ServicePortKey
-	// StaleEndpoints are endpoints that existing flows may still reach but
-	// that new traffic must not: they left a port's usable set, or the port
-	// went away. Only UDP and SCTP need the conntrack clean-up.
-	StaleEndpoints []StaleEndpoint
-	// NewlyServed are ports that had no usable endpoint and now have one:
-	// conntrack entries created while the VIP rejected must go.
-	NewlyServed []ServicePortKey
-}
-
-// StaleEndpoint is one endpoint that left one service port.
-type StaleEndpoint struct {
-	Key ServicePortKey
-	// VIPs are the service addresses a stale flow may have been sent to.
-	VIPs     []netip.AddrPort
-	Endpoint Endpoint
+	// Retired are the destinations of removed ports, and those an updated
+	// port no longer has: flows still sent there follow rules that are gone.
+	Retired []Destination
 }
 
 // Empty reports whether nothing changed.
@@ -54,58 +40,29 @@ func Compute(old, new *State) Diff {
 			d.Added = append(d.Added, k)
 		case o != n && !o.Equal(n):
 			d.Updated = append(d.Updated, k)
-			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, n, old.Node)...)
-			if len(o.ClusterEndpoints) == 0 && len(n.ClusterEndpoints) > 0 {
-				d.NewlyServed = append(d.NewlyServed, k)
-			}
-		}
-		if !ok && len(n.ClusterEndpoints) > 0 {
-			d.NewlyServed = append(d.NewlyServed, k)
+			d.Retired = append(d.Retired, retired(o, n)...)
 		}
 	}
 	for k, o := range oldSvcs {
 		if _, ok := new.Services[k]; !ok {
 			d.Removed = append(d.Removed, k)
-			d.StaleEndpoints = append(d.StaleEndpoints, stale(o, nil, old.Node)...)
+			d.Retired = append(d.Retired, o.Destinations()...)
 		}
 	}
-	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed, &d.NewlyServed} {
+	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed} {
 		slices.SortFunc(*l, ServicePortKey.Compare)
 	}
-	slices.SortFunc(d.StaleEndpoints, func(a, b StaleEndpoint) int {
-		if c := a.Key.Compare(b.Key); c != 0 {
-			return c
-		}
-		return a.Endpoint.AddrPort().Compare(b.Endpoint.AddrPort())
-	})
+	slices.SortFunc(d.Retired, Destination.Compare)
 	return d
 }
 
-// stale lists o's usable endpoints that n no longer uses (all of them when n
-// is nil), tagged with every address a flow to them may have been sent to:
-// the ClusterIPs, the external IPs and the node's NodePort addresses.
-func stale(o, n *ServicePort, node Node) []StaleEndpoint {
-	keep := map[string]bool{}
-	if n != nil {
-		for _, e := range slices.Concat(n.ClusterEndpoints, n.ExternalEndpoints) {
-			keep[e.String()] = true
-		}
-	}
-	var vips []netip.AddrPort
-	for _, ip := range slices.Concat(o.ClusterIPs, o.ExternalIPs) {
-		vips = append(vips, netip.AddrPortFrom(ip, o.Port))
-	}
-	if o.NodePort != 0 {
-		for _, ip := range node.IPs {
-			vips = append(vips, netip.AddrPortFrom(ip, o.NodePort))
-		}
-	}
-	var out []StaleEndpoint
-	seen := map[string]bool{}
-	for _, e := range slices.Concat(o.ClusterEndpoints, o.ExternalEndpoints) {
-		if !keep[e.String()] && !seen[e.String()] {
-			seen[e.String()] = true
-			out = append(out, StaleEndpoint{Key: o.Key, VIPs: vips, Endpoint: e})
+// retired lists the destinations of o that n does not have.
+func retired(o, n *ServicePort) []Destination {
+	keep := n.Destinations()
+	var out []Destination
+	for _, dst := range o.Destinations() {
+		if !slices.Contains(keep, dst) {
+			out = append(out, dst)
 		}
 	}
 	return out

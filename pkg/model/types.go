@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Protocol is a Service port's L4 protocol, spelled as in the Kubernetes API.
@@ -201,6 +202,41 @@ func (s *ServicePort) Equal(o *ServicePort) bool {
 
 func (s *ServicePort) String() string {
 	return fmt.Sprintf("%s %v:%s (%d endpoints, %d usable)", s.Key, s.ClusterIPs, strconv.Itoa(int(s.Port)), len(s.Endpoints), len(s.ClusterEndpoints))
+}
+
+// Destination is one place clients send a service port's traffic to: a
+// ClusterIP, external or load-balancer IP with the port, or, with an
+// unspecified address (0.0.0.0 or ::), the NodePort on any node address.
+type Destination struct {
+	Protocol Protocol
+	Addr     netip.AddrPort
+}
+
+// Compare orders destinations by address, then protocol.
+func (d Destination) Compare(o Destination) int {
+	if c := d.Addr.Compare(o.Addr); c != 0 {
+		return c
+	}
+	return strings.Compare(string(d.Protocol), string(o.Protocol))
+}
+
+// Destinations lists where clients send s's traffic: every ClusterIP and
+// external IP at Port, and the NodePort once per ClusterIP family.
+func (s *ServicePort) Destinations() []Destination {
+	out := make([]Destination, 0, len(s.ClusterIPs)*2+len(s.ExternalIPs))
+	for _, ip := range slices.Concat(s.ClusterIPs, s.ExternalIPs) {
+		out = append(out, Destination{Protocol: s.Key.Protocol, Addr: netip.AddrPortFrom(ip, s.Port)})
+	}
+	if s.NodePort != 0 {
+		for _, ip := range s.ClusterIPs {
+			everywhere := netip.IPv4Unspecified()
+			if FamilyOf(ip) == IPv6 {
+				everywhere = netip.IPv6Unspecified()
+			}
+			out = append(out, Destination{Protocol: s.Key.Protocol, Addr: netip.AddrPortFrom(everywhere, s.NodePort)})
+		}
+	}
+	return out
 }
 
 // Node is this node's identity as Build needs it.

@@ -70,13 +70,13 @@ func Run(ctx context.Context, o *Options) error {
 	defer checks.Close()
 	cleaner, err := conntrack.New()
 	if err != nil {
-		klog.ErrorS(err, "Stale UDP flows will not be cleared; they expire on their own")
+		klog.ErrorS(err, "Stale conntrack entries will not be cleared; they expire on their own")
 	} else {
 		defer cleaner.Close()
 	}
 	afterSync := func(s *model.State, d model.Diff) {
-		if cleaner != nil {
-			for family, n := range cleaner.Clean(conntrack.Filters(d, s)) {
+		if plan := conntrack.NewPlan(d, s); cleaner != nil && !plan.Empty() {
+			for family, n := range cleaner.Clean(plan) {
 				m.ConntrackDeleted.WithLabelValues(family.String()).Add(float64(n))
 			}
 		}

@@ -56,7 +56,7 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   echo serve --name NAME [--port 8080] [--udp-port 8080]
-  echo client --proto tcp|udp --addr IP:PORT --count N [--requests-per-conn K] [--timeout 2s] [--parallel P]`)
+  echo client --proto tcp|udp --addr IP:PORT --count N [--requests-per-conn K] [--timeout 2s] [--parallel P] [--source-port N]`)
 	os.Exit(2)
 }
 
@@ -180,6 +180,7 @@ func client(args []string) error {
 	perConn := fs.Int("requests-per-conn", 1, "requests sent on each connection or socket")
 	timeout := fs.Duration("timeout", 2*time.Second, "timeout for the dial and for each answer")
 	parallel := fs.Int("parallel", 1, "connections in flight at once")
+	sourcePort := fs.Int("source-port", 0, "local port to send from (0: any; needs --count 1), so that a later run reuses the same conntrack entry")
 	_ = fs.Parse(args)
 	if *addr == "" {
 		return errors.New("client: --addr is required")
@@ -189,6 +190,9 @@ func client(args []string) error {
 	}
 	if *count < 0 || *perConn < 1 || *parallel < 1 {
 		return errors.New("client: --count must be >= 0, --requests-per-conn and --parallel >= 1")
+	}
+	if *sourcePort != 0 && (*count != 1 || *sourcePort < 1 || *sourcePort > 65535) {
+		return errors.New("client: --source-port must be a port number, with --count 1")
 	}
 
 	res := result{Counts: map[string]int{}, ErrorSamples: map[string]string{}}
@@ -200,7 +204,7 @@ func client(args []string) error {
 		go func() {
 			defer wg.Done()
 			for range work {
-				names, err := exchange(*proto, *addr, *perConn, *timeout)
+				names, err := exchange(*proto, *addr, *sourcePort, *perConn, *timeout)
 				mu.Lock()
 				record(&res, names, err)
 				mu.Unlock()
@@ -255,10 +259,18 @@ func classify(err error) string {
 	}
 }
 
-// exchange opens one connection (or UDP socket), sends n requests on it and
-// returns the names that answered them.
-func exchange(proto, addr string, n int, timeout time.Duration) ([]string, error) {
-	c, err := net.DialTimeout(proto, addr, timeout)
+// exchange opens one connection (or UDP socket), from sourcePort unless it
+// is 0, sends n requests on it and returns the names that answered them.
+func exchange(proto, addr string, sourcePort, n int, timeout time.Duration) ([]string, error) {
+	d := net.Dialer{Timeout: timeout}
+	if sourcePort != 0 {
+		if proto == "tcp" {
+			d.LocalAddr = &net.TCPAddr{Port: sourcePort}
+		} else {
+			d.LocalAddr = &net.UDPAddr{Port: sourcePort}
+		}
+	}
+	c, err := d.Dial(proto, addr)
 	if err != nil {
 		return nil, err
 	}

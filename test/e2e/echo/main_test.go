@@ -28,12 +28,27 @@ func listen(t *testing.T, name string) (tcpAddr, udpAddr string) {
 func TestExchangeGetsTheServersNameForEveryRequest(t *testing.T) {
 	tcp, udp := listen(t, "pod7")
 	for proto, addr := range map[string]string{"tcp": tcp, "udp": udp} {
-		names, err := exchange(proto, addr, 5, time.Second)
+		names, err := exchange(proto, addr, 0, 5, time.Second)
 		if err != nil {
 			t.Fatalf("%s: %v", proto, err)
 		}
 		if strings.Join(names, ",") != "pod7,pod7,pod7,pod7,pod7" {
 			t.Errorf("%s: names = %v", proto, names)
+		}
+	}
+}
+
+func TestExchangeSendsFromTheSourcePortAskedFor(t *testing.T) {
+	_, udp := listen(t, "pod7")
+	probe, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := probe.LocalAddr().(*net.UDPAddr).Port
+	probe.Close()
+	for range 2 {
+		if names, err := exchange("udp", udp, port, 1, time.Second); err != nil || len(names) != 1 {
+			t.Fatalf("from port %d: %v %v", port, names, err)
 		}
 	}
 }
@@ -49,10 +64,10 @@ func TestRecordCountsConnectionsErrorsAndStickiness(t *testing.T) {
 
 	res := result{Counts: map[string]int{}, ErrorSamples: map[string]string{}}
 	for range 3 {
-		names, err := exchange("tcp", tcp, 2, time.Second)
+		names, err := exchange("tcp", tcp, 0, 2, time.Second)
 		record(&res, names, err)
 	}
-	names, err := exchange("tcp", closedAddr, 1, time.Second)
+	names, err := exchange("tcp", closedAddr, 0, 1, time.Second)
 	record(&res, names, err)
 	record(&res, []string{"pod1", "pod2"}, nil)
 

@@ -129,6 +129,7 @@ type TrafficOptions struct {
 	RequestsPerConn int           // requests on each; default 1
 	Timeout         time.Duration // per dial and per answer; default 2 s
 	Parallel        int           // connections in flight; default 4
+	SourcePort      int           // local port (with Count 1); 0: any
 }
 
 // Traffic runs `echo client` in ns: count connections (TCP) or sockets (UDP)
@@ -158,6 +159,9 @@ func (l *Lab) TrafficWith(ctx context.Context, ns string, o TrafficOptions) (Cli
 		"--requests-per-conn", strconv.Itoa(o.RequestsPerConn),
 		"--timeout", o.Timeout.String(),
 		"--parallel", strconv.Itoa(o.Parallel),
+	}
+	if o.SourcePort != 0 {
+		argv = append(argv, "--source-port", strconv.Itoa(o.SourcePort))
 	}
 	cmd := exec.CommandContext(ctx, "ip", argv...)
 	cmd.WaitDelay = 5 * time.Second

@@ -1,0 +1,150 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/proxyd/proxyd/test/e2e/lab"
+)
+
+// Conntrack keeps sending a flow where its first packet went. These cases
+// reuse one client source port, so every exchange after the first follows
+// the same conntrack entry, and check that proxyd forgets the entries its
+// rules no longer send anywhere, and only those.
+func TestConntrackForgetsFlowsTheRulesNoLongerSend(t *testing.T) {
+	e := needEnv(t)
+	pods := e.lab.Pods[:3]
+	const vip = "10.96.0.45"
+	e.createService(t, "ct", vip, nil, svcPort{"tcp", v1.ProtocolTCP, 80}, svcPort{"udp", v1.ProtocolUDP, 53})
+	ports := []svcPort{{"tcp", v1.ProtocolTCP, 8080}, {"udp", v1.ProtocolUDP, 8080}}
+	slice := e.createSlice(t, e.slice("ct-1", "ct", []endpoint{{pods[0], false}, {pods[1], false}, {pods[2], false}}, ports...))
+	setReady := func(t *testing.T, ready ...bool) {
+		t.Helper()
+		for i := range slice.Endpoints {
+			slice.Endpoints[i].Conditions.Ready, slice.Endpoints[i].Conditions.Serving = ptr(ready[i]), ptr(ready[i])
+		}
+		out, err := e.cs.DiscoveryV1().EndpointSlices("default").Update(context.Background(), slice, metav1.UpdateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slice = out
+	}
+	for i, dp := range dataplanes {
+		t.Run(dp.name, func(t *testing.T) {
+			setReady(t, false, false, false)
+			px := e.startDataplane(t, dp)
+			t.Cleanup(func() { _, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "conntrack", "-F") })
+			// Source ports below the ephemeral range, different per
+			// dataplane so no entry of an earlier one is met.
+			base := 20000 + 100*i
+			tcp, udp := vip+":80", vip+":53"
+			e.eventually(t, 10*time.Second, "the Service without endpoints refuses", func() error {
+				if got := e.exchangeFrom(t, "tcp", tcp, base+1); got != "refused" {
+					return errorf("TCP from port %d: %s", base+1, got)
+				}
+				if got := e.exchangeFrom(t, "udp", udp, base+2); got != "refused" {
+					return errorf("UDP from port %d: %s", base+2, got)
+				}
+				return nil
+			})
+
+			t.Run("a SYN and a UDP flow refused before the first endpoint are answered once it is ready", func(t *testing.T) {
+				setReady(t, true, false, false)
+				took := e.eventually(t, 5*time.Second, "the same source ports are answered", func() error {
+					for _, c := range []struct {
+						proto, addr string
+						port        int
+					}{{"tcp", tcp, base + 1}, {"udp", udp, base + 2}} {
+						if got := e.exchangeFrom(t, c.proto, c.addr, c.port); got != pods[0].Name {
+							return errorf("%s from port %d: %s, want %s", c.proto, c.port, got, pods[0].Name)
+						}
+					}
+					return nil
+				})
+				t.Logf("answered %v after the update", took)
+			})
+
+			t.Run("a UDP flow whose endpoint stops serving moves to one that serves", func(t *testing.T) {
+				if got := e.exchangeFrom(t, "udp", udp, base+3); got != pods[0].Name {
+					t.Fatalf("UDP from port %d: %s, want %s", base+3, got, pods[0].Name)
+				}
+				setReady(t, false, true, false)
+				took := e.eventually(t, 5*time.Second, "the flow reaches the serving endpoint", func() error {
+					if got := e.exchangeFrom(t, "udp", udp, base+3); got != pods[1].Name {
+						return errorf("UDP from port %d: %s, want %s", base+3, got, pods[1].Name)
+					}
+					return nil
+				})
+				t.Logf("moved %v after the update", took)
+			})
+
+			t.Run("UDP flows to serving endpoints stay where they are across a restart", func(t *testing.T) {
+				setReady(t, true, true, true)
+				e.waitServing(t, udp, len(pods))
+				before := map[int]string{}
+				for p := base + 10; p < base+16; p++ {
+					before[p] = e.exchangeFrom(t, "udp", udp, p)
+				}
+				e.restartProxyd(t, px, dp)
+				for p, want := range before {
+					if got := e.exchangeFrom(t, "udp", udp, p); got != want {
+						t.Errorf("UDP from port %d: %s before the restart, %s after", p, want, got)
+					}
+				}
+				t.Logf("flows before and after the restart: %v", before)
+			})
+		})
+	}
+}
+
+// exchangeFrom sends one request from sourcePort and returns the name that
+// answered it, or what went wrong ("refused", "timeout", "other").
+func (e *env) exchangeFrom(t *testing.T, proto, addr string, sourcePort int) string {
+	t.Helper()
+	r, err := e.lab.TrafficWith(context.Background(), e.lab.ClientNS, lab.TrafficOptions{
+		Proto: proto, Addr: addr, Count: 1, Parallel: 1, SourcePort: sourcePort, Timeout: 500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range r.Counts {
+		return name
+	}
+	for kind := range r.ErrorSamples {
+		return kind
+	}
+	return fmt.Sprintf("%+v", r.Errors)
+}
+
+// waitServing waits until n Pods answer fresh UDP sockets to addr, so the
+// rules of the latest update are in place.
+func (e *env) waitServing(t *testing.T, addr string, n int) {
+	t.Helper()
+	e.eventually(t, 5*time.Second, fmt.Sprintf("%d Pods answer %s", n, addr), func() error {
+		r := e.traffic(t, e.lab.ClientNS, "udp", addr, 30, 1)
+		if len(r.Counts) != n {
+			return errorf("30 sockets reached %v", r.Counts)
+		}
+		return nil
+	})
+}
+
+// restartProxyd replaces px by a new proxyd in the same mode and waits for
+// its first sync, conntrack clean-up included.
+func (e *env) restartProxyd(t *testing.T, px *proxyd, dp dataplane) {
+	t.Helper()
+	px.stop(t)
+	e.startProxyd(t, dp.mode, dp.args...)
+	e.eventually(t, 10*time.Second, "the new proxyd has synced", func() error {
+		if n := syncs(e.metrics(t)); n <= 0 {
+			return errorf("sync count %d", n)
+		}
+		return nil
+	})
+}
