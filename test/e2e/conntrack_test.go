@@ -85,6 +85,44 @@ func TestConntrackForgetsFlowsTheRulesNoLongerSend(t *testing.T) {
 				t.Logf("moved %v after the update", took)
 			})
 
+			t.Run("a SYN sent to an endpoint that never answered is answered once that endpoint is gone", func(t *testing.T) {
+				// The only endpoint is pod3:9999, where pod3's own netns
+				// drops every SYN: the node's entry stays SYN_SENT.
+				hole := e.lab.Pods[2]
+				if _, err := e.lab.Exec(context.Background(), hole.NS, "sh", "-c", "nft add table ip blackhole && "+
+					"nft add chain ip blackhole input '{ type filter hook input priority 0; }' && "+
+					"nft add rule ip blackhole input tcp dport 9999 drop"); err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _, _ = e.lab.Exec(context.Background(), hole.NS, "nft", "delete", "table", "ip", "blackhole") })
+				setReady(t, false, false, false)
+				ghost := e.createSlice(t, e.slice(fmt.Sprintf("ct-hole-%d", i), "ct", []endpoint{{hole, true}}, svcPort{"tcp", v1.ProtocolTCP, 9999}))
+				// Fresh source ports until the rules send there only: an
+				// answered connection would leave base+4 in TIME_WAIT.
+				e.eventually(t, 5*time.Second, "SYNs go unanswered", func() error {
+					r, err := e.lab.TrafficWith(context.Background(), e.lab.ClientNS, lab.TrafficOptions{
+						Proto: "tcp", Addr: tcp, Count: 1, Timeout: 300 * time.Millisecond})
+					if err == nil && r.Errors.Timeout != 1 {
+						err = errorf("%v %+v, want a timeout", r.Counts, r.Errors)
+					}
+					return err
+				})
+				if got := e.exchangeFrom(t, "tcp", tcp, base+4); got != "timeout" {
+					t.Fatalf("TCP from port %d: %s, want a timeout", base+4, got)
+				}
+				if err := e.cs.DiscoveryV1().EndpointSlices("default").Delete(context.Background(), ghost.Name, metav1.DeleteOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				setReady(t, true, false, false)
+				took := e.eventually(t, 5*time.Second, "the same source port is answered", func() error {
+					if got := e.exchangeFrom(t, "tcp", tcp, base+4); got != e.lab.Pods[0].Name {
+						return errorf("TCP from port %d: %s, want %s", base+4, got, e.lab.Pods[0].Name)
+					}
+					return nil
+				})
+				t.Logf("answered %v after the update", took)
+			})
+
 			t.Run("UDP flows to serving endpoints stay where they are across a restart", func(t *testing.T) {
 				setReady(t, true, true, true)
 				e.waitServing(t, udp, len(pods))
@@ -116,7 +154,10 @@ func (e *env) exchangeFrom(t *testing.T, proto, addr string, sourcePort int) str
 	for name := range r.Counts {
 		return name
 	}
-	for kind := range r.ErrorSamples {
+	for kind, sample := range r.ErrorSamples {
+		if kind == "other" {
+			return kind + " (" + sample + ")"
+		}
 		return kind
 	}
 	return fmt.Sprintf("%+v", r.Errors)

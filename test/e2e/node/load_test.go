@@ -7,14 +7,12 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/proxyd/proxyd/test/e2e/lab"
-	vnetns "github.com/vishvananda/netns"
 )
 
 // loadStats is what steady client load saw: every connection dials,
@@ -102,31 +100,4 @@ func oneConn(dial func(context.Context, string, string) (net.Conn, error), addr 
 		return "", err
 	}
 	return strings.TrimSpace(line), nil
-}
-
-// dialFrom dials addr over TCP from local port port, inside netns.
-func dialFrom(ctx context.Context, netns string, port int, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
-		target, err := vnetns.GetFromName(netns)
-		if err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		defer target.Close()
-		if err := vnetns.Set(target); err != nil {
-			ch <- result{nil, err}
-			return
-		}
-		d := net.Dialer{LocalAddr: &net.TCPAddr{Port: port}, FallbackDelay: -1}
-		c, err := d.DialContext(ctx, "tcp", addr)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
 }
