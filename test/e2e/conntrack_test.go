@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -188,4 +190,35 @@ func (e *env) restartProxyd(t *testing.T, px *proxyd, dp dataplane) {
 		}
 		return nil
 	})
+}
+
+// proxyd sets kube-proxy's conntrack timeouts in its network namespace:
+// the defaults (established 24 h, close-wait 1 h) and the ones asked for.
+func TestConntrackTimeoutsAreKubeProxys(t *testing.T) {
+	e := needEnv(t)
+	names := []string{"nf_conntrack_tcp_timeout_established", "nf_conntrack_tcp_timeout_close_wait",
+		"nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream", "nf_conntrack_tcp_be_liberal"}
+	read := func() []string {
+		var out []string
+		for _, n := range names {
+			v, err := e.lab.Exec(context.Background(), e.lab.NodeNS, "cat", "/proc/sys/net/netfilter/"+n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, strings.TrimSpace(v))
+		}
+		return out
+	}
+	before := read()
+	t.Cleanup(func() {
+		for i, n := range names {
+			_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, "sh", "-c", "echo "+before[i]+" > /proc/sys/net/netfilter/"+n)
+		}
+	})
+	e.startDataplane(t, dataplane{name: "nftables", mode: "nftables", args: []string{"--conntrack-udp-timeout=45s", "--conntrack-tcp-be-liberal"}})
+	got := read()
+	want := []string{"86400", "3600", "45", before[3], "1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("%v = %v, want %v (before: %v)", names, got, want, before)
+	}
 }

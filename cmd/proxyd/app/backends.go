@@ -31,6 +31,19 @@ func prepareNode(o *Options) error {
 	return nil
 }
 
+// procSys is where the kernel's sysctls of proxyd's network namespace are.
+const procSys = "/proc/sys"
+
+// tuneConntrack sets kube-proxy's conntrack timeouts in proxyd's network
+// namespace, writing only the values that differ.
+func tuneConntrack(o *Options) error {
+	changed, err := o.Conntrack.Apply(procSys)
+	if len(changed) > 0 {
+		klog.InfoS("Set conntrack timeouts", "sysctls", changed)
+	}
+	return err
+}
+
 // proxierConfig is the node-wide behaviour every backend shares.
 func (o *Options) proxierConfig() proxier.Config {
 	return proxier.Config{

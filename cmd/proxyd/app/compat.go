@@ -21,15 +21,14 @@ func compatFlags(fs *pflag.FlagSet) {
 	for _, name := range []string{"conntrack-max-per-core", "conntrack-min", "oom-score-adj"} {
 		fs.Int32(name, 0, "accepted for kube-proxy compatibility; ignored")
 	}
-	for _, name := range []string{"conntrack-tcp-timeout-established", "conntrack-tcp-timeout-close-wait", "config-sync-period",
-		"conntrack-udp-timeout", "conntrack-udp-timeout-stream", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout"} {
+	for _, name := range []string{"config-sync-period", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout"} {
 		fs.Duration(name, 0, "accepted for kube-proxy compatibility; ignored")
 	}
 	for _, name := range []string{"bind-address", "kube-api-content-type", "feature-gates", "detect-local-mode", "proxy-port-range",
 		"pod-bridge-interface", "pod-interface-name-prefix", "show-hidden-metrics-for-version"} {
 		fs.String(name, "", "accepted for kube-proxy compatibility; ignored")
 	}
-	for _, name := range []string{"bind-address-hard-fail", "conntrack-tcp-be-liberal", "ipvs-strict-arp"} {
+	for _, name := range []string{"bind-address-hard-fail", "ipvs-strict-arp"} {
 		fs.Bool(name, false, "accepted for kube-proxy compatibility; ignored")
 	}
 	fs.StringSlice("ipvs-exclude-cidrs", nil, "accepted for kube-proxy compatibility; ignored")
@@ -98,6 +97,11 @@ func writeConfig(o *Options, path string) error {
 	c.NFTables.SyncPeriod, c.NFTables.MinSyncPeriod = sync, minSync
 	c.NFTables.MasqueradeAll, c.NFTables.MasqueradeBit = o.MasqueradeAll, &bit
 	c.IPVS.SyncPeriod, c.IPVS.MinSyncPeriod, c.IPVS.Scheduler = sync, minSync, o.IPVSScheduler
+	ct := o.Conntrack
+	c.Conntrack.TCPEstablishedTimeout = &metav1.Duration{Duration: ct.TCPEstablished}
+	c.Conntrack.TCPCloseWaitTimeout = &metav1.Duration{Duration: ct.TCPCloseWait}
+	c.Conntrack.TCPBeLiberal = ct.TCPBeLiberal
+	c.Conntrack.UDPTimeout, c.Conntrack.UDPStreamTimeout = metav1.Duration{Duration: ct.UDP}, metav1.Duration{Duration: ct.UDPStream}
 	out, err := yaml.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("--write-config-to: %w", err)

@@ -47,7 +47,8 @@ func TestWriteConfigToRoundTrips(t *testing.T) {
 	want, err := Parse([]string{"--proxy-mode=iptables", "--iptables-sync-period=10s", "--iptables-min-sync-period=2s",
 		"--cluster-cidr=10.244.0.0/16,fd00:10:244::/56", "--masquerade-all", "--iptables-masquerade-bit=12",
 		"--iptables-localhost-nodeports=false", "--hostname-override=n1", "--kubeconfig=/etc/k", "--kube-api-qps=7",
-		"--metrics-bind-address=0.0.0.0:10249", "--profiling", "--nodeport-addresses=primary,192.0.2.0/24"})
+		"--metrics-bind-address=0.0.0.0:10249", "--profiling", "--nodeport-addresses=primary,192.0.2.0/24",
+		"--conntrack-tcp-timeout-established=2h", "--conntrack-tcp-be-liberal", "--conntrack-udp-timeout-stream=3m"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kpconfig "k8s.io/kube-proxy/config/v1alpha1"
 	"sigs.k8s.io/yaml"
 )
@@ -94,8 +95,32 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if masqBit != nil {
 		set([]string{"iptables-masquerade-bit"}, func() { o.MasqueradeBit = int(*masqBit) })
 	}
+	applyConntrackConfig(o, c.Conntrack, set)
 	if lh := c.IPTables.LocalhostNodePorts; lh != nil {
 		set([]string{"iptables-localhost-nodeports"}, func() { o.LocalhostNodePorts = *lh })
 	}
 	return nil
+}
+
+// applyConntrackConfig takes the conntrack section's timeouts, unless
+// their flags were given.
+func applyConntrackConfig(o *Options, c kpconfig.KubeProxyConntrackConfiguration, set func([]string, func())) {
+	durations := []struct {
+		flag string
+		from *metav1.Duration
+		to   *time.Duration
+	}{
+		{"conntrack-tcp-timeout-established", c.TCPEstablishedTimeout, &o.Conntrack.TCPEstablished},
+		{"conntrack-tcp-timeout-close-wait", c.TCPCloseWaitTimeout, &o.Conntrack.TCPCloseWait},
+		{"conntrack-udp-timeout", &c.UDPTimeout, &o.Conntrack.UDP},
+		{"conntrack-udp-timeout-stream", &c.UDPStreamTimeout, &o.Conntrack.UDPStream},
+	}
+	for _, d := range durations {
+		if d.from != nil {
+			set([]string{d.flag}, func() { *d.to = d.from.Duration })
+		}
+	}
+	if c.TCPBeLiberal {
+		set([]string{"conntrack-tcp-be-liberal"}, func() { o.Conntrack.TCPBeLiberal = true })
+	}
 }

@@ -37,7 +37,7 @@ func Main(args []string) int {
 		return 0
 	}
 	if o.InitOnly {
-		if err := prepareNode(o); err != nil {
+		if err := errors.Join(tuneConntrack(o), prepareNode(o)); err != nil {
 			fmt.Fprintf(os.Stderr, "proxyd: --init-only: %v\n", err)
 			return 1
 		}

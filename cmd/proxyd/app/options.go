@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
+	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
 )
 
@@ -47,6 +48,8 @@ type Options struct {
 	KubeAPIBurst       int32
 	InitOnly           bool
 	WriteConfigTo      string
+	// Conntrack is --conntrack-tcp-timeout-* and --conntrack-udp-timeout*.
+	Conntrack conntrack.Timeouts
 	// NodePortAddresses and NodePortPrimary restrict NodePorts (see
 	// proxier.Config).
 	NodePortAddresses []netip.Prefix
@@ -117,11 +120,16 @@ func Parse(args []string) (*Options, error) {
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
 	fs.Float32Var(&o.KubeAPIQPS, "kube-api-qps", 50, "QPS to the apiserver")
 	fs.Int32Var(&o.KubeAPIBurst, "kube-api-burst", 100, "burst to the apiserver")
+	fs.DurationVar(&o.Conntrack.TCPEstablished, "conntrack-tcp-timeout-established", conntrack.DefaultTimeouts.TCPEstablished, "idle timeout of established TCP connections in conntrack (0 leaves the kernel's)")
+	fs.DurationVar(&o.Conntrack.TCPCloseWait, "conntrack-tcp-timeout-close-wait", conntrack.DefaultTimeouts.TCPCloseWait, "conntrack timeout of TCP connections in CLOSE_WAIT (0 leaves the kernel's)")
+	fs.BoolVar(&o.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", false, "let conntrack accept out-of-window TCP packets (nf_conntrack_tcp_be_liberal)")
+	fs.DurationVar(&o.Conntrack.UDP, "conntrack-udp-timeout", 0, "conntrack timeout of unreplied UDP flows (0 leaves the kernel's)")
+	fs.DurationVar(&o.Conntrack.UDPStream, "conntrack-udp-timeout-stream", 0, "conntrack timeout of replied UDP flows (0 leaves the kernel's)")
 	compatFlags(fs)
 	var nodePortAddresses []string
 	fs.StringSliceVar(&nodePortAddresses, "nodeport-addresses", nil,
 		"addresses NodePorts answer on: CIDRs of node addresses, 'primary' (the node's primary address of each family) or 'all'; default primary in nftables mode, all otherwise, as in kube-proxy")
-	fs.BoolVar(&o.InitOnly, "init-only", false, "do the node setup that needs full privileges (route_localnet for localhost NodePorts), then exit")
+	fs.BoolVar(&o.InitOnly, "init-only", false, "do the node setup that needs full privileges (conntrack timeouts, route_localnet for localhost NodePorts), then exit")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", "", "write the effective configuration as a KubeProxyConfiguration to this file and exit")
 	fs.BoolVar(&o.Profiling, "profiling", false, "serve /debug/pprof on the metrics address, as kube-proxy does")
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/proxyd/proxyd/pkg/conntrack"
 )
 
 func TestParseAcceptsKubeProxyNames(t *testing.T) {
@@ -56,6 +58,9 @@ nftables:
   minSyncPeriod: 3s
 clientConnection:
   kubeconfig: /etc/kubeconfig
+conntrack:
+  tcpCloseWaitTimeout: 30m
+  udpTimeout: 20s
 `
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -65,7 +70,8 @@ clientConnection:
 		t.Fatal(err)
 	}
 	if o.Mode != "nftables" || o.SyncPeriod != 45*time.Second || o.MinSyncPeriod != 500*time.Millisecond ||
-		o.HostnameOverride != "node-a" || o.Kubeconfig != "/etc/kubeconfig" || len(o.ClusterCIDRs) != 1 {
+		o.HostnameOverride != "node-a" || o.Kubeconfig != "/etc/kubeconfig" || len(o.ClusterCIDRs) != 1 ||
+		o.Conntrack != (conntrack.Timeouts{TCPEstablished: 24 * time.Hour, TCPCloseWait: 30 * time.Minute, UDP: 20 * time.Second}) {
 		t.Errorf("options = %+v", o)
 	}
 	if err := os.WriteFile(path, []byte("kind: KubeProxyConfiguration\nnosuchfield: 1\n"), 0o600); err != nil {

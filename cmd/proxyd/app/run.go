@@ -35,6 +35,9 @@ func Run(ctx context.Context, o *Options) error {
 	if err != nil {
 		return err
 	}
+	if err := tuneConntrack(o); err != nil {
+		klog.ErrorS(err, "Could not set conntrack timeouts; the kernel's stay in force")
+	}
 	backend, err := newBackend(o, o.Mode)
 	if err != nil {
 		return err
