@@ -27,6 +27,11 @@ type Config struct {
 	// means every local address.
 	NodePortAddresses []netip.Prefix
 	NodePortPrimary   bool
+	// ConntrackTCPLiberal is nf_conntrack_tcp_be_liberal: when it is not
+	// set, iptables mode drops forwarded packets conntrack finds INVALID
+	// (an out-of-window segment would otherwise reach a Pod un-NATed and
+	// be answered with a reset), as kube-proxy does.
+	ConntrackTCPLiberal bool
 }
 
 // NodePortIPs returns the addresses of family f that NodePorts answer on

@@ -5,7 +5,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -33,6 +35,7 @@ func TestNodePortAndExternalIP(t *testing.T) {
 			e.nodePortSuite(t, np, empty, pods)
 			e.localhostNodePort(t, dp, np, pods)
 			e.secondaryAddressNodePort(t, dp, np, pods)
+			e.forwardPolicyDrop(t, dp, np)
 		})
 	}
 }
@@ -59,6 +62,36 @@ func (e *env) nodePortSuite(t *testing.T, np, empty *v1.Service, pods []lab.Pod)
 			if r.Errors.Refused != 5 {
 				t.Errorf("from %s: %v %+v %v", ns, r.Counts, r.Errors, r.ErrorSamples)
 			}
+		}
+	})
+}
+
+// forwardPolicyDrop: with FORWARD's policy DROP (as Docker sets it),
+// iptables mode still forwards what it masquerades, and the replies, as
+// kube-proxy's KUBE-FORWARD does; other traffic is left to the policy.
+func (e *env) forwardPolicyDrop(t *testing.T, dp dataplane, np *v1.Service) {
+	if dp.mode != "iptables" {
+		return
+	}
+	bin := "iptables-nft"
+	if slices.Contains(dp.args, "--iptables-backend=legacy") {
+		bin = "iptables-legacy"
+	}
+	t.Run("with FORWARD's policy DROP, the NodePort is still forwarded", func(t *testing.T) {
+		if _, err := e.lab.Exec(context.Background(), e.lab.NodeNS, bin, "-P", "FORWARD", "DROP"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, bin, "-P", "FORWARD", "ACCEPT") })
+		nodePort := fmt.Sprintf("%s:%d", e.lab.NodeIP, np.Spec.Ports[0].NodePort)
+		if r := e.traffic(t, e.lab.ClientNS, "tcp", nodePort, 50, 3); r.Answered() != 50 {
+			t.Errorf("NodePort from the client: %v %+v %v, want 50 answered", r.Counts, r.Errors, r.ErrorSamples)
+		}
+		// The policy is in force: the client is inside the cluster CIDR,
+		// so its ClusterIP traffic is not masqueraded, and dropped.
+		r, err := e.lab.TrafficWith(context.Background(), e.lab.ClientNS, lab.TrafficOptions{
+			Proto: "tcp", Addr: "10.96.0.30:80", Count: 3, Timeout: 300 * time.Millisecond})
+		if err != nil || r.Errors.Timeout != 3 {
+			t.Errorf("ClusterIP from the client under FORWARD DROP: %v %+v %v, want 3 timeouts", r.Counts, r.Errors, err)
 		}
 	})
 }

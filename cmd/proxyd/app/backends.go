@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"k8s.io/klog/v2"
 
@@ -53,7 +54,16 @@ func (o *Options) proxierConfig() proxier.Config {
 		LocalhostNodePorts: o.LocalhostNodePorts && o.Mode == "iptables",
 		NodePortAddresses:  o.NodePortAddresses,
 		NodePortPrimary:    o.NodePortPrimary,
+		// Read after tuneConntrack, which may have set it.
+		ConntrackTCPLiberal: sysctlSet("net/netfilter/nf_conntrack_tcp_be_liberal"),
 	}
+}
+
+// sysctlSet reports whether the sysctl at path (under /proc/sys) is
+// readable and not 0.
+func sysctlSet(path string) bool {
+	b, err := os.ReadFile(procSys + "/" + path)
+	return err == nil && strings.TrimSpace(string(b)) != "0"
 }
 
 // newBackend builds the Backend of mode; the error says what the node lacks.

@@ -29,11 +29,13 @@ const (
 	servicesComment    = "proxyd service portals"
 	postroutingComment = "proxyd postrouting rules"
 	externalComment    = "proxyd externally-visible service portals"
+	forwardComment     = "proxyd forwarding rules"
 )
 
 // jumpRules are the only rules proxyd writes outside its own chains. In
-// filter only new connections are checked: the REJECTs are for the first
-// packet to a Service that has no endpoints.
+// filter only new connections are checked (the REJECTs are for the first
+// packet to a Service that has no endpoints), except by PROXYD-FORWARD:
+// inserted last, it is the first of FORWARD, as kube-proxy's KUBE-FORWARD.
 var jumpRules = []jumpRule{
 	{tableNAT, "PREROUTING", []string{"-m", "comment", "--comment", servicesComment, "-j", ChainServices}},
 	{tableNAT, "OUTPUT", []string{"-m", "comment", "--comment", servicesComment, "-j", ChainServices}},
@@ -44,6 +46,7 @@ var jumpRules = []jumpRule{
 	{tableFilter, "INPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
 	{tableFilter, "FORWARD", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
 	{tableFilter, "OUTPUT", []string{"-m", "conntrack", "--ctstate", "NEW", "-m", "comment", "--comment", externalComment, "-j", ChainExternalServices}},
+	{tableFilter, "FORWARD", []string{"-m", "comment", "--comment", forwardComment, "-j", ChainForward}},
 }
 
 // ensureJumps inserts each jump rule at the top of its built-in chain

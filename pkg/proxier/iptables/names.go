@@ -39,6 +39,11 @@ const (
 	// drops external traffic to externalTrafficPolicy Local ports without
 	// a local endpoint.
 	ChainExternalServices = "PROXYD-EXTERNAL-SERVICES"
+	// ChainForward (filter), first in FORWARD, drops what a firewall chain
+	// marked and INVALID packets, and accepts what proxyd masquerades and
+	// the connections it let through, so a FORWARD policy of DROP does
+	// not cut Services off (kube-proxy's KUBE-FORWARD).
+	ChainForward = "PROXYD-FORWARD"
 
 	svcChainPrefix = "PROXYD-SVC-"
 	svlChainPrefix = "PROXYD-SVL-"

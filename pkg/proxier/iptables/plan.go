@@ -86,11 +86,12 @@ func (e *extDispatch) parts() (natServices, nodePorts, filter string) {
 // baseRules and baseChains are what every family carries beside its
 // service ports: PROXYD-POSTROUTING (3 rules), PROXYD-MARK-MASQ (1),
 // PROXYD-MARK-DROP (1), PROXYD-SERVICES in nat (with the jump to
-// PROXYD-NODEPORTS, 1) and filter, PROXYD-NODEPORTS and
-// PROXYD-EXTERNAL-SERVICES (with the drop of marked packets, 1).
+// PROXYD-NODEPORTS, 1) and filter, PROXYD-NODEPORTS,
+// PROXYD-EXTERNAL-SERVICES (with the drop of marked packets, 1) and
+// PROXYD-FORWARD (4, 3 when conntrack is liberal).
 const (
-	baseRules  = 7
-	baseChains = 7
+	baseRules  = 11
+	baseChains = 8
 )
 
 // ruleCount is the number of rules in proxyd's chains of the family: the
@@ -123,7 +124,7 @@ func (r *renderer) fullState(t *restoreText, sps []*model.ServicePort, cidrs []n
 		w.add(sp, chains, rules, r.extDispatchOf(sp))
 	}
 	for _, c := range sortedKeys(stale[tableFilter]) {
-		if c != ChainServices && c != ChainExternalServices {
+		if c != ChainServices && c != ChainExternalServices && c != ChainForward {
 			t.deleteChain(tableFilter, c)
 		}
 	}

@@ -73,6 +73,9 @@ func (r *renderer) baseRules() int {
 	if r.localhost {
 		n++
 	}
+	if r.cfg.ConntrackTCPLiberal {
+		n--
+	}
 	return n
 }
 
@@ -111,6 +114,17 @@ func (r *renderer) base(t *restoreText) {
 	t.rule(&t.natRules, ChainPostrouting, "-m", "comment", "--comment", `"proxyd service traffic requiring SNAT"`, "-j", "MASQUERADE", "--random-fully")
 	t.rule(&t.natRules, ChainMarkMasq, "-j", "MARK", "--or-mark", r.mark)
 	t.rule(&t.natRules, ChainMarkDrop, "-j", "MARK", "--or-mark", r.drop)
+
+	t.filterChain(ChainForward)
+	t.rule(&t.filterRules, ChainForward, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
+		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
+	if !r.cfg.ConntrackTCPLiberal {
+		t.rule(&t.filterRules, ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+	}
+	t.rule(&t.filterRules, ChainForward, "-m", "comment", "--comment", `"proxyd forwarding rules"`,
+		"-m", "mark", "--mark", r.markMask, "-j", "ACCEPT")
+	t.rule(&t.filterRules, ChainForward, "-m", "comment", "--comment", `"proxyd forwarding conntrack rule"`,
+		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
 }
 
 // services renders PROXYD-SERVICES of both tables in full, with the

@@ -120,8 +120,8 @@ func countLines(text []byte) (rules, chains, deletes int) {
 
 // TestRuleCountIsStable guards the size of the ruleset: a Service port
 // with a ClusterIP and n endpoints costs 1 dispatch rule, 1 masquerade
-// rule, n choice rules and 2n endpoint rules in n+1 chains, plus 7 base
-// rules in 7 chains per family and 1 REJECT per ServiceCIDR. A change here
+// rule, n choice rules and 2n endpoint rules in n+1 chains, plus 11 base
+// rules in 8 chains per family and 1 REJECT per ServiceCIDR. A change here
 // changes the kernel's cost for every cluster; update the formula only on
 // purpose.
 func TestRuleCountIsStable(t *testing.T) {
@@ -131,8 +131,8 @@ func TestRuleCountIsStable(t *testing.T) {
 		t.Run(fmt.Sprintf("%d services × %d endpoints", tc.services, tc.eps), func(t *testing.T) {
 			text := Render(syntheticState(tc.services, tc.eps, false), flowspec.Config(), model.IPv4)
 			rules, chains, deletes := countLines(text)
-			wantRules := 7 + 1 + tc.services*(1+1+3*tc.eps)
-			wantChains := 7 + tc.services*(1+tc.eps)
+			wantRules := 11 + 1 + tc.services*(1+1+3*tc.eps)
+			wantChains := 8 + tc.services*(1+tc.eps)
 			if rules != wantRules || chains != wantChains || deletes != 0 {
 				t.Errorf("%d rules, %d chains, %d deletes; want %d rules, %d chains, 0 deletes", rules, chains, deletes, wantRules, wantChains)
 			}
@@ -141,8 +141,8 @@ func TestRuleCountIsStable(t *testing.T) {
 	t.Run("a service port without endpoints costs one REJECT and no chain", func(t *testing.T) {
 		s := syntheticState(3, 0, false)
 		rules, chains, _ := countLines(Render(s, flowspec.Config(), model.IPv4))
-		if rules != 7+1+3 || chains != 7 {
-			t.Errorf("%d rules, %d chains; want 11 rules, 7 chains", rules, chains)
+		if rules != 11+1+3 || chains != 8 {
+			t.Errorf("%d rules, %d chains; want 15 rules, 8 chains", rules, chains)
 		}
 	})
 	t.Run("a ClusterIP outside every ServiceCIDR costs one REJECT, shared by its ports", func(t *testing.T) {
@@ -153,14 +153,14 @@ func TestRuleCountIsStable(t *testing.T) {
 		sp.Key = k
 		s.Services[k] = &sp
 		rules, _, _ := countLines(Render(s, flowspec.Config(), model.IPv4))
-		if want := 7 + 3 + 4*(1+1+3); rules != want {
+		if want := 11 + 3 + 4*(1+1+3); rules != want {
 			t.Errorf("%d rules, want %d", rules, want)
 		}
 	})
 	t.Run("affinity adds one recent rule per endpoint", func(t *testing.T) {
 		rules, chains, _ := countLines(Render(affinityState(), flowspec.Config(), model.IPv4))
-		if want := 7 + 1 + 1 + 1 + 2*2 + 2*2; rules != want || chains != 7+3 {
-			t.Errorf("%d rules, %d chains; want %d rules, 10 chains", rules, chains, want)
+		if want := 11 + 1 + 1 + 1 + 2*2 + 2*2; rules != want || chains != 8+3 {
+			t.Errorf("%d rules, %d chains; want %d rules, 11 chains", rules, chains, want)
 		}
 	})
 }

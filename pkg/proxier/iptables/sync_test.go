@@ -398,14 +398,14 @@ func TestFullSyncDeletesStaleProxydChainsAndNothingElse(t *testing.T) {
 		"-A PROXYD-SERVICES -d 10.96.9.9/32 -p tcp -m tcp --dport 80 -j PROXYD-SVC-OLDOLDOLDOLDOLD0\n" +
 		"-A PROXYD-SVC-OLDOLDOLDOLDOLD0 -j PROXYD-SEP-OLDOLDOLDOLDOLD0\n-A PROXYD-SEP-OLDOLDOLDOLDOLD0 -p tcp -j DNAT --to-destination 10.9.9.9:80\n" +
 		"-A KUBE-SVC-FOREIGN -j RETURN\n-A PREROUTING -j KUBE-SVC-FOREIGN\n-A PREROUTING -m comment --comment \"proxyd service portals\" -j PROXYD-SERVICES\nCOMMIT\n" +
-		"*filter\n:PROXYD-SERVICES - [0:0]\n:PROXYD-FORWARD - [0:0]\n-A PROXYD-FORWARD -j ACCEPT\nCOMMIT\n"
+		"*filter\n:PROXYD-SERVICES - [0:0]\n:PROXYD-OLD-FILTER - [0:0]\n-A PROXYD-OLD-FILTER -j ACCEPT\nCOMMIT\n"
 	if err := k.Restore(context.Background(), []byte(leftover)); err != nil {
 		t.Fatal(err)
 	}
 	tp.sync(t, flowspec.State())
 	for _, table := range []string{tableNAT, tableFilter} {
 		for _, c := range k.proxydChains(table) {
-			if strings.Contains(c, "OLD") || c == "PROXYD-FORWARD" {
+			if strings.Contains(c, "OLD") {
 				t.Errorf("stale chain %s %s survived the full sync", table, c)
 			}
 		}
