@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -132,26 +133,33 @@ func New() (*Cleaner, error) {
 }
 
 // Clean deletes the plan's stale flows, walking the conntrack table once
-// per family it names, and returns how many it deleted per family;
-// failures are logged, not fatal, since the rules are already right and
-// the entries expire anyway.
-func (c *Cleaner) Clean(p *Plan) map[model.IPFamily]int {
-	deleted := map[model.IPFamily]int{}
+// per family it names, and returns how many it deleted and how long each
+// walk took, per family; failures are logged, not fatal, since the rules
+// are already right and the entries expire anyway.
+func (c *Cleaner) Clean(p *Plan) map[model.IPFamily]Result {
+	out := map[model.IPFamily]Result{}
 	for family := range p.families {
 		inet := netlink.InetFamily(unix.AF_INET)
 		if family == model.IPv6 {
 			inet = unix.AF_INET6
 		}
+		start := time.Now()
 		n, err := c.h.ConntrackDeleteFilters(netlink.ConntrackTable, inet, p)
+		out[family] = Result{Deleted: int(n), Took: time.Since(start)}
 		if err != nil {
 			klog.ErrorS(err, "Could not delete stale conntrack entries", "family", family, "destinations", len(p.keep))
 		}
 		if n > 0 {
-			deleted[family] += int(n)
 			klog.V(2).InfoS("Deleted stale conntrack entries", "family", family, "entries", n)
 		}
 	}
-	return deleted
+	return out
+}
+
+// Result is one family's walk of the conntrack table.
+type Result struct {
+	Deleted int
+	Took    time.Duration
 }
 
 // Close releases the netlink handle.

@@ -24,13 +24,17 @@ type Metrics struct {
 	EndpointsTotal      prometheus.Counter
 	ServicesPending     prometheus.Gauge
 	ServicesTotal       prometheus.Counter
-	SyncFailures        prometheus.Counter
-	KernelObjects       prometheus.Counter
-	Syncs               *prometheus.CounterVec
-	HealthzTotal        *prometheus.CounterVec
-	LivezTotal          *prometheus.CounterVec
-	NoLocalEndpoints    *prometheus.GaugeVec
-	ConntrackDeleted    *prometheus.CounterVec
+	SyncFailures        *prometheus.CounterVec
+	// PartialFailures counts failed partial syncs (iptables mode only;
+	// nil otherwise), each also counted in SyncFailures.
+	PartialFailures   *prometheus.CounterVec
+	KernelObjects     prometheus.Counter
+	Syncs             *prometheus.CounterVec
+	HealthzTotal      *prometheus.CounterVec
+	LivezTotal        *prometheus.CounterVec
+	NoLocalEndpoints  *prometheus.GaugeVec
+	ConntrackDeleted  *prometheus.CounterVec
+	ConntrackDuration *prometheus.HistogramVec
 }
 
 func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
@@ -77,8 +81,8 @@ func New(mode string) *Metrics {
 			Name: "kubeproxy_sync_proxy_rules_service_changes_pending", Help: "Pending proxy rules Service changes"}),
 		ServicesTotal: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kubeproxy_sync_proxy_rules_service_changes_total", Help: "Cumulative proxy rules Service changes"}),
-		SyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: failureName, Help: "Cumulative proxy rules sync failures"}),
+		SyncFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: failureName, Help: "Cumulative proxy rules sync failures"}, []string{"ip_family"}),
 		KernelObjects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "proxyd_kernel_objects_written_total", Help: "Rules, chains and set elements written to the kernel"}),
 		Syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -93,10 +97,20 @@ func New(mode string) *Metrics {
 		ConntrackDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kubeproxy_conntrack_reconciler_deleted_entries_total", Help: "Cumulative conntrack flows deleted by conntrack reconciler"},
 			[]string{"ip_family"}),
+		ConntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "kubeproxy_conntrack_reconciler_sync_duration_seconds", Help: "ReconcileConntrackFlowsLatency latency in seconds",
+			Buckets: syncBuckets()}, []string{"ip_family"}),
+	}
+	if mode == "iptables" {
+		m.PartialFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total", Help: "Cumulative proxy iptables partial restore failures"},
+			[]string{"ip_family"})
+		m.Registry.MustRegister(m.PartialFailures)
 	}
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
 		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
+		m.ConntrackDuration,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -6,6 +6,7 @@ package proxier
 
 import (
 	"context"
+	"errors"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -38,4 +39,25 @@ type SyncStats struct {
 // StatsReporter is implemented by backends that can describe their last Sync.
 type StatsReporter interface {
 	LastSyncStats() SyncStats
+}
+
+// FamilyError is a Sync failure confined to one IP family's rules, so the
+// failure metrics can carry kube-proxy's ip_family label.
+type FamilyError struct {
+	Family model.IPFamily
+	Err    error
+}
+
+func (e *FamilyError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the failure itself.
+func (e *FamilyError) Unwrap() error { return e.Err }
+
+// FailedFamily returns "IPv4" or "IPv6" when err is a FamilyError, else "".
+func FailedFamily(err error) string {
+	var fe *FamilyError
+	if errors.As(err, &fe) {
+		return fe.Family.String()
+	}
+	return ""
 }

@@ -182,7 +182,11 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		}
 		r.retryAt = r.lastSync.Add(r.retryWait)
 		if m != nil {
-			m.SyncFailures.Inc()
+			family := FailedFamily(err)
+			m.SyncFailures.WithLabelValues(family).Inc()
+			if m.PartialFailures != nil && !stats.Full {
+				m.PartialFailures.WithLabelValues(family).Inc()
+			}
 			m.Syncs.WithLabelValues("error").Inc()
 		}
 		klog.ErrorS(err, "Sync failed; the kernel keeps the previous rules", "mode", r.backend.Mode(), "retryIn", r.retryWait)

@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -184,4 +185,54 @@ func TestHealthFailsWhenAQueuedChangeIsNotSyncedInTime(t *testing.T) {
 	if ok, _ := h.health.Healthy(); ok {
 		t.Error("healthy although a change has waited 90s, over 2x the sync period")
 	}
+}
+
+// failingBackend fails every partial Sync with err.
+type failingBackend struct{ err error }
+
+func (failingBackend) Mode() string                                           { return "iptables" }
+func (b failingBackend) Sync(context.Context, *model.State, model.Diff) error { return b.err }
+func (failingBackend) Cleanup(context.Context) error                          { return nil }
+func (failingBackend) LastSyncStats() SyncStats                               { return SyncStats{} }
+
+func TestFailedSyncsAreCountedPerFamilyAsKubeProxyDoes(t *testing.T) {
+	m := metrics.New("iptables")
+	b := failingBackend{err: fmt.Errorf("sync: %w", &FamilyError{Family: model.IPv6, Err: errors.New("iptables-restore: exit 1")})}
+	r := NewRunner(b, func() *model.State { return &model.State{} }, RunnerOptions{
+		MinInterval: time.Second, MaxInterval: time.Minute, Clock: clocktesting.NewFakeClock(time.Now()), Metrics: m})
+	r.syncOnce(context.Background())
+	for _, c := range []struct {
+		name, family string
+		want         float64
+	}{
+		{"kubeproxy_sync_proxy_rules_iptables_restore_failures_total", "IPv6", 1},
+		{"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total", "IPv6", 1},
+		{"kubeproxy_sync_proxy_rules_iptables_restore_failures_total", "IPv4", 0},
+	} {
+		if got := counter(t, m, c.name, c.family); got != c.want {
+			t.Errorf("%s{ip_family=%s} = %v, want %v", c.name, c.family, got, c.want)
+		}
+	}
+}
+
+// counter reads the counter name{ip_family=family} from m's registry.
+func counter(t *testing.T, m *metrics.Metrics, name, family string) float64 {
+	t.Helper()
+	families, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, metric := range mf.GetMetric() {
+			for _, l := range metric.GetLabel() {
+				if l.GetName() == "ip_family" && l.GetValue() == family {
+					return metric.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -79,8 +79,9 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	afterSync := func(s *model.State, d model.Diff) {
 		if plan := conntrack.NewPlan(d, s); cleaner != nil && !plan.Empty() {
-			for family, n := range cleaner.Clean(plan) {
-				m.ConntrackDeleted.WithLabelValues(family.String()).Add(float64(n))
+			for family, r := range cleaner.Clean(plan) {
+				m.ConntrackDeleted.WithLabelValues(family.String()).Add(float64(r.Deleted))
+				m.ConntrackDuration.WithLabelValues(family.String()).Observe(r.Took.Seconds())
 			}
 		}
 		m.SetNoLocalEndpoints(s)

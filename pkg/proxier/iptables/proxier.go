@@ -198,7 +198,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		if err != nil {
 			p.needFull = true
 			p.stats = proxier.SyncStats{Full: full}
-			return fmt.Errorf("sync %v iptables rules: %w", f.fam, err)
+			return &proxier.FamilyError{Family: f.fam, Err: fmt.Errorf("sync %v iptables rules: %w", f.fam, err)}
 		}
 		if n > 0 {
 			stats.Skipped = false

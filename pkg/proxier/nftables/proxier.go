@@ -89,43 +89,10 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	stats := proxier.SyncStats{}
 	changed := d.Changed()
 	for _, f := range p.families {
-		plan, next, err := p.plan(s, changed, f)
-		if err != nil {
+		if err := p.syncFamily(ctx, s, changed, f, &stats); err != nil {
 			delete(p.written, f)
-			return err
+			return &proxier.FamilyError{Family: f, Err: err}
 		}
-		stats.Full = stats.Full || plan.Full
-		stats.KernelOps += plan.Size()
-		stats.ChainCount += next.chains
-		if plan.Empty() {
-			p.written[f] = next
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			delete(p.written, f)
-			return err
-		}
-		var old *kernelTable
-		if plan.Full {
-			if old, err = listTable(p.conn, f); err != nil {
-				delete(p.written, f)
-				return err
-			}
-		}
-		if err := p.write(plan, old); err != nil && old != nil {
-			// Keeping the base chains failed; delete the table instead.
-			klog.InfoS("Could not rewrite the nftables table in place, recreating it", "family", f, "err", err)
-			err = p.write(plan, nil)
-			if err != nil {
-				delete(p.written, f)
-				return err
-			}
-		} else if err != nil {
-			delete(p.written, f)
-			return err
-		}
-		p.written[f] = next
-		klog.V(4).InfoS("Wrote nftables transaction", "family", f, "full", plan.Full, "objects", plan.Size())
 	}
 	stats.Skipped = stats.KernelOps == 0
 	p.stats = stats
@@ -134,6 +101,44 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 		// memory back now rather than keep the peak as resident size.
 		debug.FreeOSMemory()
 	}
+	return nil
+}
+
+// syncFamily writes one family's transaction, adding to stats; on error
+// the caller forgets what the family holds.
+func (p *Proxier) syncFamily(ctx context.Context, s *model.State, changed []model.ServicePortKey, f model.IPFamily, stats *proxier.SyncStats) error {
+	plan, next, err := p.plan(s, changed, f)
+	if err != nil {
+		return err
+	}
+	stats.Full = stats.Full || plan.Full
+	stats.KernelOps += plan.Size()
+	stats.ChainCount += next.chains
+	if plan.Empty() {
+		p.written[f] = next
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var old *kernelTable
+	if plan.Full {
+		if old, err = listTable(p.conn, f); err != nil {
+			return err
+		}
+	}
+	if err := p.write(plan, old); err != nil {
+		if old == nil {
+			return err
+		}
+		// Keeping the base chains failed; delete the table instead.
+		klog.InfoS("Could not rewrite the nftables table in place, recreating it", "family", f, "err", err)
+		if err := p.write(plan, nil); err != nil {
+			return err
+		}
+	}
+	p.written[f] = next
+	klog.V(4).InfoS("Wrote nftables transaction", "family", f, "full", plan.Full, "objects", plan.Size())
 	return nil
 }
 
