@@ -9,7 +9,7 @@
 // The rule is kube-proxy's, applied to UDP, SCTP and unanswered TCP: a
 // flow sent to one of a changed service port's destinations whose reply
 // does not come from one of the port's serving endpoints is stale. It runs
-// after every sync that changed something, on the ports that changed.
+// after every sync that can have left such a flow, on those ports only.
 package conntrack
 
 import (
@@ -45,26 +45,18 @@ type Plan struct {
 }
 
 // NewPlan returns the flows d leaves stale in s: those sent to a retired
-// destination, and those sent to a destination of an added or updated port
-// but not answered by one of its serving endpoints. On the first sync every
-// port is added, so the whole table is reconciled with the rules.
+// destination, and those sent to a destination of an unsettled port but
+// not answered by one of its serving endpoints. On the first sync every
+// port is unsettled, so the whole table is reconciled with the rules; a
+// sync that only added endpoints plans nothing and walks no table.
 func NewPlan(d model.Diff, s *model.State) *Plan {
 	p := &Plan{keep: map[destination]map[netip.AddrPort]bool{}, families: map[model.IPFamily]bool{}}
 	for _, dst := range d.Retired {
 		p.add(dst, nil)
 	}
-	for _, keys := range [][]model.ServicePortKey{d.Added, d.Updated} {
-		for _, k := range keys {
-			sp := s.Services[k]
-			if sp == nil {
-				continue
-			}
-			serving := map[netip.AddrPort]bool{}
-			for _, e := range sp.Endpoints {
-				if e.Ready || e.Serving {
-					serving[e.AddrPort()] = true
-				}
-			}
+	for _, k := range d.Unsettled {
+		if sp := s.Services[k]; sp != nil {
+			serving := model.Serving(sp.Endpoints)
 			for _, dst := range sp.Destinations() {
 				p.add(dst, serving)
 			}

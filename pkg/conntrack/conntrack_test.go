@@ -49,7 +49,7 @@ const established = 3
 
 func TestPlanForAChangedPortKeepsOnlyFlowsAnsweredByServingEndpoints(t *testing.T) {
 	s := dnsState(ep("10.0.0.1", true, true), ep("10.0.0.2", false, true), ep("10.0.0.3", false, false))
-	p := NewPlan(model.Diff{Updated: []model.ServicePortKey{dnsTCP, dnsUDP}}, s)
+	p := NewPlan(model.Diff{Updated: []model.ServicePortKey{dnsTCP, dnsUDP}, Unsettled: []model.ServicePortKey{dnsTCP, dnsUDP}}, s)
 	udp, tcp := uint8(unix.IPPROTO_UDP), uint8(unix.IPPROTO_TCP)
 	for _, tc := range []struct {
 		name string
@@ -83,6 +83,9 @@ func TestPlanLooksOnlyAtChangedPortsAndRetiredDestinations(t *testing.T) {
 	if p := NewPlan(model.Diff{}, s); !p.Empty() || p.Stale(flow(udp, "10.96.0.10:53", "10.96.0.10:53", 0)) {
 		t.Error("a sync that changed nothing plans deletions")
 	}
+	if p := NewPlan(model.Diff{Updated: []model.ServicePortKey{dnsUDP}}, s); !p.Empty() {
+		t.Error("an update that left every flow somewhere serving plans deletions")
+	}
 	retired := model.Diff{Removed: []model.ServicePortKey{{Name: "old", Protocol: model.UDP}},
 		Retired: []model.Destination{{Protocol: model.UDP, Addr: netip.MustParseAddrPort("10.96.0.20:53")}}}
 	p := NewPlan(retired, s)
@@ -92,7 +95,7 @@ func TestPlanLooksOnlyAtChangedPortsAndRetiredDestinations(t *testing.T) {
 	if p.Stale(flow(udp, "10.96.0.10:53", "10.96.0.10:53", 0)) {
 		t.Error("a flow to an unchanged port is deleted")
 	}
-	taken := model.Diff{Updated: []model.ServicePortKey{dnsUDP},
+	taken := model.Diff{Updated: []model.ServicePortKey{dnsUDP}, Unsettled: []model.ServicePortKey{dnsUDP},
 		Retired: []model.Destination{{Protocol: model.UDP, Addr: netip.MustParseAddrPort("10.96.0.10:53")}}}
 	if NewPlan(taken, s).Stale(flow(udp, "10.96.0.10:53", "10.0.0.1:5353", 0)) {
 		t.Error("a destination retired by one port and served by another loses its live flows")
@@ -100,7 +103,7 @@ func TestPlanLooksOnlyAtChangedPortsAndRetiredDestinations(t *testing.T) {
 }
 
 func TestPlanWalksOnlyTheFamiliesItNames(t *testing.T) {
-	p := NewPlan(model.Diff{Added: []model.ServicePortKey{dnsUDP}}, dnsState())
+	p := NewPlan(model.Diff{Added: []model.ServicePortKey{dnsUDP}, Unsettled: []model.ServicePortKey{dnsUDP}}, dnsState())
 	if !p.families[model.IPv4] || p.families[model.IPv6] {
 		t.Errorf("families = %v, want IPv4 only", p.families)
 	}

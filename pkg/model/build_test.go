@@ -185,9 +185,35 @@ func TestComputeDiff(t *testing.T) {
 			t.Errorf("diff = %+v", d)
 		}
 	})
-	t.Run("from nothing, every port is added", func(t *testing.T) {
+	t.Run("from nothing, every port is added and unsettled", func(t *testing.T) {
 		d := Compute(nil, before)
-		if !slices.Equal(d.Added, []ServicePortKey{httpKey}) || !slices.Equal(d.Changed(), []ServicePortKey{httpKey}) {
+		if !slices.Equal(d.Added, []ServicePortKey{httpKey}) || !slices.Equal(d.Changed(), []ServicePortKey{httpKey}) ||
+			!slices.Equal(d.Unsettled, []ServicePortKey{httpKey}) {
+			t.Errorf("diff = %+v", d)
+		}
+	})
+	unsettled := []struct {
+		name string
+		eps  []SliceEndpoint
+		want bool
+	}{
+		{"an endpoint more unsettles nothing", []SliceEndpoint{readyEP("10.0.0.1"), readyEP("10.0.0.2"), readyEP("10.0.0.3")}, false},
+		{"an endpoint fewer unsettles the port", []SliceEndpoint{readyEP("10.0.0.1")}, true},
+		{"an endpoint that stops serving unsettles the port", []SliceEndpoint{readyEP("10.0.0.1"), {Addresses: []netip.Addr{addr("10.0.0.2")}}}, true},
+		{"a terminating endpoint that still serves unsettles nothing", []SliceEndpoint{readyEP("10.0.0.1"),
+			{Addresses: []netip.Addr{addr("10.0.0.2")}, Serving: true, Terminating: true}}, false},
+	}
+	for _, tc := range unsettled {
+		t.Run(tc.name, func(t *testing.T) {
+			d := Compute(before, Build(snapshot([]*Service{web("10.96.0.10")}, webSlice("a", IPv4, tc.eps...))))
+			if got := slices.Contains(d.Unsettled, httpKey); got != tc.want || !slices.Equal(d.Updated, []ServicePortKey{httpKey}) {
+				t.Errorf("unsettled = %v, want %v (diff %+v)", got, tc.want, d)
+			}
+		})
+	}
+	t.Run("the first endpoint unsettles the port", func(t *testing.T) {
+		empty := Build(snapshot([]*Service{web("10.96.0.10")}))
+		if d := Compute(empty, before); !slices.Equal(d.Unsettled, []ServicePortKey{httpKey}) {
 			t.Errorf("diff = %+v", d)
 		}
 	})

@@ -1,6 +1,9 @@
 package model
 
-import "slices"
+import (
+	"net/netip"
+	"slices"
+)
 
 // Diff says what changed between two States: which service ports a backend
 // must rewrite, and where conntrack must look for flows the rules no longer
@@ -12,6 +15,12 @@ type Diff struct {
 	// Retired are the destinations of removed ports, and those an updated
 	// port no longer has: flows still sent there follow rules that are gone.
 	Retired []Destination
+	// Unsettled are the ports whose flows may now go where the rules no
+	// longer send: every added port (on the first sync, all of them), and
+	// each updated one that lost a serving endpoint, got its first, or
+	// changed where clients reach it. A port that only gained endpoints
+	// is not here: every flow it had still goes somewhere that serves.
+	Unsettled []ServicePortKey
 }
 
 // Empty reports whether nothing changed.
@@ -38,9 +47,13 @@ func Compute(old, new *State) Diff {
 		switch {
 		case !ok:
 			d.Added = append(d.Added, k)
+			d.Unsettled = append(d.Unsettled, k)
 		case o != n && !o.Equal(n):
 			d.Updated = append(d.Updated, k)
 			d.Retired = append(d.Retired, retired(o, n)...)
+			if unsettles(o, n) {
+				d.Unsettled = append(d.Unsettled, k)
+			}
 		}
 	}
 	for k, o := range oldSvcs {
@@ -49,7 +62,7 @@ func Compute(old, new *State) Diff {
 			d.Retired = append(d.Retired, o.Destinations()...)
 		}
 	}
-	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed} {
+	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed, &d.Unsettled} {
 		slices.SortFunc(*l, ServicePortKey.Compare)
 	}
 	slices.SortFunc(d.Retired, Destination.Compare)
@@ -63,6 +76,35 @@ func retired(o, n *ServicePort) []Destination {
 	for _, dst := range o.Destinations() {
 		if !slices.Contains(keep, dst) {
 			out = append(out, dst)
+		}
+	}
+	return out
+}
+
+// unsettles reports whether going from o to n can leave a flow of the
+// port where no rule sends it: an endpoint stopped serving, the first one
+// started (flows created while the port rejected), or the port's
+// destinations changed.
+func unsettles(o, n *ServicePort) bool {
+	before, after := Serving(o.Endpoints), Serving(n.Endpoints)
+	if len(before) == 0 && len(after) > 0 {
+		return true
+	}
+	for ep := range before {
+		if !after[ep] {
+			return true
+		}
+	}
+	return !slices.Equal(o.Destinations(), n.Destinations())
+}
+
+// Serving returns the destinations of eps that are ready or serving: where
+// a flow may stay.
+func Serving(eps []Endpoint) map[netip.AddrPort]bool {
+	out := make(map[netip.AddrPort]bool, len(eps))
+	for _, e := range eps {
+		if e.Ready || e.Serving {
+			out[e.AddrPort()] = true
 		}
 	}
 	return out
