@@ -24,7 +24,7 @@ func compatFlags(fs *pflag.FlagSet) {
 	for _, name := range []string{"config-sync-period", "ipvs-tcp-timeout", "ipvs-tcpfin-timeout", "ipvs-udp-timeout"} {
 		fs.Duration(name, 0, "accepted for kube-proxy compatibility; ignored")
 	}
-	for _, name := range []string{"bind-address", "kube-api-content-type", "feature-gates", "detect-local-mode", "proxy-port-range",
+	for _, name := range []string{"bind-address", "kube-api-content-type", "feature-gates", "proxy-port-range",
 		"pod-bridge-interface", "pod-interface-name-prefix", "show-hidden-metrics-for-version"} {
 		fs.String(name, "", "accepted for kube-proxy compatibility; ignored")
 	}
@@ -74,6 +74,7 @@ func writeConfig(o *Options, path string) error {
 		MetricsBindAddress: o.MetricsBindAddress,
 		HealthzBindAddress: o.HealthzBindAddress,
 		EnableProfiling:    o.Profiling,
+		DetectLocalMode:    kpconfig.LocalMode(o.DetectLocalMode),
 	}
 	c.ClientConnection.Kubeconfig = o.Kubeconfig
 	c.ClientConnection.QPS, c.ClientConnection.Burst = o.KubeAPIQPS, o.KubeAPIBurst

@@ -60,6 +60,9 @@ func applyConfigFile(o *Options, clusterCIDR *string, fs *pflag.FlagSet) error {
 	if c.EnableProfiling {
 		set([]string{"profiling"}, func() { o.Profiling = true })
 	}
+	if c.DetectLocalMode != "" {
+		set([]string{"detect-local-mode"}, func() { o.DetectLocalMode = string(c.DetectLocalMode) })
+	}
 	if c.ClusterCIDR != "" {
 		set([]string{"cluster-cidr"}, func() { *clusterCIDR = c.ClusterCIDR })
 	}

@@ -48,6 +48,8 @@ type Options struct {
 	KubeAPIBurst       int32
 	InitOnly           bool
 	WriteConfigTo      string
+	// DetectLocalMode is --detect-local-mode (see detectLocal).
+	DetectLocalMode string
 	// Conntrack is --conntrack-tcp-timeout-* and --conntrack-udp-timeout*.
 	Conntrack conntrack.Timeouts
 	// NodePortAddresses and NodePortPrimary restrict NodePorts (see
@@ -125,6 +127,7 @@ func Parse(args []string) (*Options, error) {
 	fs.BoolVar(&o.Conntrack.TCPBeLiberal, "conntrack-tcp-be-liberal", false, "let conntrack accept out-of-window TCP packets (nf_conntrack_tcp_be_liberal)")
 	fs.DurationVar(&o.Conntrack.UDP, "conntrack-udp-timeout", 0, "conntrack timeout of unreplied UDP flows (0 leaves the kernel's)")
 	fs.DurationVar(&o.Conntrack.UDPStream, "conntrack-udp-timeout-stream", 0, "conntrack timeout of replied UDP flows (0 leaves the kernel's)")
+	fs.StringVar(&o.DetectLocalMode, "detect-local-mode", "ClusterCIDR", "what makes traffic local (not masqueraded): ClusterCIDR (--cluster-cidr) or NodeCIDR (the Node's spec.podCIDRs); BridgeInterface and InterfaceNamePrefix fall back to ClusterCIDR")
 	compatFlags(fs)
 	var nodePortAddresses []string
 	fs.StringSliceVar(&nodePortAddresses, "nodeport-addresses", nil,
@@ -196,6 +199,9 @@ func (o *Options) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s %q: want host:port", name, addr))
 		}
+	}
+	if !contains(LocalModes, o.DetectLocalMode) {
+		errs = append(errs, fmt.Errorf("--detect-local-mode %q: must be one of %s", o.DetectLocalMode, strings.Join(LocalModes, ", ")))
 	}
 	if !contains([]string{"auto", "nft", "legacy"}, o.IPTablesBackend) {
 		errs = append(errs, fmt.Errorf("--iptables-backend %q: must be auto, nft or legacy", o.IPTablesBackend))

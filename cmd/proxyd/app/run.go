@@ -38,16 +38,25 @@ func Run(ctx context.Context, o *Options) error {
 	if err := tuneConntrack(o); err != nil {
 		klog.ErrorS(err, "Could not set conntrack timeouts; the kernel's stay in force")
 	}
+	client, err := o.client()
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	nodeCIDRs, err := detectLocal(ctx, o, client, nodeName)
+	if err != nil {
+		return err
+	}
+	if nodeCIDRs != nil {
+		go watchPodCIDRs(ctx, stop, client, nodeName, nodeCIDRs, 30*time.Second)
+	}
 	backend, err := newBackend(o, o.Mode)
 	if err != nil {
 		return err
 	}
 	if err := CleanupAll(ctx, o, o.Mode); err != nil {
 		klog.ErrorS(err, "Could not remove rules left by another mode; they may shadow this mode's")
-	}
-	client, err := o.client()
-	if err != nil {
-		return err
 	}
 
 	m := metrics.New(o.Mode)
@@ -110,6 +119,9 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		if ctx.Err() != nil {
 			klog.InfoS("Stopped before the first sync; existing rules left in place")
+			if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+				return err
+			}
 			return nil
 		}
 		klog.ErrorS(err, "Still waiting for the apiserver; existing rules are left in place", "server", client.host)
@@ -117,6 +129,9 @@ func Run(ctx context.Context, o *Options) error {
 	klog.InfoS("Informers synced; programming the kernel", "mode", o.Mode)
 	runner.Run(ctx)
 	klog.InfoS("Stopping; rules stay in place until the next proxyd takes over")
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+		return err
+	}
 	return nil
 }
 
