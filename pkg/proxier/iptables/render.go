@@ -99,8 +99,9 @@ func (r *renderer) prob(n int) string {
 // full write must delete unless it writes them again.
 type staleChains map[string]map[string]bool
 
-// base renders the chains every sync keeps: masquerade marking and the
-// postrouting masquerade. PROXYD-SERVICES, PROXYD-NODEPORTS and
+// base renders the chains every sync keeps: masquerade and drop marking,
+// the postrouting masquerade and filter's PROXYD-FORWARD. PROXYD-SERVICES,
+// PROXYD-NODEPORTS and
 // PROXYD-EXTERNAL-SERVICES are always there too, written by services,
 // nodePorts and externalServices.
 func (r *renderer) base(t *restoreText) {
@@ -116,8 +117,7 @@ func (r *renderer) base(t *restoreText) {
 	t.rule(&t.natRules, ChainMarkDrop, "-j", "MARK", "--or-mark", r.drop)
 
 	t.filterChain(ChainForward)
-	t.rule(&t.filterRules, ChainForward, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
-		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
+	r.dropMarked(t, ChainForward)
 	if !r.cfg.ConntrackTCPLiberal {
 		t.rule(&t.filterRules, ChainForward, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
 	}
@@ -125,6 +125,12 @@ func (r *renderer) base(t *restoreText) {
 		"-m", "mark", "--mark", r.markMask, "-j", "ACCEPT")
 	t.rule(&t.filterRules, ChainForward, "-m", "comment", "--comment", `"proxyd forwarding conntrack rule"`,
 		"-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+}
+
+// dropMarked drops, in filter's chain, what a firewall chain marked.
+func (r *renderer) dropMarked(t *restoreText, chain string) {
+	t.rule(&t.filterRules, chain, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
+		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
 }
 
 // services renders PROXYD-SERVICES of both tables in full, with the
@@ -190,8 +196,7 @@ func (r *renderer) nodePorts(t *restoreText, sps []*model.ServicePort) {
 // starts with the drop of what a firewall chain marked.
 func (r *renderer) externalServices(t *restoreText, sps []*model.ServicePort) {
 	t.filterChain(ChainExternalServices)
-	t.rule(&t.filterRules, ChainExternalServices, "-m", "mark", "--mark", r.dropMask, "-m", "comment", "--comment",
-		`"proxyd loadBalancerSourceRanges: a source not admitted"`, "-j", "DROP")
+	r.dropMarked(t, ChainExternalServices)
 	if r.localhost {
 		// route_localnet lets packets to 127.0.0.0/8 be routed; only the
 		// node's own and DNATed ones may be, as kube-proxy guards it.
