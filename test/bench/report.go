@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,28 +172,30 @@ func table(n int, rs []*result, e runEnv) string {
 			}
 		}
 	}
-	width := make([]int, len(t[0]))
+	// The table shows every row but the long-string ones, status cut short.
+	var shown [][]string
 	for _, row := range t {
 		if row[0] == "leftover_after_cleanup" || row[0] == "kernel_read_by" {
 			continue
 		}
-		for i, c := range row {
-			if row[0] == "status" && len(c) > 12 {
-				c = c[:12]
+		if row[0] == "status" {
+			row = slices.Clone(row)
+			for i, c := range row {
+				row[i] = c[:min(len(c), 12)]
 			}
+		}
+		shown = append(shown, row)
+	}
+	width := make([]int, len(t[0]))
+	for _, row := range shown {
+		for i, c := range row {
 			width[i] = max(width[i], len(c))
 		}
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n== N=%d Services x %d endpoints, K=%d changes, %d connects ==\n", n, e.pods, e.k, e.connects)
-	for _, row := range t {
-		if row[0] == "leftover_after_cleanup" || row[0] == "kernel_read_by" {
-			continue
-		}
+	for _, row := range shown {
 		for i, c := range row {
-			if row[0] == "status" && len(c) > 12 {
-				c = c[:12]
-			}
 			if i < 2 {
 				fmt.Fprintf(&b, "%-*s  ", width[i], c)
 			} else {

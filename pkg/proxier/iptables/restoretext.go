@@ -46,21 +46,22 @@ func (t *restoreText) empty() bool { return t.chains == 0 && t.deleted == 0 }
 func (t *restoreText) bytes() []byte {
 	out := make([]byte, 0, t.natChains.Len()+t.natRules.Len()+t.natDelete.Len()+
 		t.filterChains.Len()+t.filterRules.Len()+t.filterDel.Len()+32)
-	if t.filterChains.Len() > 0 {
-		out = append(out, "*filter\n"...)
-		out = t.filterChains.appendTo(out)
-		out = t.filterRules.appendTo(out)
-		out = t.filterDel.appendTo(out)
-		out = append(out, "COMMIT\n"...)
-	}
-	if t.natChains.Len() > 0 {
-		out = append(out, "*nat\n"...)
-		out = t.natChains.appendTo(out)
-		out = t.natRules.appendTo(out)
-		out = t.natDelete.appendTo(out)
-		out = append(out, "COMMIT\n"...)
-	}
+	out = appendTable(out, "filter", &t.filterChains, &t.filterRules, &t.filterDel)
+	out = appendTable(out, "nat", &t.natChains, &t.natRules, &t.natDelete)
 	return out
+}
+
+// appendTable appends one table's section (chain lines, rules, deletes,
+// COMMIT) to out, unless it declares no chain.
+func appendTable(out []byte, name string, chains, rules, deletes *chunkBuf) []byte {
+	if chains.Len() == 0 {
+		return out
+	}
+	out = append(out, "*"+name+"\n"...)
+	out = chains.appendTo(out)
+	out = rules.appendTo(out)
+	out = deletes.appendTo(out)
+	return append(out, "COMMIT\n"...)
 }
 
 // rule appends "-A chain words..." to b.
