@@ -129,3 +129,35 @@ func filterHinted(eps []Endpoint, hints func(Endpoint) []string, want string) []
 	}
 	return out
 }
+
+// NoEndpointAction is what a node does with a new connection to a service
+// port that has no endpoint this traffic may use.
+type NoEndpointAction uint8
+
+// The two answers, decided once here for every mode.
+const (
+	// Reject refuses the connection (ICMP port unreachable, seen by a TCP
+	// client as "connection refused"): nothing serves the port at all.
+	Reject NoEndpointAction = iota
+	// Drop discards it silently: a traffic policy keeps this node from
+	// endpoints that other nodes have, so the client should retry rather
+	// than believe the Service is gone (kube-proxy's behaviour).
+	Drop
+)
+
+// ClusterNoEndpoints says what ClusterIP traffic of family f does when
+// ClusterEndpoints has none of that family: drop under
+// internalTrafficPolicy Local while some node has a usable endpoint,
+// otherwise reject.
+func (s *ServicePort) ClusterNoEndpoints(f IPFamily) NoEndpointAction {
+	if s.InternalLocal && Usable(EndpointsOf(s.Endpoints, f)) {
+		return Drop
+	}
+	return Reject
+}
+
+// ClusterDrops reports whether new ClusterIP connections of family f are
+// dropped: no usable endpoint of f here, and the decision is Drop.
+func (s *ServicePort) ClusterDrops(f IPFamily) bool {
+	return len(EndpointsOf(s.ClusterEndpoints, f)) == 0 && s.ClusterNoEndpoints(f) == Drop
+}

@@ -305,7 +305,7 @@ func sameRules(a, b *model.ServicePort, fam model.IPFamily) bool {
 	va, _ := a.ClusterIP(fam)
 	vb, _ := b.ClusterIP(fam)
 	if a.Key != b.Key || va != vb || a.Port != b.Port || a.AffinitySeconds != b.AffinitySeconds ||
-		a.NodePort != b.NodePort || a.ExternalLocal != b.ExternalLocal || dropsInternal(a, fam) != dropsInternal(b, fam) {
+		a.NodePort != b.NodePort || a.ExternalLocal != b.ExternalLocal || a.ClusterDrops(fam) != b.ClusterDrops(fam) {
 		return false
 	}
 	return sameInFamily(a.ClusterEndpoints, b.ClusterEndpoints, fam, endpointIP, model.Endpoint.AddrPort) &&
@@ -348,7 +348,7 @@ func sameAddr(ip netip.Addr) netip.Addr { return ip }
 func sameDispatch(a, b *model.ServicePort, fam model.IPFamily) bool {
 	va, _ := a.ClusterIP(fam)
 	vb, _ := b.ClusterIP(fam)
-	return va == vb && a.Port == b.Port && hasEndpoints(a, fam) == hasEndpoints(b, fam) && dropsInternal(a, fam) == dropsInternal(b, fam)
+	return va == vb && a.Port == b.Port && hasEndpoints(a, fam) == hasEndpoints(b, fam) && a.ClusterDrops(fam) == b.ClusterDrops(fam)
 }
 
 // programmable returns sp's ClusterIP of family fam, unless sp has none

@@ -279,7 +279,7 @@ func (r *renderer) dispatchTo(t *restoreText, sp *model.ServicePort, nat, filter
 	case withEndpoints && nat:
 		t.rule(&t.natRules, ChainServices, "-d", dst, "-p", proto, "-m", "comment", "--comment", quoteComment(name+" cluster IP"),
 			"-m", proto, "--dport", port, "-j", svcChain(sp.Key))
-	case !withEndpoints && filter && dropsInternal(sp, r.fam):
+	case !withEndpoints && filter && sp.ClusterDrops(r.fam):
 		// Other nodes serve it: drop, as kube-proxy does.
 		t.rule(&t.filterRules, ChainServices, "-d", dst, "-p", proto, "-m", "comment", "--comment", quoteComment(name+" has no local endpoints"),
 			"-m", proto, "--dport", port, "-j", "DROP")
@@ -569,13 +569,6 @@ func endpointsOf(eps []model.Endpoint, fam model.IPFamily) []model.Endpoint {
 }
 
 // hasEndpoints reports whether sp has a usable endpoint of family fam.
-// dropsInternal reports whether sp's ClusterIP traffic of family fam is
-// dropped rather than refused: internalTrafficPolicy Local leaves it no
-// endpoint on this node while other nodes have usable ones.
-func dropsInternal(sp *model.ServicePort, fam model.IPFamily) bool {
-	return sp.InternalLocal && !hasEndpoints(sp, fam) && model.Usable(endpointsOf(sp.Endpoints, fam))
-}
-
 func hasEndpoints(sp *model.ServicePort, fam model.IPFamily) bool {
 	for _, e := range sp.ClusterEndpoints {
 		if model.FamilyOf(e.IP) == fam {

@@ -86,7 +86,7 @@ func RenderWith(s *model.State, scheduler string, cfg proxier.Config) *Table {
 				continue
 			}
 			if vs := add(sp, VSKey{Addr: ip.Unmap(), Protocol: sp.Key.Protocol, Port: sp.Port}, sp.ClusterEndpoints); vs != nil {
-				vs.InternalDrop = internalDrop(sp, model.FamilyOf(vs.Addr))
+				vs.InternalDrop = sp.ClusterDrops(model.FamilyOf(vs.Addr))
 			}
 		}
 	}
@@ -141,15 +141,6 @@ func RenderWith(s *model.State, scheduler string, cfg proxier.Config) *Table {
 	return t
 }
 
-// internalDrop reports whether new connections to sp's ClusterIP of family
-// f are dropped rather than refused: with internalTrafficPolicy Local this
-// node has no endpoint of f while some node has a usable one, as
-// kube-proxy does, so that a client retries instead of believing the
-// Service gone.
-func internalDrop(sp *model.ServicePort, f model.IPFamily) bool {
-	return sp.InternalLocal && len(model.EndpointsOf(sp.ClusterEndpoints, f)) == 0 &&
-		model.Usable(model.EndpointsOf(sp.Endpoints, f))
-}
 
 // familyPrefixes returns the prefixes of ps of family f, masked, IPv4 ones
 // in their 4-byte form, sorted, without one another contains; nil if none.

@@ -106,7 +106,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	aff := out.affinity(sp, slices.Concat(clusterEPs, extEPs))
 	svcChain := ""
 	switch {
-	case len(clusterEPs) == 0 && sp.InternalLocal && model.Usable(model.EndpointsOf(sp.Endpoints, f)):
+	case sp.ClusterDrops(f):
 		// Other nodes serve it: drop, as kube-proxy does, so clients
 		// retry rather than believe the Service is gone.
 		c := &Chain{Name: ServiceChain(sp.Key), Rules: []Rule{{Drop{}}}}
