@@ -141,7 +141,6 @@ func RenderWith(s *model.State, scheduler string, cfg proxier.Config) *Table {
 	return t
 }
 
-
 // familyPrefixes returns the prefixes of ps of family f, masked, IPv4 ones
 // in their 4-byte form, sorted, without one another contains; nil if none.
 func familyPrefixes(ps []netip.Prefix, f model.IPFamily) []netip.Prefix {
