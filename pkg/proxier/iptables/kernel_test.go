@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -51,9 +52,7 @@ func runInNetns(t *testing.T, run string) {
 	if os.Getenv(envNetns) != "" {
 		t.Skip("already inside the test namespace")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("the kernel tests need root")
-	}
+	testenv.NeedRoot(t)
 	ip, err := exec.LookPath("ip")
 	if err != nil {
 		t.Fatalf("running as root, but iproute2 is missing: %v", err)

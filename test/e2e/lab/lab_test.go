@@ -14,17 +14,15 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/proxyd/proxyd/internal/testenv"
 )
 
 // needLab skips unless the test can build a lab.
 func needLab(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
-	if os.Getenv("PROXYD_LAB_BIN") == "" {
-		t.Skip("PROXYD_LAB_BIN is not set (see hack/build-tools.sh)")
-	}
+	testenv.NeedRoot(t)
+	testenv.NeedEnv(t, "PROXYD_LAB_BIN", "see hack/build-tools.sh")
 }
 
 // startLab starts a lab and closes it when the test ends.
@@ -264,9 +262,7 @@ func TestSecondLabInTheSameProcess(t *testing.T) {
 }
 
 func TestSweepCleansUpAfterADeadOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testenv.NeedRoot(t)
 	// A dead owner: a process that has exited and been reaped.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
