@@ -20,8 +20,10 @@ import (
 // POSTROUTING for one that is routed on; for a packet the node sends, nat
 // OUTPUT, filter OUTPUT, nat POSTROUTING and, when it is for the node
 // itself, filter INPUT. It understands the matches and targets proxyd
-// writes and the spellings iptables-save prints them with; a rule with a
-// match it does not know is taken as not matching.
+// writes and the spellings iptables-save prints them with. A rule with a
+// match, option or target it does not model makes the trace fail
+// (Result.Err): guessing "no match" or "no effect" would let a typo in
+// the rendering pass the flow spec.
 //
 // Like the kernel, a Tracer has state: the recent match's lists (session
 // affinity) remember the sources added by --set, per list name, across
@@ -90,6 +92,9 @@ type packet struct {
 	rnd      func(uint32) uint32
 	tr       *Tracer
 	now      time.Time
+	// stop says the chain being run returned (RETURN, or the end of a
+	// chain reached by goto).
+	stop bool
 }
 
 // verdicts of a chain walk.
@@ -115,10 +120,13 @@ func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Re
 	}
 	var stop *flowspec.Result
 	run := func(table, hook string) bool {
-		switch rs.hook(table, hook, pk) {
-		case vDrop:
+		v, err := rs.hook(table, hook, pk)
+		switch {
+		case err != nil:
+			stop = &flowspec.Result{Err: fmt.Errorf("%v %s %s: %w", model.FamilyOf(pk.dst), table, hook, err)}
+		case v == vDrop:
 			stop = &flowspec.Result{Verdict: flowspec.Drop}
-		case vReject:
+		case v == vReject:
 			stop = &flowspec.Result{Verdict: flowspec.Reject}
 		}
 		return stop == nil
@@ -148,195 +156,258 @@ func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Re
 }
 
 // hook runs a built-in chain; falling off its end applies its policy.
-func (rs *ruleset) hook(table, name string, pk *packet) verdict {
+func (rs *ruleset) hook(table, name string, pk *packet) (verdict, error) {
 	t, ok := rs.tables[table]
 	if !ok {
-		return vAccept
+		return vAccept, nil
 	}
 	c, ok := t.chains[name]
 	if !ok {
-		return vAccept
+		return vAccept, nil
 	}
-	if v := t.run(c, pk, 0); v != vContinue {
-		return v
+	if v, err := t.run(c, pk, 0); err != nil || v != vContinue {
+		return v, err
 	}
 	if c.policy == "DROP" {
-		return vDrop
+		return vDrop, nil
 	}
-	return vAccept
+	return vAccept, nil
 }
 
-func (t *table) run(c *chain, pk *packet, depth int) verdict {
+func (t *table) run(c *chain, pk *packet, depth int) (verdict, error) {
 	if depth > maxDepth {
-		return vDrop
+		return vContinue, fmt.Errorf("chain %s: jumps nest deeper than %d", c.name, maxDepth)
 	}
-	for _, r := range c.rules {
-		if !matches(r, pk) {
-			continue
+	for i, r := range c.rules {
+		v, err := t.step(r, pk, depth)
+		if err != nil {
+			return v, fmt.Errorf("%s rule %d (%s): %w", c.name, i+1, joinWords(r), err)
 		}
-		target, args := ruleTarget(r)
-		switch target {
-		case "":
-			continue
-		case "ACCEPT":
-			return vAccept
-		case "DROP":
-			return vDrop
-		case "REJECT":
-			return vReject
-		case "RETURN":
-			return vContinue
-		case "DNAT":
-			if to, ok := optArg(args, "--to-destination"); ok {
-				if ap, err := parseAddrPort(to, pk.dport); err == nil {
-					pk.dst, pk.dport, pk.dnat = ap.Addr(), ap.Port(), true
-				}
-			}
-			return vAccept
-		case "MASQUERADE", "SNAT":
-			pk.masq = true
-			return vAccept
-		case "MARK":
-			pk.mark = applyMark(pk.mark, args)
-			continue
-		}
-		next, ok := t.chains[target]
-		if !ok {
-			continue // another extension target: no effect on the verdict
-		}
-		if v := t.run(next, pk, depth+1); v != vContinue {
-			return v
-		}
-		if slices.Contains(r, "-g") || slices.Contains(r, "--goto") {
-			return vContinue
+		if v != vContinue || pk.stop {
+			pk.stop = false
+			return v, nil
 		}
 	}
-	return vContinue
+	return vContinue, nil
 }
 
-// matches evaluates every match of r, left to right, up to its target.
-func matches(r []string, pk *packet) bool {
+// step applies one rule: vContinue goes on with the next rule unless
+// pk.stop says the chain returned.
+func (t *table) step(r []string, pk *packet, depth int) (verdict, error) {
+	ok, err := matches(r, pk)
+	if err != nil || !ok {
+		return vContinue, err
+	}
+	target, args := ruleTarget(r)
+	switch target {
+	case "":
+		return vContinue, nil
+	case "ACCEPT":
+		return vAccept, nil
+	case "DROP":
+		return vDrop, nil
+	case "REJECT":
+		if err := checkOptions(args, map[string]bool{"--reject-with": true}); err != nil {
+			return vContinue, err
+		}
+		return vReject, nil
+	case "RETURN":
+		pk.stop = true
+		return vContinue, nil
+	case "DNAT":
+		to, ok := optArg(args, "--to-destination")
+		if !ok {
+			return vContinue, fmt.Errorf("DNAT without --to-destination")
+		}
+		ap, err := parseAddrPort(to, pk.dport)
+		if err != nil {
+			return vContinue, err
+		}
+		pk.dst, pk.dport, pk.dnat = ap.Addr(), ap.Port(), true
+		return vAccept, nil
+	case "MASQUERADE":
+		if err := checkOptions(args, map[string]bool{"--random-fully": false, "--random": false}); err != nil {
+			return vContinue, err
+		}
+		pk.masq = true
+		return vAccept, nil
+	case "MARK":
+		m, err := applyMark(pk.mark, args)
+		pk.mark = m
+		return vContinue, err
+	}
+	next, ok := t.chains[target]
+	if !ok {
+		return vContinue, fmt.Errorf("target %q is neither a chain nor a target the tracer models", target)
+	}
+	if len(args) > 0 {
+		return vContinue, fmt.Errorf("unexpected words after the jump to %s: %v", target, args)
+	}
+	v, err := t.run(next, pk, depth+1)
+	if err != nil || v != vContinue {
+		return v, err
+	}
+	if slices.Contains(r, "-g") || slices.Contains(r, "--goto") {
+		pk.stop = true
+	}
+	return vContinue, nil
+}
+
+// checkOptions fails on an option of a target that is not in known
+// (option → takes an argument).
+func checkOptions(args []string, known map[string]bool) error {
+	for i := 0; i < len(args); i++ {
+		hasArg, ok := known[args[i]]
+		if !ok {
+			return fmt.Errorf("target option %q is not modelled", args[i])
+		}
+		if hasArg {
+			i++
+		}
+	}
+	return nil
+}
+
+// matches evaluates the matches of r, left to right, up to its target,
+// as the kernel does: after the first that fails, the rest have no effect
+// (no random draw, no recent list updated), but they are still checked,
+// so an option the tracer does not know is reported wherever it is.
+func matches(r []string, pk *packet) (bool, error) {
 	module := ""
+	all := true
 	for i := 0; i < len(r); i++ {
 		neg := false
 		if r[i] == "!" {
 			neg = true
 			i++
 			if i >= len(r) {
-				return false
+				return false, fmt.Errorf("a \"!\" at the end of the rule")
 			}
 		}
 		w := r[i]
 		if w == "-j" || w == "--jump" || w == "-g" || w == "--goto" {
-			return true
+			if neg {
+				return false, fmt.Errorf("a negated %s", w)
+			}
+			return all, nil
 		}
 		if w == "-m" || w == "--match" {
-			if i+1 >= len(r) {
-				return false
+			if neg || i+1 >= len(r) {
+				return false, fmt.Errorf("a bad %s", w)
 			}
 			module = r[i+1]
 			i++
+			if !knownModules[module] {
+				return false, fmt.Errorf("match module %q is not modelled", module)
+			}
 			if module == "recent" {
 				// The recent match is one decision over all its options,
 				// which iptables-save prints in its own order.
-				n, opts, ok := parseRecent(r[i+1:])
-				if !ok || !pk.tr.recentMatch(opts, pk) {
-					return false
+				n, opts, err := parseRecent(r[i+1:])
+				if err != nil {
+					return false, err
 				}
+				all = all && pk.tr.recentMatch(opts, pk)
 				i += n
 			}
 			continue
 		}
-		n, ok := optionArgs(w)
-		if !ok || i+n >= len(r) {
-			return false
+		n, err := optionArgs(w)
+		if err != nil {
+			return false, err
+		}
+		if i+n >= len(r) {
+			return false, fmt.Errorf("option %s lacks its argument", w)
 		}
 		args := r[i+1 : i+1+n]
 		i += n
-		m, known := matchOne(module, w, args, pk)
-		if !known || m == neg {
-			return false
+		m, err := matchOne(module, w, args, pk, all)
+		if err != nil {
+			return false, err
 		}
+		all = all && m != neg
 	}
-	return true
+	return false, fmt.Errorf("no target")
+}
+
+// knownModules are the match modules the tracer evaluates.
+var knownModules = map[string]bool{
+	"comment": true, "tcp": true, "udp": true, "sctp": true, "multiport": true, "statistic": true,
+	"mark": true, "conntrack": true, "state": true, "addrtype": true, "recent": true,
 }
 
 // optionArgs says how many arguments option w takes.
-func optionArgs(w string) (int, bool) {
-	switch w {
-	case "--rcheck", "--update", "--set", "--remove", "--reap", "--rsource", "--rdest":
-		return 0, true
+func optionArgs(w string) (int, error) {
+	if !strings.HasPrefix(w, "-") {
+		return 0, fmt.Errorf("%q is not an option", w)
 	}
-	if strings.HasPrefix(w, "-") {
-		return 1, true
-	}
-	return 0, false
+	return 1, nil
 }
 
-// matchOne evaluates one option; known is false for what the tracer does
-// not model.
-func matchOne(module, w string, args []string, pk *packet) (match, known bool) {
-	arg := ""
-	if len(args) > 0 {
-		arg = args[0]
-	}
+// matchOne evaluates one option of module (the last -m, "" before any);
+// an option the tracer does not model is an error. Without eval it only
+// checks the option and has no side effect.
+func matchOne(module, w string, args []string, pk *packet, eval bool) (bool, error) {
+	arg := args[0]
 	switch w {
 	case "-s", "--source":
-		return prefixContains(arg, pk.src), true
+		return prefixContains(arg, pk.src)
 	case "-d", "--destination":
-		return prefixContains(arg, pk.dst), true
+		return prefixContains(arg, pk.dst)
 	case "-p", "--protocol":
-		return protoMatches(arg, pk.proto), true
-	case "-i", "--in-interface", "-o", "--out-interface":
-		return false, true // the tracer knows no interfaces
+		return protoMatches(arg, pk.proto)
 	}
-	if module == "" && (w == "--dport" || w == "--destination-port") {
-		module = pk.proto.Lower() // "-p tcp --dport 80": the protocol's implicit match
-	}
+	unknown := fmt.Errorf("option %s of match %q is not modelled", w, module)
 	switch module {
 	case "comment":
-		return true, w == "--comment"
+		if w == "--comment" {
+			return true, nil
+		}
 	case "tcp", "udp", "sctp":
-		switch w {
-		case "--dport", "--destination-port":
-			return module == pk.proto.Lower() && portInRange(arg, pk.dport), true
-		case "--sport", "--source-port":
-			return false, false
+		if w == "--dport" || w == "--destination-port" {
+			in, err := portInRange(arg, pk.dport)
+			return module == pk.proto.Lower() && in, err
 		}
 	case "multiport":
 		if w == "--dports" || w == "--destination-ports" {
+			m := false
 			for _, p := range strings.Split(arg, ",") {
-				if portInRange(p, pk.dport) {
-					return true, true
+				in, err := portInRange(p, pk.dport)
+				if err != nil {
+					return false, err
 				}
+				m = m || in
 			}
-			return false, true
+			return m, nil
 		}
 	case "statistic":
 		switch w {
 		case "--mode":
-			return arg == "random", arg == "random"
+			if arg != "random" {
+				return false, fmt.Errorf("statistic mode %q is not modelled", arg)
+			}
+			return true, nil
 		case "--probability":
 			// xt_statistic: match when a 31-bit random number is below
 			// the probability scaled to 2^31, one draw per rule.
 			p, err := strconv.ParseFloat(arg, 64)
-			if err != nil {
-				return false, false
+			if err != nil || p < 0 || p > 1 {
+				return false, fmt.Errorf("bad probability %q", arg)
+			}
+			if !eval {
+				return false, nil
 			}
 			threshold := uint64(math.Round(p * (1 << 31)))
-			return uint64(pk.rnd(1<<31)) < threshold, true
+			return uint64(pk.rnd(1<<31)) < threshold, nil
 		}
 	case "mark":
 		if w == "--mark" {
 			v, m, err := parseMark(arg)
-			if err != nil {
-				return false, false
-			}
-			return pk.mark&m == v, true
+			return pk.mark&m == v, err
 		}
 	case "conntrack", "state":
 		if w == "--ctstate" || w == "--state" {
-			return slices.Contains(strings.Split(arg, ","), "NEW"), true
+			return pk.ctstate(arg)
 		}
 	case "addrtype":
 		addr := pk.dst
@@ -345,59 +416,80 @@ func matchOne(module, w string, args []string, pk *packet) (match, known bool) {
 			addr = pk.src
 		case "--dst-type":
 		default:
-			return false, false
+			return false, unknown
 		}
 		m := false
 		for _, typ := range strings.Split(arg, ",") {
-			switch typ {
-			case "LOCAL":
-				m = m || pk.tr.local(addr)
-			default:
-				return false, false // the tracer knows only which addresses are local
+			if typ != "LOCAL" {
+				return false, fmt.Errorf("address type %q is not modelled (only LOCAL)", typ)
 			}
+			m = m || pk.tr.local(addr)
 		}
-		return m, true
+		return m, nil
 	}
-	return false, false
+	return false, unknown
 }
 
-func prefixContains(s string, a netip.Addr) bool {
+// ctstate matches a conntrack state list against the first packet of a
+// new connection: NEW, and DNAT once nat rewrote its destination.
+func (pk *packet) ctstate(list string) (bool, error) {
+	m := false
+	for _, st := range strings.Split(list, ",") {
+		switch st {
+		case "NEW":
+			m = true
+		case "DNAT":
+			m = m || pk.dnat
+		case "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED", "SNAT":
+		default:
+			return false, fmt.Errorf("conntrack state %q is not modelled", st)
+		}
+	}
+	return m, nil
+}
+
+func prefixContains(s string, a netip.Addr) (bool, error) {
 	if p, err := netip.ParsePrefix(s); err == nil {
-		return p.Contains(a)
+		return p.Contains(a), nil
 	}
 	if b, err := netip.ParseAddr(s); err == nil {
-		return a == b
+		return a == b, nil
 	}
-	return false
+	return false, fmt.Errorf("bad address %q", s)
 }
 
-func protoMatches(s string, p model.Protocol) bool {
+func protoMatches(s string, p model.Protocol) (bool, error) {
 	switch s {
 	case "all", "0":
-		return true
+		return true, nil
 	case "6":
 		s = "tcp"
 	case "17":
 		s = "udp"
 	case "132":
 		s = "sctp"
+	case "tcp", "udp", "sctp":
+	case "icmp", "1", "ipv6-icmp", "icmpv6", "58":
+		return false, nil
+	default:
+		return false, fmt.Errorf("protocol %q is not modelled", s)
 	}
-	return s == p.Lower()
+	return s == p.Lower(), nil
 }
 
-func portInRange(s string, port uint16) bool {
+func portInRange(s string, port uint16) (bool, error) {
 	lo, hi, isRange := strings.Cut(s, ":")
 	l, err := strconv.ParseUint(lo, 10, 16)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("bad port %q", s)
 	}
 	h := l
 	if isRange {
 		if h, err = strconv.ParseUint(hi, 10, 16); err != nil {
-			return false
+			return false, fmt.Errorf("bad port range %q", s)
 		}
 	}
-	return uint64(port) >= l && uint64(port) <= h
+	return uint64(port) >= l && uint64(port) <= h, nil
 }
 
 // parseMark parses "value[/mask]"; a missing mask is all ones.
@@ -417,11 +509,14 @@ func parseMark(s string) (v, m uint32, err error) {
 }
 
 // applyMark applies a MARK target's options to mark.
-func applyMark(mark uint32, args []string) uint32 {
+func applyMark(mark uint32, args []string) (uint32, error) {
+	if len(args) == 0 || len(args)%2 != 0 {
+		return mark, fmt.Errorf("MARK needs option-value pairs, got %v", args)
+	}
 	for i := 0; i+1 < len(args); i += 2 {
 		v, m, err := parseMark(args[i+1])
 		if err != nil {
-			continue
+			return mark, err
 		}
 		switch args[i] {
 		case "--set-xmark":
@@ -434,9 +529,11 @@ func applyMark(mark uint32, args []string) uint32 {
 			mark ^= v
 		case "--and-mark":
 			mark &= v
+		default:
+			return mark, fmt.Errorf("MARK option %q is not modelled", args[i])
 		}
 	}
-	return mark
+	return mark, nil
 }
 
 // optArg returns the argument of option name in args.
@@ -473,9 +570,9 @@ type recentOpts struct {
 }
 
 // parseRecent reads the options of a recent match from words, up to the
-// next match or target, and says how many words they took; ok is false
-// for an option the tracer does not model (--hitcount, --rttl, a mask).
-func parseRecent(words []string) (n int, o recentOpts, ok bool) {
+// next match or target, and says how many words they took; an option the
+// tracer does not model (--hitcount, --rttl, a mask) is an error.
+func parseRecent(words []string) (n int, o recentOpts, err error) {
 	o.name = "DEFAULT"
 	for n < len(words) {
 		w := words[n]
@@ -498,7 +595,7 @@ func parseRecent(words []string) (n int, o recentOpts, ok bool) {
 			o.dest = true
 		case "--name", "--seconds", "--mask":
 			if neg || n+1 >= len(words) {
-				return 0, o, false
+				return 0, o, fmt.Errorf("recent: bad %s", w)
 			}
 			arg := words[n+1]
 			step = 2
@@ -508,22 +605,29 @@ func parseRecent(words []string) (n int, o recentOpts, ok bool) {
 			case "--seconds":
 				v, err := strconv.Atoi(arg)
 				if err != nil || v < 0 {
-					return 0, o, false
+					return 0, o, fmt.Errorf("recent: bad --seconds %q", arg)
 				}
 				o.seconds = v
 			case "--mask":
 				if arg != "255.255.255.255" && arg != "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" {
-					return 0, o, false
+					return 0, o, fmt.Errorf("recent: --mask %s is not modelled", arg)
 				}
 			}
 		case "--hitcount", "--rttl":
-			return 0, o, false
+			return 0, o, fmt.Errorf("recent: %s is not modelled", w)
 		default:
-			return n, o, o.action != ""
+			return n, o, recentAction(o)
 		}
 		n += step
 	}
-	return n, o, o.action != ""
+	return n, o, recentAction(o)
+}
+
+func recentAction(o recentOpts) error {
+	if o.action == "" {
+		return fmt.Errorf("recent without --set, --rcheck, --update or --remove")
+	}
+	return nil
 }
 
 // recentMatch evaluates a recent match as xt_recent does: --set adds or
