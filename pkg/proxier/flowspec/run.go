@@ -32,6 +32,13 @@ func RunExternal(t *testing.T, tracer Tracer) {
 	run(t, tracer, ExternalCases())
 }
 
+// RunPolicy checks PolicyCases against tracer, which must trace the rules
+// rendered for PolicyState.
+func RunPolicy(t *testing.T, tracer Tracer) {
+	t.Helper()
+	run(t, tracer, PolicyCases())
+}
+
 // Failure is one case the tracer did not satisfy.
 type Failure struct {
 	Case string // the case's name
