@@ -295,6 +295,18 @@ func TestKernelInNetns(t *testing.T) {
 		}
 	})
 
+	t.Run("the kernel's rules for the traffic-policy spec satisfy it", func(t *testing.T) {
+		ps := flowspec.PolicyState()
+		if err := p.Sync(ctx, ps, model.Diff{}); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+		tr, err := NewTracer(saveAll(t, v, model.IPv4), saveAll(t, v, model.IPv6))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flowspec.RunPolicy(t, tr)
+	})
+
 	t.Run("Cleanup leaves no PROXYD string and the foreign rules in place", func(t *testing.T) {
 		if err := p.Cleanup(ctx); err != nil {
 			t.Fatalf("Cleanup: %v", err)

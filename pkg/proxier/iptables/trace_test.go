@@ -320,3 +320,11 @@ func TestATypoedTargetIsRefusedLikeTheKernelRefusesIt(t *testing.T) {
 		t.Errorf("NewTracer = %v, want the unknown target refused", err)
 	}
 }
+
+func TestFlowSpecOfTrafficPolicies(t *testing.T) {
+	tr, err := TracerFor(flowspec.PolicyState(), flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowspec.RunPolicy(t, tr)
+}
