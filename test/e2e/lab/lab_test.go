@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -369,8 +370,16 @@ func TestStartTearsDownWhenTheAPIServerDies(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bin, "kube-apiserver"), []byte("#!/bin/sh\necho fake apiserver: boom\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadDir(netnsDir)
-	l, err := Start(context.Background(), Config{Pods: 1, BinDir: bin, Logf: t.Logf})
+	// The lab's id, from its first log line: other labs on the machine
+	// may add and remove namespaces meanwhile, so only this lab's count.
+	var id string
+	logf := func(format string, args ...any) {
+		if line := fmt.Sprintf(format, args...); id == "" && strings.HasPrefix(line, "lab ") {
+			id, _, _ = strings.Cut(strings.TrimPrefix(line, "lab "), ":")
+		}
+		t.Logf(format, args...)
+	}
+	l, err := Start(context.Background(), Config{Pods: 1, BinDir: bin, Logf: logf})
 	if err == nil {
 		l.Close()
 		t.Fatal("Start succeeded with a failing kube-apiserver")
@@ -378,8 +387,13 @@ func TestStartTearsDownWhenTheAPIServerDies(t *testing.T) {
 	if !strings.Contains(err.Error(), "fake apiserver: boom") {
 		t.Errorf("error does not carry the apiserver's log tail: %v", err)
 	}
-	after, _ := os.ReadDir(netnsDir)
-	if len(after) != len(before) {
-		t.Errorf("namespaces before %v, after the failed Start %v", before, after)
+	if id == "" {
+		t.Fatal("the lab logged no id")
+	}
+	ents, _ := os.ReadDir(netnsDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "pxd-"+id+"-") {
+			t.Errorf("namespace %s is left after the failed Start", e.Name())
+		}
 	}
 }
