@@ -253,19 +253,7 @@ func (tp *testProxier) mismatch(t *testing.T, cfg proxier.Config, s *model.State
 			return fmt.Sprintf("%v tables differ from a full write:\n%s", fam, lineDiff(got, want))
 		}
 	}
-	rules, chains := 0, 0
-	for _, k := range tp.kernels {
-		for _, table := range []string{tableNAT, tableFilter} {
-			for _, c := range k.proxydChains(table) {
-				rules += len(k.tables[table].chains[c].rules)
-				chains++
-			}
-		}
-	}
-	if st := tp.LastSyncStats(); rules != st.RuleCount || chains != st.ChainCount {
-		return fmt.Sprintf("stats say %d rules in %d chains, the tables hold %d in %d", st.RuleCount, st.ChainCount, rules, chains)
-	}
-	return ""
+	return tp.statsMismatch()
 }
 
 // lineDiff lists the lines only in got (+) and only in want (-).

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -134,6 +135,14 @@ func TestFirstSyncIsFullAndSatisfiesTheFlowSpec(t *testing.T) {
 // are what the kernels hold in proxyd's chains.
 func (tp *testProxier) wantStatsMatchKernel(t *testing.T) {
 	t.Helper()
+	if msg := tp.statsMismatch(); msg != "" {
+		t.Error(msg)
+	}
+}
+
+// statsMismatch says how the last sync's rule and chain counts differ from
+// what the kernels hold in proxyd's chains; "" when they agree.
+func (tp *testProxier) statsMismatch() string {
 	rules, chains := 0, 0
 	for _, k := range tp.kernels {
 		for _, table := range []string{tableNAT, tableFilter} {
@@ -144,8 +153,9 @@ func (tp *testProxier) wantStatsMatchKernel(t *testing.T) {
 		}
 	}
 	if st := tp.LastSyncStats(); rules != st.RuleCount || chains != st.ChainCount {
-		t.Errorf("stats say %d rules in %d chains, the tables hold %d in %d", st.RuleCount, st.ChainCount, rules, chains)
+		return fmt.Sprintf("stats say %d rules in %d chains, the tables hold %d in %d", st.RuleCount, st.ChainCount, rules, chains)
 	}
+	return ""
 }
 
 // TestPartialSyncOfExternalChanges checks which chains external changes
