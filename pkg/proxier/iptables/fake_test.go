@@ -27,6 +27,12 @@ type fakeKernel struct {
 	writes [][]byte
 	// failRestores makes the next n restores fail without effect.
 	failRestores int
+	// refuse, when set, makes the kernel refuse any batch with a rule for
+	// which it returns true, as it would refuse an address or a match it
+	// cannot take.
+	refuse func(rule []string) bool
+	// tests counts Test calls.
+	tests int
 }
 
 func newFakeKernel() *fakeKernel { return &fakeKernel{ruleset: newRuleset()} }
@@ -36,10 +42,45 @@ func (k *fakeKernel) Restore(_ context.Context, data []byte) error {
 		k.failRestores--
 		return errors.New("fake iptables-restore: injected failure")
 	}
+	if err := k.refused(data); err != nil {
+		return err
+	}
 	if err := k.restore(data, true); err != nil {
 		return fmt.Errorf("fake iptables-restore: %w", err)
 	}
 	k.writes = append(k.writes, data)
+	return nil
+}
+
+// Test applies data to empty tables, as in a fresh network namespace.
+func (k *fakeKernel) Test(_ context.Context, data []byte) error {
+	k.tests++
+	if err := k.refused(data); err != nil {
+		return err
+	}
+	if err := newRuleset().restore(data, true); err != nil {
+		return fmt.Errorf("fake iptables-restore in a scratch namespace: %w", err)
+	}
+	return nil
+}
+
+// refused returns the kernel's refusal of data, if k.refuse takes one of
+// its rules.
+func (k *fakeKernel) refused(data []byte) error {
+	if k.refuse == nil {
+		return nil
+	}
+	blocks, err := parseRestore(data)
+	if err != nil {
+		return err
+	}
+	for _, b := range blocks {
+		for _, o := range b.ops {
+			if o.rule != nil && k.refuse(o.rule) {
+				return fmt.Errorf("fake iptables-restore: line %d failed", o.line)
+			}
+		}
+	}
 	return nil
 }
 

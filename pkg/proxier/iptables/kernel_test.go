@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
@@ -293,6 +295,32 @@ func TestKernelInNetns(t *testing.T) {
 		if len(seen) != 2 || seen[netip.AddrPortFrom(flowspec.Pod2, flowspec.EchoPort)] {
 			t.Errorf("after the change web reaches %v, want Pod1 and Pod3", seen)
 		}
+	})
+
+	t.Run("a service port the kernel refuses is left out and everything else programmed", func(t *testing.T) {
+		// An external IP with a zone reaches the restore text only if
+		// the model lets it through; ip6tables-restore refuses it.
+		zoned := model.ServicePortKey{Namespace: "default", Name: "zoned", Port: "p", Protocol: model.TCP}
+		bad := withPort(s, zoned, func(sp *model.ServicePort) {
+			sp.ClusterIPs, sp.Port, sp.NodePort = []netip.Addr{netip.MustParseAddr("fd00:10:96::77")}, 80, 30077
+			sp.ExternalIPs = []netip.Addr{netip.MustParseAddr("fd00::1%eth0")}
+			setEndpoints(endpoint(flowspec.Pod1v6))(sp)
+		})
+		err := p.Sync(ctx, bad, model.Diff{})
+		var re *proxier.RefusedError
+		if !errors.As(err, &re) || !slices.Equal(re.Ports, []model.ServicePortKey{zoned}) {
+			t.Fatalf("Sync = %v, want %v refused", err, zoned)
+		}
+		t.Logf("refusal: %v", err)
+		dump := saveAll(t, v, model.IPv6)
+		if bytes.Contains(dump, []byte("default/zoned")) || !bytes.Contains(dump, []byte("default/web:p cluster IP")) {
+			t.Errorf("want web programmed and zoned left out:\n%s", dump)
+		}
+		tr, err := NewTracer(saveAll(t, v, model.IPv4), dump)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flowspec.Run(t, tr)
 	})
 
 	t.Run("the kernel's rules for the traffic-policy spec satisfy it", func(t *testing.T) {

@@ -51,6 +51,10 @@ type family struct {
 	restorer restorer
 	ruler    ruler
 	w        *written // nil until a full write succeeded
+	// refused are the service ports whose rules the kernel refused, left
+	// out while they stay the same (see contain), and refusal why.
+	refused map[model.ServicePortKey]*model.ServicePort
+	refusal error
 }
 
 var (
@@ -195,6 +199,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		}
 		return all
 	}
+	var refused *proxier.RefusedError
 	for _, f := range p.fams {
 		n, err := p.syncFamily(ctx, f, s, full, sorted)
 		if err != nil {
@@ -208,6 +213,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		stats.KernelOps += n
 		stats.RuleCount += f.w.rules
 		stats.ChainCount += f.w.chains
+		refused = f.addRefused(refused)
 	}
 	if full {
 		p.needFull = false
@@ -216,12 +222,30 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 	p.stats = stats
 	klog.V(4).InfoS("Synced iptables rules", "full", full, "kernelOps", stats.KernelOps,
 		"rules", stats.RuleCount, "chains", stats.ChainCount, "elapsed", p.clock.Since(start))
+	if refused != nil {
+		return refused
+	}
 	return nil
 }
 
-// syncFamily writes one family and returns how many chains it wrote or
-// deleted plus jump rules it inserted.
+// syncFamily writes one family, leaving out the service ports the kernel
+// refused, and returns how many chains it wrote or deleted plus jump rules
+// it inserted. When the kernel refuses the write, it narrows the refusal
+// to service ports and programs everything else (see contain).
 func (p *Proxier) syncFamily(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort) (int, error) {
+	if rest := f.withoutRefused(s); rest != s {
+		s, sorted = rest, rest.Sorted
+	}
+	n, err := p.write(ctx, f, s, full, sorted)
+	if err == nil || ctx.Err() != nil {
+		return n, err
+	}
+	return p.contain(ctx, f, s, err)
+}
+
+// write writes one family's chains for s: in full, or only what differs
+// from what it wrote last.
+func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort) (int, error) {
 	var t restoreText
 	w := f.w
 	f.r.forNode(s.Node)
@@ -284,7 +308,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	defer p.mu.Unlock()
 	var errs []error
 	for _, f := range p.fams {
-		f.w = nil
+		f.w, f.refused, f.refusal = nil, nil, nil
 		if err := f.cleanup(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("clean up %v iptables rules: %w", f.fam, err))
 		}

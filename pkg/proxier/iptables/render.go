@@ -17,9 +17,7 @@ import (
 func Render(s *model.State, cfg proxier.Config, fam model.IPFamily) []byte {
 	r := newRenderer(cfg, fam)
 	r.forNode(s.Node)
-	var t restoreText
-	r.plan(&t, s, nil, planOptions{sorted: s.Sorted})
-	return t.bytes()
+	return r.render(s)
 }
 
 // renderer renders the rules of one family under one Config.
