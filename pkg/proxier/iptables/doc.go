@@ -37,6 +37,11 @@
 //     rendering only the service ports whose State pointer changed;
 //     it falls back to a full write on the first sync, after an error,
 //     when asked, and periodically;
+//   - drift.go and contain.go: each sync reads a size-independent mark of
+//     the tables and, only when someone else moved it, compares them with
+//     what was written and rewrites what drifted; a write the kernel
+//     refuses is narrowed to the service ports responsible, which are left
+//     out while everything else is programmed;
 //   - tables.go and parse.go: a small in-memory model of iptables tables
 //     that applies restore text the way the kernel does (references are
 //     checked, the batch is all or nothing); the unit tests' fake kernel and

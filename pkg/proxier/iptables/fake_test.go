@@ -33,6 +33,30 @@ type fakeKernel struct {
 	refuse func(rule []string) bool
 	// tests counts Test calls.
 	tests int
+	// gen counts committed changes, like the nftables generation: one per
+	// table section of a restore, one per single-rule command.
+	gen uint32
+}
+
+func (k *fakeKernel) mark() (mark, error) { return mark{k.gen}, nil }
+
+func (k *fakeKernel) counting() bool { return true }
+
+// Insert and Delete count their commit in gen.
+func (k *fakeKernel) Insert(table, chain string, pos int, rulespec ...string) error {
+	if err := k.ruleset.Insert(table, chain, pos, rulespec...); err != nil {
+		return err
+	}
+	k.gen++
+	return nil
+}
+
+func (k *fakeKernel) Delete(table, chain string, rulespec ...string) error {
+	if err := k.ruleset.Delete(table, chain, rulespec...); err != nil {
+		return err
+	}
+	k.gen++
+	return nil
 }
 
 func newFakeKernel() *fakeKernel { return &fakeKernel{ruleset: newRuleset()} }
@@ -49,6 +73,8 @@ func (k *fakeKernel) Restore(_ context.Context, data []byte) error {
 		return fmt.Errorf("fake iptables-restore: %w", err)
 	}
 	k.writes = append(k.writes, data)
+	blocks, _ := parseRestore(data)
+	k.gen += uint32(len(blocks))
 	return nil
 }
 
@@ -97,11 +123,15 @@ func (k *fakeKernel) lastWrite() string {
 }
 
 // canonical prints the tables in an order-independent form: per table,
-// chains sorted by name, each with its rules in order.
+// chains sorted by name, each with its rules in order. A table with
+// nothing but empty built-in chains is left out, as if never used.
 func (k *fakeKernel) canonical() string {
 	var b strings.Builder
 	for _, tn := range slices.Sorted(maps.Keys(k.tables)) {
 		t := k.tables[tn]
+		if !slices.ContainsFunc(slices.Collect(maps.Values(t.chains)), func(c *chain) bool { return !c.builtin || len(c.rules) > 0 }) {
+			continue
+		}
 		fmt.Fprintf(&b, "*%s\n", tn)
 		for _, cn := range slices.Sorted(maps.Keys(t.chains)) {
 			fmt.Fprintf(&b, ":%s\n", cn)
@@ -123,7 +153,7 @@ type testProxier struct {
 func newTestProxier(t *testing.T, cfg proxier.Config, opts ...Option) *testProxier {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
-	o := options{clock: clk, fullEvery: DefaultFullSyncEvery,
+	o := options{clock: clk, verifyEvery: DefaultVerifyEvery,
 		families: []model.IPFamily{model.IPv4, model.IPv6}}
 	for _, opt := range opts {
 		opt(&o)
@@ -133,7 +163,7 @@ func newTestProxier(t *testing.T, cfg proxier.Config, opts ...Option) *testProxi
 	for _, fam := range o.families {
 		k := newFakeKernel()
 		tp.kernels[fam] = k
-		fams = append(fams, &family{fam: fam, r: newRenderer(cfg, fam), restorer: k, ruler: k})
+		fams = append(fams, &family{fam: fam, r: newRenderer(cfg, fam), restorer: k, ruler: k, watch: k})
 	}
 	tp.Proxier = newProxier(cfg, o, fams)
 	return tp

@@ -297,6 +297,36 @@ func TestKernelInNetns(t *testing.T) {
 		}
 	})
 
+	t.Run("a chain flushed by someone else is found by the mark and repaired", func(t *testing.T) {
+		if err := p.Sync(ctx, s, model.Diff{}); err != nil {
+			t.Fatal(err)
+		}
+		f := p.fams[0]
+		m1, err1 := f.watch.mark()
+		m2, err2 := f.watch.mark()
+		if err1 != nil || err2 != nil || m1 != m2 || !f.markOK || f.mark != m1 {
+			t.Fatalf("marks %v (%v), %v (%v), recorded %v (trusted %v): want one mark, recorded after the write", m1, err1, m2, err2, f.mark, f.markOK)
+		}
+		if err := p.Sync(ctx, s, model.Diff{}); err != nil || p.LastSyncStats().KernelOps != 0 || p.LastSyncStats().DriftRepairs != 0 {
+			t.Fatalf("a sync without drift: %v, %+v", err, p.LastSyncStats())
+		}
+		run(t, b.IPTables, "-t", "nat", "-F", svcChain(webKey))
+		if m3, _ := f.watch.mark(); m3 == m1 {
+			t.Fatalf("the mark %v did not move when a chain was flushed", m3)
+		}
+		if err := p.Sync(ctx, s, model.Diff{}); err != nil || p.LastSyncStats().DriftRepairs != 1 {
+			t.Fatalf("the sync after the flush: %v, %+v; want one repair", err, p.LastSyncStats())
+		}
+		tr, err := NewTracer(saveAll(t, v, model.IPv4), saveAll(t, v, model.IPv6))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flowspec.Run(t, tr)
+		if err := p.Sync(ctx, s, model.Diff{}); err != nil || p.LastSyncStats().KernelOps != 0 {
+			t.Fatalf("the sync after the repair: %v, %+v; want nothing written", err, p.LastSyncStats())
+		}
+	})
+
 	t.Run("a service port the kernel refuses is left out and everything else programmed", func(t *testing.T) {
 		// An external IP with a zone reaches the restore text only if
 		// the model lets it through; ip6tables-restore refuses it.
@@ -394,6 +424,20 @@ func TestKernelMeasureInNetns(t *testing.T) {
 		t.Logf("%s %s at %d services: %v (%+v)", v, what, n, time.Since(start).Round(time.Millisecond), p.LastSyncStats())
 	}
 	timed("full sync", s)
+	f := p.fams[0]
+	start := time.Now()
+	const reads = 100
+	for range reads {
+		if _, err := f.watch.mark(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%s drift check without drift (the mark) at %d services: %v", v, n, (time.Since(start) / reads).Round(time.Microsecond))
+	start = time.Now()
+	if found, err := f.verify(ctx); err != nil || len(found) != 0 {
+		t.Fatalf("verify: %v, %v", found, err)
+	}
+	t.Logf("%s drift check after a foreign write (listing and comparing) at %d services: %v", v, n, time.Since(start).Round(time.Millisecond))
 	k := slices.SortedFunc(func(yield func(model.ServicePortKey) bool) {
 		for k := range s.Services {
 			if !yield(k) {
@@ -419,7 +463,7 @@ func TestKernelMeasureInNetns(t *testing.T) {
 	p.alwaysServices = false
 	p.RequestFullSync()
 	timed("full resync", s)
-	start := time.Now()
+	start = time.Now()
 	if err := p.Cleanup(ctx); err != nil {
 		t.Fatal(err)
 	}

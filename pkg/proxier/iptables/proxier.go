@@ -21,18 +21,18 @@ import (
 // Mode is the --mode value of this backend.
 const Mode = "iptables"
 
-// DefaultFullSyncEvery is how often a Sync rewrites everything even when
-// its view is trusted, to repair what others may have changed (kube-proxy
-// uses the same hour).
-const DefaultFullSyncEvery = time.Hour
+// DefaultVerifyEvery is how often a Sync compares the tables with what it
+// wrote even when their mark says nobody touched them (kube-proxy rewrites
+// everything this often; proxyd rewrites only what drifted).
+const DefaultVerifyEvery = time.Hour
 
 // Proxier is the iptables Backend. It is safe for concurrent use; syncs
 // are serialised.
 type Proxier struct {
-	cfg       proxier.Config
-	variant   Variant
-	clock     clock.PassiveClock
-	fullEvery time.Duration
+	cfg         proxier.Config
+	variant     Variant
+	clock       clock.PassiveClock
+	verifyEvery time.Duration
 	// alwaysServices rewrites PROXYD-SERVICES on every partial sync, as
 	// kube-proxy does; only the measurements use it.
 	alwaysServices bool
@@ -40,7 +40,6 @@ type Proxier struct {
 	mu       sync.Mutex
 	fams     []*family
 	needFull bool
-	lastFull time.Time
 	stats    proxier.SyncStats
 }
 
@@ -55,6 +54,12 @@ type family struct {
 	// out while they stay the same (see contain), and refusal why.
 	refused map[model.ServicePortKey]*model.ServicePort
 	refusal error
+	// watch reads the tables' mark; mark is the one after proxyd's last
+	// write or check, trusted when markOK (see drift.go).
+	watch      watcher
+	mark       mark
+	markOK     bool
+	lastVerify time.Time
 }
 
 var (
@@ -66,12 +71,12 @@ var (
 type Option func(*options)
 
 type options struct {
-	variant   Variant
-	binaries  Binaries
-	clock     clock.PassiveClock
-	fullEvery time.Duration
-	families  []model.IPFamily
-	detect    func() (Variant, error)
+	variant     Variant
+	binaries    Binaries
+	clock       clock.PassiveClock
+	verifyEvery time.Duration
+	families    []model.IPFamily
+	detect      func() (Variant, error)
 }
 
 // WithVariant uses v instead of detecting the node's variant.
@@ -81,12 +86,12 @@ func WithVariant(v Variant) Option { return func(o *options) { o.variant = v } }
 // the variant's defaults (see DefaultBinaries).
 func WithBinaries(b Binaries) Option { return func(o *options) { o.binaries = b } }
 
-// WithClock replaces the clock that schedules periodic full syncs.
+// WithClock replaces the clock that schedules periodic verifications.
 func WithClock(c clock.PassiveClock) Option { return func(o *options) { o.clock = c } }
 
-// WithFullSyncEvery sets how often a Sync rewrites everything; 0 or less
-// means only when needed (first sync, after an error, RequestFullSync).
-func WithFullSyncEvery(d time.Duration) Option { return func(o *options) { o.fullEvery = d } }
+// WithVerifyEvery sets how often a Sync compares the tables with what it
+// wrote although their mark did not move; 0 or less means never.
+func WithVerifyEvery(d time.Duration) Option { return func(o *options) { o.verifyEvery = d } }
 
 // WithFamilies restricts the backend to some IP families (both by
 // default); service ports of another family are ignored.
@@ -98,7 +103,7 @@ func WithFamilies(fams ...model.IPFamily) Option {
 // unless WithVariant says which, and fails if a program it needs is
 // missing.
 func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
-	o := options{clock: clock.RealClock{}, fullEvery: DefaultFullSyncEvery,
+	o := options{clock: clock.RealClock{}, verifyEvery: DefaultVerifyEvery,
 		families: []model.IPFamily{model.IPv4, model.IPv6}, detect: Detect}
 	for _, opt := range opts {
 		opt(&o)
@@ -116,7 +121,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 	bins := o.binaries.merge(DefaultBinaries(o.variant))
 	var fams []*family
 	for _, fam := range o.families {
-		f, err := newExecFamily(cfg, fam, bins)
+		f, err := newExecFamily(cfg, fam, bins, o.variant)
 		if err != nil {
 			return nil, err
 		}
@@ -128,11 +133,11 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 }
 
 func newProxier(cfg proxier.Config, o options, fams []*family) *Proxier {
-	return &Proxier{cfg: cfg, variant: o.variant, clock: o.clock, fullEvery: o.fullEvery,
+	return &Proxier{cfg: cfg, variant: o.variant, clock: o.clock, verifyEvery: o.verifyEvery,
 		fams: fams, needFull: true}
 }
 
-func newExecFamily(cfg proxier.Config, fam model.IPFamily, b Binaries) (*family, error) {
+func newExecFamily(cfg proxier.Config, fam model.IPFamily, b Binaries, v Variant) (*family, error) {
 	restore, save, ipt, generic := b.Restore, b.Save, b.IPTables, "iptables"
 	proto := goiptables.ProtocolIPv4
 	if fam == model.IPv6 {
@@ -157,8 +162,12 @@ func newExecFamily(cfg proxier.Config, fam model.IPFamily, b Binaries) (*family,
 	if err != nil {
 		return nil, fmt.Errorf("iptables mode needs a working %s (%s): %w", generic, paths[generic], err)
 	}
+	var watch watcher = nftWatcher{}
+	if v == VariantLegacy {
+		watch = legacyWatcher{fam: fam}
+	}
 	return &family{fam: fam, r: newRenderer(cfg, fam),
-		restorer: &execRestorer{restore: paths[generic+"-restore"], save: paths[generic+"-save"]}, ruler: r}, nil
+		restorer: &execRestorer{restore: paths[generic+"-restore"], save: paths[generic+"-save"]}, ruler: r, watch: watch}, nil
 }
 
 // Mode returns "iptables".
@@ -185,12 +194,14 @@ func (p *Proxier) LastSyncStats() proxier.SyncStats {
 // iptables-restore. d is not needed: the Proxier compares s with what it
 // wrote itself. A full sync rewrites every chain, deletes the PROXYD-*
 // chains it no longer wants and ensures the jump rules; otherwise only
-// the chains of changed service ports are written.
+// the chains whose text changed are written, unless the family's tables
+// drifted from what proxyd wrote (see drift.go): then it is rewritten in
+// full, and the repair counted in SyncStats.DriftRepairs.
 func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	start := p.clock.Now()
-	full := p.needFull || (p.fullEvery > 0 && start.Sub(p.lastFull) >= p.fullEvery)
+	full := p.needFull
 	stats := proxier.SyncStats{Full: full, Skipped: true}
 	var all []*model.ServicePort
 	sorted := func() []*model.ServicePort {
@@ -201,7 +212,19 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 	}
 	var refused *proxier.RefusedError
 	for _, f := range p.fams {
-		n, err := p.syncFamily(ctx, f, s, full, sorted)
+		ffull := full || f.w == nil
+		if !ffull {
+			drifted, err := f.drifted(ctx, start, p.verifyEvery)
+			if err != nil {
+				klog.ErrorS(err, "Could not compare the iptables rules with what proxyd wrote; rewriting them", "family", f.fam)
+			}
+			if drifted {
+				stats.DriftRepairs++
+			}
+			ffull = drifted || err != nil
+		}
+		stats.Full = stats.Full || ffull
+		n, err := p.syncFamily(ctx, f, s, ffull, sorted)
 		if err != nil {
 			p.needFull = true
 			p.stats = proxier.SyncStats{Full: full}
@@ -215,10 +238,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		stats.ChainCount += f.w.chains
 		refused = f.addRefused(refused)
 	}
-	if full {
-		p.needFull = false
-		p.lastFull = start
-	}
+	p.needFull = false
 	p.stats = stats
 	klog.V(4).InfoS("Synced iptables rules", "full", full, "kernelOps", stats.KernelOps,
 		"rules", stats.RuleCount, "chains", stats.ChainCount, "elapsed", p.clock.Since(start))
@@ -266,21 +286,25 @@ func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full boo
 	}
 	data := t.bytes()
 	klog.V(4).InfoS("Writing iptables rules", "family", f.fam, "full", full, "chains", t.chains, "deleted", t.deleted, "bytes", len(data))
+	before, beforeErr := f.watch.mark()
 	if err := f.restorer.Restore(ctx, data); err != nil {
 		f.w = nil
 		return 0, err
 	}
 	ops := t.chains + t.deleted
+	inserted := 0
 	if full {
 		n, err := ensureJumps(f.ruler)
 		if err != nil {
 			f.w = nil
 			return 0, err
 		}
-		ops += n
+		inserted = n
+		f.lastVerify = p.clock.Now()
 	}
+	f.markAfterWrite(before, beforeErr, t.sections()+inserted)
 	f.w = w
-	return ops, nil
+	return ops + inserted, nil
 }
 
 // owned lists the PROXYD-* chains of the family's nat and filter tables.

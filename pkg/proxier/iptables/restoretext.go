@@ -68,6 +68,17 @@ func (t *restoreText) deleteChain(table, name string) {
 	t.deleted++
 }
 
+// sections is how many table sections bytes writes (each one commit).
+func (t *restoreText) sections() int {
+	n := 0
+	for i := range t.tables {
+		if t.tables[i].chains.Len()+t.tables[i].ownChains.Len() > 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // empty reports whether nothing would be written.
 func (t *restoreText) empty() bool { return t.chains == 0 && t.deleted == 0 }
 

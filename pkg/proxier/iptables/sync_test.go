@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -427,19 +426,11 @@ func TestFullSyncDeletesStaleProxydChainsAndNothingElse(t *testing.T) {
 	}
 }
 
-func TestFullSyncHappensPeriodicallyAndOnRequest(t *testing.T) {
-	tp := newTestProxier(t, flowspec.Config(), WithFullSyncEvery(10*time.Minute))
+func TestFullSyncHappensOnRequest(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
 	tp.sync(t, flowspec.State())
-	tp.clock.Step(9 * time.Minute)
 	if st := tp.sync(t, flowspec.State()); st.Full {
-		t.Error("full sync before the period elapsed")
-	}
-	tp.clock.Step(time.Minute)
-	if st := tp.sync(t, flowspec.State()); !st.Full || st.Skipped {
-		t.Errorf("stats %+v once the period elapsed, want a full write", st)
-	}
-	if st := tp.sync(t, flowspec.State()); st.Full {
-		t.Error("the period did not restart after the full sync")
+		t.Error("a second sync of the same State was full")
 	}
 	tp.RequestFullSync()
 	if st := tp.sync(t, flowspec.State()); !st.Full {
