@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -271,12 +272,12 @@ func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full boo
 	f.r.forNode(s.Node)
 	o := planOptions{sorted: sorted, alwaysServices: p.alwaysServices}
 	if full || w == nil {
-		owned, err := f.owned(ctx)
+		l, err := f.list(ctx)
 		if err != nil {
 			return 0, err
 		}
 		f.w = nil
-		o.stale = owned
+		o.stale, o.jumps = l.chains, l.missing
 		w = f.r.plan(&t, s, nil, o)
 	} else {
 		f.r.plan(&t, s, w, o)
@@ -291,38 +292,56 @@ func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full boo
 		f.w = nil
 		return 0, err
 	}
-	ops := t.chains + t.deleted
-	inserted := 0
-	if full {
-		n, err := ensureJumps(f.ruler)
-		if err != nil {
-			f.w = nil
-			return 0, err
-		}
-		inserted = n
+	if full || w == nil {
 		f.lastVerify = p.clock.Now()
 	}
-	f.markAfterWrite(before, beforeErr, t.sections()+inserted)
+	f.markAfterWrite(before, beforeErr, t.sections())
 	f.w = w
-	return ops + inserted, nil
+	return t.chains + t.deleted + t.inserted, nil
 }
 
-// owned lists the PROXYD-* chains of the family's nat and filter tables.
-func (f *family) owned(ctx context.Context) (staleChains, error) {
-	out := staleChains{}
+// listing is what a full write needs to know of the kernel's tables.
+type listing struct {
+	chains  staleChains // the PROXYD-* chains of nat and filter
+	missing []jumpRule  // the jump rules not in their built-in chain
+}
+
+// list lists the family's nat and filter tables (iptables-save) for a
+// full write: which PROXYD-* chains they hold and which of proxyd's jump
+// rules they lack. The write inserts those in the same restore, instead of
+// a check and an insert per rule, each an iptables run that reads the
+// whole table (0.3-0.44 s each with iptables-legacy at 1k Services × 10
+// here).
+func (f *family) list(ctx context.Context) (*listing, error) {
+	l := &listing{chains: staleChains{}}
 	for _, table := range []string{tableNAT, tableFilter} {
 		dump, err := f.restorer.Save(ctx, table)
 		if err != nil {
 			return nil, fmt.Errorf("list %s chains: %w", table, err)
 		}
-		out[table] = map[string]bool{}
-		for _, c := range chainNames(dump) {
-			if len(c) > len(chainPrefix) && c[:len(chainPrefix)] == chainPrefix {
-				out[table][c] = true
+		blocks, err := parseRestore(dump)
+		if err != nil {
+			return nil, fmt.Errorf("read the listing of %s: %w", table, err)
+		}
+		l.chains[table] = map[string]bool{}
+		have := map[string]bool{}
+		for _, b := range blocks {
+			for _, o := range b.ops {
+				switch {
+				case o.kind == opChain && strings.HasPrefix(o.chain, chainPrefix):
+					l.chains[table][o.chain] = true
+				case o.kind == opAppend:
+					have[o.chain+" "+joinWords(o.rule)] = true
+				}
+			}
+		}
+		for _, j := range jumpRules {
+			if j.table == table && !have[j.chain+" "+joinWords(j.spec)] {
+				l.missing = append(l.missing, j)
 			}
 		}
 	}
-	return out, nil
+	return l, nil
 }
 
 // Cleanup removes proxyd's jump rules and every PROXYD-* chain of nat and
@@ -342,10 +361,11 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 }
 
 func (f *family) cleanup(ctx context.Context) error {
-	owned, err := f.owned(ctx)
+	l, err := f.list(ctx)
 	if err != nil {
 		return err
 	}
+	owned := l.chains
 	// The built-in chains' jumps go first: a chain that is jumped to
 	// cannot be deleted.
 	if err := deleteJumps(f.ruler, func(table, chain string) bool { return owned[table][chain] }); err != nil {

@@ -12,8 +12,8 @@ import (
 // Render returns the iptables-restore text (for --noflush) that programs s
 // in full for family fam: the nat and filter tables' PROXYD-* chains,
 // ClusterIPs, NodePorts and external IPs. It is
-// pure; the jump rules from the built-in chains are not part of it (the
-// Proxier ensures them with single-rule commands, see jumpRules).
+// pure; the jump rules from the built-in chains are not part of it (a
+// full write of the Proxier inserts the missing ones, see jumpRules).
 func Render(s *model.State, cfg proxier.Config, fam model.IPFamily) []byte {
 	r := newRenderer(cfg, fam)
 	r.forNode(s.Node)
