@@ -8,7 +8,7 @@ import "hash/maphash"
 // shared chains come before the service ports' own, so that a full write
 // reads from the dispatch down.
 type restoreText struct {
-	tables  [2]tableText // tableFilter, tableNAT: the order they are written in
+	tables   [2]tableText // tableFilter, tableNAT: the order they are written in
 	chains   int          // chain lines written for chains that stay
 	deleted  int          // -X lines written
 	inserted int          // -I lines written
