@@ -19,7 +19,7 @@ import (
 // full and remembers the culprits, which later syncs leave out while they
 // stay the same. When the refusal cannot be pinned on service ports it
 // returns it.
-func (p *Proxier) contain(ctx context.Context, f *family, s *model.State, refusal error) (int, error) {
+func (p *Proxier) contain(ctx context.Context, f *family, s *model.State, refusal error, marks *markBook) (int, error) {
 	var keys []model.ServicePortKey
 	for k, sp := range s.Services {
 		if _, ok := programmable(sp, f.fam); ok {
@@ -36,7 +36,7 @@ func (p *Proxier) contain(ctx context.Context, f *family, s *model.State, refusa
 		return 0, refusal
 	}
 	rest := without(s, culprits)
-	n, err := p.write(ctx, f, rest, true, rest.Sorted)
+	n, err := p.write(ctx, f, rest, true, rest.Sorted, marks)
 	if err != nil {
 		return 0, fmt.Errorf("write everything but the refused service ports %v: %w (the refusal: %v)", culprits, err, refusal)
 	}

@@ -59,7 +59,7 @@ func TestARefusedServicePortIsLeftOutAndEverythingElseProgrammed(t *testing.T) {
 	// The next syncs leave dns out without trying it again.
 	before := len(tp.kernels[model.IPv4].writes)
 	tests := tp.kernels[model.IPv4].tests
-	next := withPort(s, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod1v6)))
+	next := withPort(s, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod1v6)))
 	next.Services[dnsKey] = s.Services[dnsKey]
 	if err := tp.Sync(context.Background(), next, model.Diff{}); !errors.As(err, &re) || !slices.Equal(re.Ports, []model.ServicePortKey{dnsKey}) {
 		t.Fatalf("the next Sync = %v, want dns still reported", err)

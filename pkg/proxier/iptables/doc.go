@@ -1,6 +1,7 @@
 // Package iptables is proxyd's iptables backend: it renders a model.State
 // into iptables-restore text shaped like kube-proxy's iptables mode (a
-// dispatch chain, a chain per service port and per endpoint, statistic
+// dispatch chain, a chain per service port and per endpoint that may be
+// the source of its own connection — see picker.direct —, statistic
 // matches for the random choice, a mark bit that requests masquerade) but
 // with proxyd's own names (PROXYD-*), and applies it with one
 // iptables-restore --noflush per family per sync. The filter table rejects

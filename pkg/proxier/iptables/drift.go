@@ -102,23 +102,71 @@ func xtInfo(fam model.IPFamily, table string) (entries, size uint32, err error) 
 	return info.numEntries, info.size, nil
 }
 
-// markAfterWrite records the mark after a write that moved a counting
-// mark by moved; if something else wrote meanwhile, the mark is left
-// untrusted, so that the next check verifies the tables.
-func (f *family) markAfterWrite(before mark, beforeErr error, moved int) {
-	m, err := f.watch.mark()
-	f.mark, f.markOK = m, err == nil
-	if f.markOK && f.watch.counting() && (beforeErr != nil || m[0]-before[0] != uint32(moved)) {
-		f.markOK = false
+// markBook follows the marks through one sync: the mark each watcher
+// showed before any write, and the commits proxyd made since. Families of
+// one network namespace share the iptables-nft watcher (equal values), so
+// their writes add up.
+type markBook struct {
+	before  map[watcher]markRead
+	commits map[watcher]int
+}
+
+type markRead struct {
+	m   mark
+	err error
+}
+
+func newMarkBook() *markBook {
+	return &markBook{before: map[watcher]markRead{}, commits: map[watcher]int{}}
+}
+
+// start reads w's mark before the sync writes anything (once per watcher).
+func (b *markBook) start(w watcher) (mark, error) {
+	r, ok := b.before[w]
+	if !ok {
+		r.m, r.err = w.mark()
+		b.before[w] = r
+	}
+	return r.m, r.err
+}
+
+// wrote records a restore of n table sections watched by w.
+func (b *markBook) wrote(w watcher, n int) { b.commits[w] += n }
+
+// finish records, in every family proxyd holds a view of, the mark its
+// tables show now, trusted only when nothing but proxyd's own writes can
+// have moved it since the start: for a counting mark, when it moved by
+// exactly proxyd's commits; otherwise when proxyd wrote (a write racing
+// its own goes unseen until the hourly comparison) or it did not move.
+func (b *markBook) finish(fams []*family) {
+	after := map[watcher]markRead{}
+	for _, f := range fams {
+		if f.w == nil {
+			continue
+		}
+		r, ok := after[f.watch]
+		if !ok {
+			r.m, r.err = f.watch.mark()
+			after[f.watch] = r
+		}
+		before := b.before[f.watch]
+		n := b.commits[f.watch]
+		trusted := r.err == nil && before.err == nil
+		if f.watch.counting() {
+			trusted = trusted && r.m[0]-before.m[0] == uint32(n)
+		} else {
+			trusted = trusted && (n > 0 || r.m == before.m)
+		}
+		f.mark, f.markOK = r.m, trusted
 	}
 }
 
 // drifted reports whether the family's tables differ from what proxyd
-// wrote, and logs what it found. It reads the mark; only when the mark
-// moved since proxyd's last write (or every verifyEvery, or when the mark
-// cannot be read) does it list and compare the tables.
-func (f *family) drifted(ctx context.Context, now time.Time, verifyEvery time.Duration) (bool, error) {
-	m, err := f.watch.mark()
+// wrote, and logs what it found. m is the mark they show (err why it
+// could not be read); only when it moved since proxyd's last write (or
+// every verifyEvery, or when it cannot be read) does it list and compare
+// the tables.
+func (f *family) drifted(ctx context.Context, m mark, err error, now time.Time, verifyEvery time.Duration) (bool, error) {
 	due := verifyEvery > 0 && now.Sub(f.lastVerify) >= verifyEvery
 	if err == nil && f.markOK && m == f.mark && !due {
 		return false, nil

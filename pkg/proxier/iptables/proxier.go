@@ -211,22 +211,31 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		}
 		return all
 	}
-	var refused *proxier.RefusedError
-	for _, f := range p.fams {
-		ffull := full || f.w == nil
-		if !ffull {
-			drifted, err := f.drifted(ctx, start, p.verifyEvery)
-			if err != nil {
-				klog.ErrorS(err, "Could not compare the iptables rules with what proxyd wrote; rewriting them", "family", f.fam)
-			}
-			if drifted {
-				stats.DriftRepairs++
-			}
-			ffull = drifted || err != nil
+	// Every family's drift is checked before any is written: with
+	// iptables-nft both share one mark, which a write moves.
+	marks := newMarkBook()
+	fulls := make([]bool, len(p.fams))
+	for i, f := range p.fams {
+		m, merr := marks.start(f.watch)
+		fulls[i] = full || f.w == nil
+		if fulls[i] {
+			continue
 		}
-		stats.Full = stats.Full || ffull
-		n, err := p.syncFamily(ctx, f, s, ffull, sorted)
+		drifted, err := f.drifted(ctx, m, merr, start, p.verifyEvery)
 		if err != nil {
+			klog.ErrorS(err, "Could not compare the iptables rules with what proxyd wrote; rewriting them", "family", f.fam)
+		}
+		if drifted {
+			stats.DriftRepairs++
+		}
+		fulls[i] = drifted || err != nil
+	}
+	var refused *proxier.RefusedError
+	for i, f := range p.fams {
+		stats.Full = stats.Full || fulls[i]
+		n, err := p.syncFamily(ctx, f, s, fulls[i], sorted, marks)
+		if err != nil {
+			marks.finish(p.fams)
 			p.needFull = true
 			p.stats = proxier.SyncStats{Full: full}
 			return &proxier.FamilyError{Family: f.fam, Err: fmt.Errorf("sync %v iptables rules: %w", f.fam, err)}
@@ -239,6 +248,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		stats.ChainCount += f.w.chains
 		refused = f.addRefused(refused)
 	}
+	marks.finish(p.fams)
 	p.needFull = false
 	p.stats = stats
 	klog.V(4).InfoS("Synced iptables rules", "full", full, "kernelOps", stats.KernelOps,
@@ -253,20 +263,20 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 // refused, and returns how many chains it wrote or deleted plus jump rules
 // it inserted. When the kernel refuses the write, it narrows the refusal
 // to service ports and programs everything else (see contain).
-func (p *Proxier) syncFamily(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort) (int, error) {
+func (p *Proxier) syncFamily(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort, marks *markBook) (int, error) {
 	if rest := f.withoutRefused(s); rest != s {
 		s, sorted = rest, rest.Sorted
 	}
-	n, err := p.write(ctx, f, s, full, sorted)
+	n, err := p.write(ctx, f, s, full, sorted, marks)
 	if err == nil || ctx.Err() != nil {
 		return n, err
 	}
-	return p.contain(ctx, f, s, err)
+	return p.contain(ctx, f, s, err, marks)
 }
 
 // write writes one family's chains for s: in full, or only what differs
 // from what it wrote last.
-func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort) (int, error) {
+func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full bool, sorted func() []*model.ServicePort, marks *markBook) (int, error) {
 	var t restoreText
 	w := f.w
 	f.r.forNode(s.Node)
@@ -287,15 +297,14 @@ func (p *Proxier) write(ctx context.Context, f *family, s *model.State, full boo
 	}
 	data := t.bytes()
 	klog.V(4).InfoS("Writing iptables rules", "family", f.fam, "full", full, "chains", t.chains, "deleted", t.deleted, "bytes", len(data))
-	before, beforeErr := f.watch.mark()
 	if err := f.restorer.Restore(ctx, data); err != nil {
 		f.w = nil
 		return 0, err
 	}
+	marks.wrote(f.watch, t.sections())
 	if full || w == nil {
 		f.lastVerify = p.clock.Now()
 	}
-	f.markAfterWrite(before, beforeErr, t.sections())
 	f.w = w
 	return t.chains + t.deleted + t.inserted, nil
 }

@@ -74,7 +74,6 @@ var fieldsNotRendered = map[string]string{
 	"Node.Ready":                      "reported by /healthz",
 	"Node.Retiring":                   "reported by /healthz",
 	"Node.Zone":                       "reaches the rules only through ClusterEndpoints, which the Builder rebuilds on a node change",
-	"Node.Name":                       "reaches the rules only through ClusterEndpoints, which the Builder rebuilds on a node change",
 }
 
 // TestRandomChangesCatchAForgottenField is the mutation check of the
