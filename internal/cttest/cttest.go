@@ -26,9 +26,16 @@ type Flow struct {
 // Table creates entries in one namespace's conntrack table.
 type Table struct{ h *netlink.Handle }
 
-// Open returns a Table for the namespace netnsFD refers to.
+// Open returns a Table for the namespace netnsFD refers to (0: the
+// caller's).
 func Open(netnsFD int) (*Table, error) {
-	h, err := netlink.NewHandleAt(netns.NsHandle(netnsFD), unix.NETLINK_NETFILTER)
+	var h *netlink.Handle
+	var err error
+	if netnsFD > 0 {
+		h, err = netlink.NewHandleAt(netns.NsHandle(netnsFD), unix.NETLINK_NETFILTER)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cttest: netlink handle: %w", err)
 	}

@@ -2,8 +2,10 @@ package iptables
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -263,7 +265,105 @@ func chainDrift(table string, have, want *chain) []string {
 func ruleTexts(c *chain) []string {
 	out := make([]string, len(c.rules))
 	for i, r := range c.rules {
-		out[i] = joinWords(r)
+		out[i] = joinWords(canonical(r))
+	}
+	return out
+}
+
+// canonical spells a rule the way iptables-save prints what the kernel
+// holds, so that restore input and a save dump of the same rule compare
+// equal: marks in plain hex, a MARK target as --set-xmark, a statistic
+// probability as the kernel's threshold printed with 11 decimals, and a
+// recent match's options in one order with their defaults left out.
+func canonical(rule []string) []string {
+	out := make([]string, 0, len(rule))
+	target := ""
+	for i := 0; i < len(rule); i++ {
+		w := rule[i]
+		switch {
+		case w == "-m" && i+2 < len(rule) && rule[i+1] == "recent":
+			n, o, ok := parseRecent(rule[i+2:])
+			if !ok {
+				out = append(out, w)
+				continue
+			}
+			out = append(out, "-m", "recent")
+			if o.negate {
+				out = append(out, "!")
+			}
+			out = append(out, o.action)
+			if o.seconds > 0 {
+				out = append(out, "--seconds", strconv.Itoa(o.seconds))
+			}
+			if o.reap {
+				out = append(out, "--reap")
+			}
+			out = append(out, "--name", o.name)
+			if o.dest {
+				out = append(out, "--rdest")
+			}
+			i += 1 + n
+		case w == "-j" || w == "--jump" || w == "-g" || w == "--goto":
+			if i+1 < len(rule) {
+				target = rule[i+1]
+			}
+			out = append(out, w)
+		case w == "--mark" && i+1 < len(rule):
+			if v, m, err := parseMark(rule[i+1]); err == nil {
+				i++
+				out = append(out, w, hexMark(v, m, m != math.MaxUint32))
+				continue
+			}
+			out = append(out, w)
+		case target == "MARK" && i+1 < len(rule) && strings.HasSuffix(w, "-mark"):
+			v, m, err := parseMark(rule[i+1])
+			if err != nil {
+				out = append(out, w)
+				continue
+			}
+			i++
+			switch w {
+			case "--or-mark":
+				m = v
+			case "--xor-mark":
+				m = 0
+			case "--and-mark":
+				v, m = 0, ^v
+			case "--set-mark":
+				m |= v
+			}
+			out = append(out, "--set-xmark", hexMark(v, m, true))
+		case w == "--probability" && i+1 < len(rule):
+			p, err := strconv.ParseFloat(rule[i+1], 64)
+			if err != nil {
+				out = append(out, w)
+				continue
+			}
+			i++
+			out = append(out, w, strconv.FormatFloat(math.Round(p*(1<<31))/(1<<31), 'f', 11, 64))
+		default:
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func hexMark(v, m uint32, withMask bool) string {
+	if !withMask {
+		return "0x" + strconv.FormatUint(uint64(v), 16)
+	}
+	return "0x" + strconv.FormatUint(uint64(v), 16) + "/0x" + strconv.FormatUint(uint64(m), 16)
+}
+
+// ChainRules returns the rules of one chain as the tracer holds them.
+func (t *Tracer) ChainRules(fam model.IPFamily, table, name string) []Step {
+	rs := t.fams[fam]
+	if rs == nil || rs.tables[table] == nil || rs.tables[table].chains[name] == nil {
+		return nil
+	}
+	var out []Step
+	for _, r := range rs.tables[table].chains[name].rules {
+		out = append(out, Step{Table: table, Chain: name, rule: r})
 	}
 	return out
 }
