@@ -34,7 +34,7 @@ type Config struct {
 	// Service; without it only the TopK most imbalanced Services get them.
 	EndpointSeries bool
 	// TopK is how many of the most imbalanced Services get per-endpoint
-	// series (default 5; negative: none).
+	// series (0: none).
 	TopK int
 	// EventEvery is the least time between two Events on one Service
 	// (default 30m).
@@ -50,9 +50,6 @@ func (c *Config) defaults() {
 	}
 	if c.PinnedAfter <= 0 {
 		c.PinnedAfter = 5 * time.Minute
-	}
-	if c.TopK == 0 {
-		c.TopK = 5
 	}
 	if c.EventEvery <= 0 {
 		c.EventEvery = 30 * time.Minute

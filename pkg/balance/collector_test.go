@@ -240,9 +240,9 @@ func TestPerEndpointSeriesOnlyForTheMostImbalancedUnlessAsked(t *testing.T) {
 		cfg  Config
 		want int
 	}{
-		{"top 5 by default: the imbalanced Service gets its endpoints", Config{}, 3},
-		{"no per-endpoint series with TopK negative", Config{TopK: -1}, 0},
-		{"every Service's endpoints with EndpointSeries", Config{TopK: -1, EndpointSeries: true}, 3},
+		{"the top 5: the imbalanced Service gets its endpoints", Config{TopK: 5}, 3},
+		{"no per-endpoint series with TopK 0", Config{}, 0},
+		{"every Service's endpoints with EndpointSeries", Config{EndpointSeries: true}, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, _, _ := newTestCollector(t, tab, tc.cfg)
