@@ -3,6 +3,8 @@ package informer
 import (
 	"context"
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -14,18 +16,23 @@ import (
 )
 
 // EventRecorder posts Events on Services, as component "proxyd" on this
-// node. Callers rate-limit; each Warn is one GET (for the Service's UID,
-// without which `kubectl describe` does not show the Event) and one
-// create.
+// node. Callers rate-limit. The Service's UID, without which `kubectl
+// describe` does not show an Event, comes from the Informer's cache (kube-
+// proxy's role may list Services but not get them).
 type EventRecorder struct {
 	client kubernetes.Interface
 	node   string
+	inf    atomic.Pointer[Informer]
 }
 
-// NewEventRecorder returns a recorder posting through client.
+// NewEventRecorder returns a recorder posting through client; it needs
+// Use before it can name a Service.
 func NewEventRecorder(client kubernetes.Interface, node string) *EventRecorder {
 	return &EventRecorder{client: client, node: node}
 }
+
+// Use makes the recorder look Services up in inf's cache.
+func (r *EventRecorder) Use(inf *Informer) { r.inf.Store(inf) }
 
 // Warn posts a Warning Event on the Service; failures are logged.
 func (r *EventRecorder) Warn(svc model.NamespacedName, reason, message string) {
@@ -35,12 +42,16 @@ func (r *EventRecorder) Warn(svc model.NamespacedName, reason, message string) {
 }
 
 func (r *EventRecorder) post(svc model.NamespacedName, typ, reason, message string) error {
+	inf := r.inf.Load()
+	if inf == nil {
+		return fmt.Errorf("no informer to find service %v in", svc)
+	}
+	obj, ok := inf.service(svc)
+	if !ok {
+		return fmt.Errorf("service %v is not in the informer's cache", svc)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	obj, err := r.client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("get service %v: %w", svc, err)
-	}
 	now := metav1.NewTime(time.Now())
 	ev := &v1.Event{
 		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", svc.Name, now.UnixNano()), Namespace: svc.Namespace},
@@ -55,4 +66,21 @@ func (r *EventRecorder) post(svc model.NamespacedName, typ, reason, message stri
 		return fmt.Errorf("create event on service %v: %w", svc, err)
 	}
 	return nil
+}
+
+// service returns the cached v1.Service named n.
+func (i *Informer) service(n model.NamespacedName) (*v1.Service, bool) {
+	for _, w := range i.watches {
+		if !strings.HasPrefix(w.what, "services/") {
+			continue
+		}
+		obj, found, err := w.informer.GetStore().GetByKey(n.Namespace + "/" + n.Name)
+		if err != nil || !found {
+			continue
+		}
+		if svc, ok := obj.(*v1.Service); ok {
+			return svc, true
+		}
+	}
+	return nil, false
 }

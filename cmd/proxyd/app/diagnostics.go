@@ -24,7 +24,7 @@ func (l *lastState) get() *model.State  { return l.p.Load() }
 // --balance-interval is 0 or conntrack cannot be read) and the
 // /debug/explain handler. Both read the kernel on their own goroutines,
 // never on the sync path.
-func newDiagnostics(o *Options, backend proxier.Backend, client *apiClient, node string, programmed *lastState) (*balance.Collector, http.Handler, func()) {
+func newDiagnostics(o *Options, backend proxier.Backend, events *informer.EventRecorder, programmed *lastState) (*balance.Collector, http.Handler, func()) {
 	var closers []func()
 	done := func() {
 		for _, c := range closers {
@@ -38,7 +38,7 @@ func newDiagnostics(o *Options, backend proxier.Backend, client *apiClient, node
 			klog.ErrorS(err, "Connection balance is off: cannot read conntrack")
 		} else {
 			closers = append(closers, func() { _ = r.Close() })
-			collector = balance.New(o.Balance, balance.KernelSource(r), informer.NewEventRecorder(client, node), nil)
+			collector = balance.New(o.Balance, balance.KernelSource(r), events, nil)
 		}
 	}
 	x := &explain.Explainer{Dataplane: dataplaneOf(backend), State: programmed.get, Balance: collector, ReadBy: "daemon"}

@@ -61,7 +61,8 @@ func Run(ctx context.Context, o *Options) error {
 
 	m := metrics.New(o.Mode)
 	programmed := &lastState{}
-	collector, explainer, closeExplain := newDiagnostics(o, backend, client, nodeName, programmed)
+	events := informer.NewEventRecorder(client, nodeName)
+	collector, explainer, closeExplain := newDiagnostics(o, backend, events, programmed)
 	defer closeExplain()
 	if collector != nil {
 		m.Registry.MustRegister(collector)
@@ -114,6 +115,7 @@ func Run(ctx context.Context, o *Options) error {
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
+	events.Use(inf)
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
 	health.QueuedUpdate()

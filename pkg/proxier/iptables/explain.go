@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
@@ -366,4 +367,19 @@ func (t *Tracer) ChainRules(fam model.IPFamily, table, name string) []Step {
 		out = append(out, Step{Table: table, Chain: name, rule: r})
 	}
 	return out
+}
+
+// SaveText is what iptables-save of family fam prints after the Proxier
+// programmed s under cfg into empty tables: the rendering plus the jump
+// rules from the built-in chains, in iptables-save's layout (though in
+// the rendering's spelling; see Drift).
+func SaveText(s *model.State, cfg proxier.Config, fam model.IPFamily) ([]byte, error) {
+	rs := newRuleset()
+	if err := rs.restore(Render(s, cfg, fam), true); err != nil {
+		return nil, err
+	}
+	if _, err := ensureJumps(rs); err != nil {
+		return nil, err
+	}
+	return rs.saveAll(), nil
 }
