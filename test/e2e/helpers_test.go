@@ -55,7 +55,9 @@ func needEnv(t *testing.T) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Logf: log.Printf})
+	// Six Pods: most tests use the first three, the balance test scales
+	// a Service from three to six.
+	l, err := lab.Start(ctx, lab.Config{Pods: 6, Logf: log.Printf})
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}
