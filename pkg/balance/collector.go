@@ -149,6 +149,7 @@ func (c *Collector) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C():
+		case <-c.ready.first:
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package balance
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -286,5 +287,27 @@ func TestAServiceWithoutConnectionsHasNoSeries(t *testing.T) {
 	reg.MustRegister(c)
 	if n, _ := testutil.GatherAndCount(reg, "proxyd_service_established_connections", "proxyd_endpoint_established_connections"); n != 0 {
 		t.Errorf("%d series for a Service without connections, want 0", n)
+	}
+}
+
+func TestTheFirstWalkFollowsTheFirstProgrammedStateNotTheInterval(t *testing.T) {
+	tab := &table{}
+	tab.connect(1, 40001, webVIP, 1)
+	c, _, _ := newTestCollector(t, tab, Config{Interval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	s := webState(3)
+	c.Programmed(s, model.Compute(nil, s))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if at, entries, _ := c.LastScan(); !at.IsZero() && entries == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no walk within 5 s of the first State, with an hour's interval on a clock that does not move")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -270,9 +270,13 @@ func TestChurnGenerator(t *testing.T) {
 			}()
 		}
 	}()
+	end := time.After(d)
+	if rate <= 0 {
+		<-end
+		return
+	}
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
-	end := time.After(d)
 	for {
 		select {
 		case <-end:

@@ -18,6 +18,9 @@ type readiness struct {
 	mu      sync.Mutex
 	state   *model.State
 	started bool
+	// first is signalled when the first State is noted, so that the
+	// collector walks at once instead of an interval later.
+	first chan struct{}
 	// changed holds, per service port changed since the collector last
 	// looked, when the change was programmed.
 	changed map[model.ServicePortKey]time.Time
@@ -32,7 +35,8 @@ type readyMark struct {
 }
 
 func newReadiness() *readiness {
-	return &readiness{changed: map[model.ServicePortKey]time.Time{}, since: map[model.ServicePortKey]map[netip.Addr]readyMark{}}
+	return &readiness{changed: map[model.ServicePortKey]time.Time{}, since: map[model.ServicePortKey]map[netip.Addr]readyMark{},
+		first: make(chan struct{}, 1)}
 }
 
 // note records a programmed State and what changed in it; it costs only
@@ -40,6 +44,9 @@ func newReadiness() *readiness {
 func (r *readiness) note(s *model.State, d model.Diff, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.state == nil {
+		r.first <- struct{}{}
+	}
 	r.state = s
 	for _, keys := range [][]model.ServicePortKey{d.Added, d.Updated, d.Removed} {
 		for _, k := range keys {
@@ -54,11 +61,13 @@ func (r *readiness) note(s *model.State, d model.Diff, now time.Time) {
 // last call to the ready-since times.
 func (r *readiness) take() *model.State {
 	r.mu.Lock()
-	s, changed, first := r.state, r.changed, !r.started && r.state != nil
-	if s != nil {
-		r.started = true
-		r.changed = map[model.ServicePortKey]time.Time{}
+	s, changed, first := r.state, r.changed, !r.started
+	if s == nil {
+		r.mu.Unlock()
+		return nil
 	}
+	r.started = true
+	r.changed = map[model.ServicePortKey]time.Time{}
 	r.mu.Unlock()
 	for k, at := range changed {
 		sp := s.Services[k]
