@@ -103,7 +103,10 @@ func measureWalk(t *testing.T, ns *testns.NS, s *model.State, gen *exec.Cmd, win
 		t.Fatal(err)
 	}
 	defer r.Close()
-	c := New(Config{Interval: 30 * time.Second}, KernelSource(r), nil, nil)
+	walks := 0
+	src := KernelSource(r)
+	counted := func(fn func(*conntrack.Entry) bool) error { walks++; return src(fn) }
+	c := New(Config{Interval: 30 * time.Second}, counted, nil, nil)
 	c.Programmed(s, model.Compute(nil, s))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -113,7 +116,7 @@ func measureWalk(t *testing.T, ns *testns.NS, s *model.State, gen *exec.Cmd, win
 	cancel()
 	<-done
 	res.heap = liveHeap()
-	res.n = int(window/(30*time.Second)) + 1
+	res.n = walks
 	runtime.KeepAlive(c)
 	return res
 }

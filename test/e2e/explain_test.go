@@ -75,6 +75,7 @@ func TestExplain(t *testing.T) {
 				if p < 0.01 {
 					t.Errorf("what 300 connections did rejects the prediction: p=%.4f", p)
 				}
+				t.Logf("proxyd explain --from %s --to %s:\n%s", lab.ClientIP, addr, e.explainText(t, "--from", lab.ClientIP, "--to", addr))
 				local := e.explain(t, "--from", lab.ClientIP, "--to", addr, "--local")
 				if local.ReadBy != "cli" || local.Drift.Known || len(local.Outcomes) != len(r.Outcomes) {
 					t.Errorf("read by the CLI itself: %+v, drift %+v", local.Outcomes, local.Drift)
@@ -118,6 +119,7 @@ func TestExplain(t *testing.T) {
 					t.Errorf("outcomes %+v, want %s for certain", r.Outcomes, name)
 				}
 				t.Logf("affinity: %+v", r.Affinity[0])
+				t.Logf("proxyd explain --from %s --to %s:\n%s", lab.ClientIP, sticky, e.explainText(t, "--from", lab.ClientIP, "--to", sticky))
 			})
 
 			t.Run("it lists the client's established connections to the VIP", func(t *testing.T) {
