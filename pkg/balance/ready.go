@@ -68,6 +68,10 @@ func (r *readiness) take() *model.State {
 	}
 	r.started = true
 	r.changed = map[model.ServicePortKey]time.Time{}
+	select {
+	case <-r.first: // this walk is the one the first State asked for
+	default:
+	}
 	r.mu.Unlock()
 	for k, at := range changed {
 		sp := s.Services[k]
