@@ -60,10 +60,7 @@ func TestConnectionBalance(t *testing.T) {
 		e.eventually(t, 15*time.Second, "the collector sees the six connections", func() error {
 			return e.serviceGauge(t, "proxyd_service_established_connections", "pinned", 6)
 		})
-		scaled := e.slice("pinned-1", "pinned", ready(6), target...)
-		if _, err := e.cs.DiscoveryV1().EndpointSlices("default").Update(context.Background(), scaled, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		e.updateSlice(t, e.slice("pinned-1", "pinned", ready(6), target...))
 		e.eventually(t, 15*time.Second, "three ready endpoints without a connection", func() error {
 			return e.serviceGauge(t, "proxyd_service_endpoints_without_connections", "pinned", 3)
 		})
@@ -96,10 +93,7 @@ func TestConnectionBalance(t *testing.T) {
 		e.eventually(t, 15*time.Second, "the collector sees the churn", func() error {
 			return e.serviceGaugeAtLeast(t, "proxyd_service_established_connections", "shortlived", 6)
 		})
-		scaled := e.slice("shortlived-1", "shortlived", ready(6), target...)
-		if _, err := e.cs.DiscoveryV1().EndpointSlices("default").Update(context.Background(), scaled, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		e.updateSlice(t, e.slice("shortlived-1", "shortlived", ready(6), target...))
 		e.eventually(t, 20*time.Second, "every endpoint holds a connection at one walk", func() error {
 			return e.serviceGauge(t, "proxyd_service_endpoints_without_connections", "shortlived", 0)
 		})

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,8 +137,8 @@ func TestExplain(t *testing.T) {
 			})
 
 			t.Run("it reports drift after a rule is deleted by hand", func(t *testing.T) {
-				rule := e.natRule(t, dp, "-A PROXYD-SERVICES -d "+vip+"/32 ")
-				e.iptables(t, dp, append([]string{"-t", "nat", "-D"}, rule[1:]...)...)
+				n, rule := e.natRule(t, dp, "PROXYD-SERVICES", "-A PROXYD-SERVICES -d "+vip+"/32 ")
+				e.iptables(t, dp, "-t", "nat", "-D", "PROXYD-SERVICES", strconv.Itoa(n))
 				r := e.explain(t, "--from", lab.ClientIP, "--to", addr)
 				if !r.Drift.Known || len(r.Drift.Differences) == 0 || !strings.Contains(strings.Join(r.Drift.Differences, "\n"), "rule missing: -A PROXYD-SERVICES -d "+vip+"/32") {
 					t.Errorf("drift %+v after deleting %v", r.Drift, rule)
@@ -257,21 +258,26 @@ func predictedMasquerade(t *testing.T, r *explain.Report, pods []lab.Pod, name s
 	return false
 }
 
-// natRule returns the words of the first nat rule of dp's IPv4 dump that
-// starts with prefix, as iptables-save prints it.
-func (e *env) natRule(t *testing.T, dp dataplane, prefix string) []string {
+// natRule returns the position in chain (1-based, as iptables -D takes
+// it) and the text of the first rule of dp's IPv4 nat table that starts
+// with prefix, as iptables-save prints it.
+func (e *env) natRule(t *testing.T, dp dataplane, chain, prefix string) (int, string) {
 	t.Helper()
 	out, err := e.lab.Exec(context.Background(), e.lab.NodeNS, "iptables-"+variantOf(dp)+"-save", "-t", "nat")
 	if err != nil {
 		t.Fatal(err)
 	}
+	n := 0
 	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "-A "+chain+" ") {
+			n++
+		}
 		if strings.HasPrefix(line, prefix) {
-			return shellWords(t, line)
+			return n, line
 		}
 	}
 	t.Fatalf("no nat rule starting %q in:\n%s", prefix, out)
-	return nil
+	return 0, ""
 }
 
 func (e *env) iptables(t *testing.T, dp dataplane, args ...string) {
@@ -286,34 +292,4 @@ func variantOf(dp dataplane) string {
 		return "legacy"
 	}
 	return "nft"
-}
-
-// shellWords splits an iptables-save line, keeping "quoted words" whole.
-func shellWords(t *testing.T, line string) []string {
-	t.Helper()
-	var out []string
-	var cur strings.Builder
-	quoted, in := false, false
-	for _, r := range line {
-		switch {
-		case r == '"':
-			quoted, in = !quoted, true
-		case r == ' ' && !quoted:
-			if in {
-				out = append(out, cur.String())
-				cur.Reset()
-				in = false
-			}
-		default:
-			cur.WriteRune(r)
-			in = true
-		}
-	}
-	if quoted {
-		t.Fatalf("unbalanced quotes in %q", line)
-	}
-	if in {
-		out = append(out, cur.String())
-	}
-	return out
 }

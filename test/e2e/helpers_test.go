@@ -247,6 +247,14 @@ func (e *env) createSlice(t *testing.T, es *discovery.EndpointSlice) *discovery.
 	return out
 }
 
+// updateSlice writes es over the slice of its name.
+func (e *env) updateSlice(t *testing.T, es *discovery.EndpointSlice) {
+	t.Helper()
+	if _, err := e.cs.DiscoveryV1().EndpointSlices("default").Update(context.Background(), es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // traffic sends count connections and fails the test on a lab error.
 func (e *env) traffic(t *testing.T, ns, proto, addr string, count, perConn int) lab.ClientResult {
 	t.Helper()
