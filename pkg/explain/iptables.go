@@ -93,7 +93,11 @@ func (d *IPTables) Trace(ctx context.Context, q Query) (*Trace, error) {
 	out := &Trace{}
 	affinity, note := d.affinity(tr, fam, q.Src, now)
 	p := flowspec.Packet{Src: q.Src, Dst: q.Dst, Proto: q.Proto, FromNode: q.FromNode}
-	for _, o := range tr.Enumerate(p) {
+	outcomes, err := tr.Enumerate(p)
+	if err != nil {
+		return nil, fmt.Errorf("trace the kernel's rules: %w", err)
+	}
+	for _, o := range outcomes {
 		oc := Outcome{Verdict: o.Verdict.String(), Probability: o.Probability, Masquerade: o.Masquerade}
 		if o.Verdict == flowspec.DNAT {
 			oc.Endpoint = o.Endpoint

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/proxyd/proxyd/internal/cttest"
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/internal/testns"
 	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/model"
@@ -36,15 +37,18 @@ func TestKernelIPTables(t *testing.T) {
 	if os.Getenv(envNetns) != "" {
 		t.Skip("already inside the test namespace")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("the kernel tests need root")
-	}
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "ip")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
+			b := iptables.DefaultBinaries(v)
+			for _, name := range []string{b.Restore, b.Save, b.IPTables, b.Restore6, b.Save6, b.IP6Tables} {
+				testenv.NeedTool(t, name)
+			}
 			ns := testns.New(t, "explain")
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()

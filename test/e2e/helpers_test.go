@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/test/e2e/lab"
 )
 
@@ -44,9 +45,7 @@ func TestMain(m *testing.M) {
 
 func needEnv(t *testing.T) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root")
-	}
+	testenv.NeedRoot(t)
 	if os.Getenv("PROXYD_LAB_BIN") == "" || os.Getenv("PROXYD_BIN") == "" {
 		t.Fatal("PROXYD_LAB_BIN and PROXYD_BIN must be set (run `make e2e`)")
 	}

@@ -1,6 +1,8 @@
 package flowspec
 
 import (
+	"fmt"
+	"hash/fnv"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -30,52 +32,105 @@ func RunExternal(t *testing.T, tracer Tracer) {
 	run(t, tracer, ExternalCases())
 }
 
+// RunPolicy checks PolicyCases against tracer, which must trace the rules
+// rendered for PolicyState.
+func RunPolicy(t *testing.T, tracer Tracer) {
+	t.Helper()
+	run(t, tracer, PolicyCases())
+}
+
+// Failure is one case the tracer did not satisfy.
+type Failure struct {
+	Case string // the case's name
+	Msg  string // what went wrong
+}
+
+func (f Failure) String() string { return f.Case + ": " + f.Msg }
+
+// Check runs cases against tracer and returns the ones it fails, in
+// order; none means the tracer satisfies them all. Run and its siblings
+// are Check with each case as a subtest; Check itself is for tests that
+// expect failures (a deliberately broken rule set must fail the spec).
+func Check(tracer Tracer, cases []Case) []Failure {
+	var out []Failure
+	for _, c := range cases {
+		if msg := checkCase(tracer, c); msg != "" {
+			out = append(out, Failure{Case: c.Name, Msg: msg})
+		}
+	}
+	return out
+}
+
 func run(t *testing.T, tracer Tracer, cases []Case) {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(1, 2))
-	rnd := func(n uint32) uint32 { return rng.Uint32N(n) }
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
-			seen := map[netip.AddrPort]int{}
-			n := 1
-			if c.Want == DNAT {
-				n = Samples
-			}
-			for range n {
-				r := tracer.Trace(c.Packet, rnd)
-				if r.Verdict != c.Want {
-					t.Fatalf("verdict %v, want %v (packet %+v)", r.Verdict, c.Want, c.Packet)
-				}
-				if r.Verdict != DNAT {
-					return
-				}
-				if !slices.Contains(c.Endpoints, r.Endpoint) {
-					t.Fatalf("DNAT to %v, want one of %v", r.Endpoint, c.Endpoints)
-				}
-				wantMasq := c.Masquerade || r.Endpoint == c.HairpinEndpoint
-				if r.Masquerade != wantMasq {
-					t.Fatalf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
-				}
-				seen[r.Endpoint]++
-			}
-			if c.Sticky {
-				if len(seen) != 1 {
-					t.Fatalf("affinity broken: one client reached %v", seen)
-				}
-				return
-			}
-			counts := make([]int, 0, len(c.Endpoints))
-			for _, e := range c.Endpoints {
-				if seen[e] == 0 {
-					t.Fatalf("endpoint %v never chosen in %d packets: %v", e, n, seen)
-				}
-				counts = append(counts, seen[e])
-			}
-			if p := ChiSquareUniformP(counts); p < 0.01 {
-				t.Fatalf("distribution %v rejected as uniform: chi-square p=%.4f", seen, p)
+			if msg := checkCase(tracer, c); msg != "" {
+				t.Fatal(msg)
 			}
 		})
 	}
+}
+
+// caseRand is the random source of one case, seeded by its name so that
+// runs repeat and a case draws the same numbers whichever cases ran (or
+// failed) before it.
+func caseRand(name string) func(n uint32) uint32 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	rng := rand.New(rand.NewPCG(1, h.Sum64()))
+	return func(n uint32) uint32 { return rng.Uint32N(n) }
+}
+
+// checkCase traces c (Samples times for a DNAT case) and says what is
+// wrong, or "" when nothing is.
+func checkCase(tracer Tracer, c Case) string {
+	rnd := caseRand(c.Name)
+	seen := map[netip.AddrPort]int{}
+	n := 1
+	if c.Want == DNAT {
+		n = Samples
+	}
+	for range n {
+		r := tracer.Trace(c.Packet, rnd)
+		if r.Err != nil {
+			return fmt.Sprintf("the tracer cannot follow the rules: %v (packet %+v)", r.Err, c.Packet)
+		}
+		if r.Verdict != c.Want {
+			return fmt.Sprintf("verdict %v, want %v (packet %+v)", r.Verdict, c.Want, c.Packet)
+		}
+		if r.Verdict != DNAT {
+			return ""
+		}
+		if !slices.Contains(c.Endpoints, r.Endpoint) {
+			return fmt.Sprintf("DNAT to %v, want one of %v", r.Endpoint, c.Endpoints)
+		}
+		wantMasq := c.Masquerade || r.Endpoint == c.HairpinEndpoint
+		if r.Masquerade != wantMasq {
+			return fmt.Sprintf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
+		}
+		seen[r.Endpoint]++
+	}
+	if c.Sticky {
+		if len(seen) != 1 {
+			return fmt.Sprintf("affinity broken: one client reached %v", seen)
+		}
+		return ""
+	}
+	counts := make([]int, 0, len(c.Endpoints))
+	for _, e := range c.Endpoints {
+		if seen[e] == 0 {
+			return fmt.Sprintf("endpoint %v never chosen in %d packets: %v", e, n, seen)
+		}
+		counts = append(counts, seen[e])
+	}
+	// A wrong probability (1/n where 1/(n-i) is due) gives p far below
+	// 1e-9 at Samples draws; 0.001 keeps a fair draw from failing when
+	// dozens of cases run in each of three backends.
+	if p := ChiSquareUniformP(counts); p < 0.001 {
+		return fmt.Sprintf("distribution %v rejected as uniform: chi-square p=%.4f", seen, p)
+	}
+	return ""
 }
 
 // ChiSquareUniformP returns the p-value of Pearson's chi-square test that

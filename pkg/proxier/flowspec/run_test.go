@@ -1,26 +1,41 @@
 package flowspec
 
 import (
-	"math"
+	"errors"
+	"strings"
 	"testing"
 )
 
-func TestChiSquarePAgainstKnownValues(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		counts []int
-		probs  []float64
-		want   float64
-	}{
-		{"counts exactly as predicted fit perfectly", []int{50, 25, 25}, []float64{0.5, 0.25, 0.25}, 1},
-		{"one degree of freedom at chi-square 3.841 is the 5% point", []int{60, 40}, []float64{0.5, 0.5}, 0.0455},
-		{"two degrees of freedom: chi-square 2 gives exp(-1)", []int{110, 90, 100}, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3}, math.Exp(-1)},
-		{"a count where none was predicted rejects", []int{10, 1}, []float64{1, 0}, 0},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := ChiSquareP(tc.counts, tc.probs); math.Abs(got-tc.want) > 1e-3 {
-				t.Errorf("ChiSquareP(%v, %v) = %v, want %v", tc.counts, tc.probs, got, tc.want)
-			}
-		})
+type tracerFunc func(Packet, func(uint32) uint32) Result
+
+func (f tracerFunc) Trace(p Packet, rnd func(uint32) uint32) Result { return f(p, rnd) }
+
+func TestCheckFailsEveryCaseATracerCannotFollow(t *testing.T) {
+	confused := tracerFunc(func(Packet, func(uint32) uint32) Result {
+		return Result{Verdict: Reject, Err: errors.New("unknown match \"-m bogus\"")}
+	})
+	cases := Cases()
+	failures := Check(confused, cases)
+	if len(failures) != len(cases) {
+		t.Fatalf("%d failures for %d cases, want every case to fail: %v", len(failures), len(cases), failures)
+	}
+	for _, f := range failures {
+		if !strings.Contains(f.Msg, "cannot follow the rules") || !strings.Contains(f.Msg, "bogus") {
+			t.Errorf("failure %q does not say the tracer could not follow the rules", f)
+		}
+	}
+}
+
+func TestCheckNamesTheCasesAWrongVerdictFails(t *testing.T) {
+	alwaysReject := tracerFunc(func(Packet, func(uint32) uint32) Result { return Result{Verdict: Reject} })
+	cases := Cases()
+	want := 0
+	for _, c := range cases {
+		if c.Want != Reject {
+			want++
+		}
+	}
+	if got := len(Check(alwaysReject, cases)); got != want || want == 0 {
+		t.Errorf("%d failures, want %d (the cases that do not expect a reject)", got, want)
 	}
 }

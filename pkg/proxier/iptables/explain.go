@@ -73,8 +73,9 @@ const maxOutcomes = 1 << 16
 // kernel threshold out of 2^31 (or its complement), which is what
 // xt_statistic compares a 31-bit random number with. Equal results reached
 // by several branches are summed, keeping the path of the likeliest. The
-// recent lists are the same for every branch and unchanged afterwards.
-func (t *Tracer) Enumerate(p flowspec.Packet) []Outcome {
+// recent lists are the same for every branch and unchanged afterwards. A
+// rule the tracer cannot follow on any branch is an error.
+func (t *Tracer) Enumerate(p flowspec.Packet) ([]Outcome, error) {
 	saved := t.recent
 	defer func() { t.recent = saved }()
 	var out []Outcome
@@ -109,6 +110,9 @@ func (t *Tracer) Enumerate(p flowspec.Packet) []Outcome {
 			return match
 		}
 		res := t.trace(p, pk)
+		if res.Err != nil {
+			return nil, res.Err
+		}
 		out = mergeOutcome(out, Outcome{Result: res, Probability: prob, Path: path})
 		i := len(draws) - 1
 		for i >= 0 && !(draws[i].match && draws[i].threshold < 1<<31) {
@@ -124,7 +128,7 @@ func (t *Tracer) Enumerate(p flowspec.Packet) []Outcome {
 		script = append(script, false)
 	}
 	slices.SortStableFunc(out, func(a, b Outcome) int { return a.Endpoint.Compare(b.Endpoint) })
-	return out
+	return out, nil
 }
 
 func mergeOutcome(out []Outcome, o Outcome) []Outcome {
@@ -283,8 +287,8 @@ func canonical(rule []string) []string {
 		w := rule[i]
 		switch {
 		case w == "-m" && i+2 < len(rule) && rule[i+1] == "recent":
-			n, o, ok := parseRecent(rule[i+2:])
-			if !ok {
+			n, o, err := parseRecent(rule[i+2:])
+			if err != nil {
 				out = append(out, w)
 				continue
 			}

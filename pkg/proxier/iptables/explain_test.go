@@ -28,7 +28,10 @@ func TestEnumerateGivesEachEndpointItsExactShareOnEveryCaseOfTheFlowSpec(t *test
 	tr := renderedTracer(t)
 	for _, c := range slices.Concat(flowspec.Cases(), flowspec.ExternalCases(), flowspec.AffinityCases()) {
 		t.Run(c.Name, func(t *testing.T) {
-			out := tr.Enumerate(c.Packet)
+			out, err := tr.Enumerate(c.Packet)
+			if err != nil {
+				t.Fatal(err)
+			}
 			sum := 0.0
 			for _, o := range out {
 				sum += o.Probability
@@ -75,19 +78,19 @@ func TestEnumerateFollowsAnAffinityEntryTheKernelHolds(t *testing.T) {
 	p := flowspec.Packet{Src: flowspec.Client, Dst: vip, Proto: model.TCP}
 
 	tr.SetRecent(list, flowspec.Client, now.Add(-time.Hour))
-	out := tr.Enumerate(p)
+	out := enumerate(t, tr, p)
 	if len(out) != 1 || out[0].Endpoint != pod2 || out[0].Probability != 1 {
 		t.Fatalf("a client in %s's list an hour ago: %+v; want %v for certain", list, out, pod2)
 	}
 	if !slices.ContainsFunc(out[0].Path, func(s Step) bool { return strings.Contains(s.String(), "--rcheck") }) {
 		t.Errorf("the path does not show the recent check: %v", out[0].Path)
 	}
-	if again := tr.Enumerate(p); len(again) != 1 {
+	if again := enumerate(t, tr, p); len(again) != 1 {
 		t.Errorf("Enumerate changed the lists it was given: %+v", again)
 	}
 
 	tr.SetRecent(list, flowspec.Client, now.Add(-4*time.Hour))
-	if out := tr.Enumerate(p); len(out) != 3 {
+	if out := enumerate(t, tr, p); len(out) != 3 {
 		t.Errorf("an entry older than the timeout still pins the client: %+v", out)
 	}
 }
@@ -132,4 +135,13 @@ func TestDriftNamesWhatTheKernelLacksOrHasBesideTheIntendedRules(t *testing.T) {
 			}
 		})
 	}
+}
+
+func enumerate(t *testing.T, tr *Tracer, p flowspec.Packet) []Outcome {
+	t.Helper()
+	out, err := tr.Enumerate(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
