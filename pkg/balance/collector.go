@@ -99,7 +99,9 @@ type Collector struct {
 	ready  *readiness
 	events *eventLimiter
 
-	// Owned by Run's goroutine.
+	// walking serialises walks (Run's, and Refresh's on demand) and
+	// guards what they own.
+	walking   sync.Mutex
 	index     *index
 	indexed   *model.State
 	firstSeen map[connKey]seen
@@ -158,6 +160,8 @@ func (c *Collector) Run(ctx context.Context) {
 // connections per endpoint, updates the metrics' view and posts Events
 // for pinned Services.
 func (c *Collector) Scan() error {
+	c.walking.Lock()
+	defer c.walking.Unlock()
 	s := c.ready.take()
 	if s == nil {
 		return nil // nothing programmed yet
@@ -209,6 +213,19 @@ func (c *Collector) Scan() error {
 	c.mu.Unlock()
 	c.warn(res, now)
 	return nil
+}
+
+// Refresh walks the table now unless the last walk is younger than
+// maxAge: `proxyd explain svc` asks for a view that includes what was
+// programmed since, at the cost of one walk per maxAge at most.
+func (c *Collector) Refresh(maxAge time.Duration) error {
+	c.mu.Lock()
+	fresh := !c.scanAt.IsZero() && c.clock.Since(c.scanAt) < maxAge
+	c.mu.Unlock()
+	if fresh {
+		return nil
+	}
+	return c.Scan()
 }
 
 // Spread returns the last walk's view of one Service, and when it was

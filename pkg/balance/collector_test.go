@@ -311,3 +311,25 @@ func TestTheFirstWalkFollowsTheFirstProgrammedStateNotTheInterval(t *testing.T) 
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestRefreshWalksOnlyWhenTheLastWalkIsOlderThanAsked(t *testing.T) {
+	tab := &table{}
+	c, clk, _ := newTestCollector(t, tab, Config{})
+	s := webState(3)
+	c.Programmed(s, model.Compute(nil, s))
+	scan(t, c)
+	tab.connect(1, 40001, webVIP, 2)
+	if err := c.Refresh(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if sp, _, _ := c.Spread(web.Service()); sp.Total != 0 {
+		t.Errorf("a walk younger than 5 s was repeated: %s", counts(sp))
+	}
+	clk.Step(6 * time.Second)
+	if err := c.Refresh(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if sp, _, _ := c.Spread(web.Service()); sp.Total != 1 {
+		t.Errorf("an older walk was not repeated: %s", counts(sp))
+	}
+}

@@ -244,11 +244,18 @@ func protoNumber(p model.Protocol) uint8 {
 	return tcpProto
 }
 
+// refreshAfter is how old the balance collector's last walk may be before
+// explain svc walks the table again.
+const refreshAfter = 5 * time.Second
+
 // Service answers "explain svc": the per-endpoint spread of the Service's
 // established connections from the balance collector.
 func (x *Explainer) Service(name model.NamespacedName) (*ServiceReport, error) {
 	if x.Balance == nil || x.State == nil {
 		return nil, errors.New("explain svc: the spread comes from the daemon's connection-balance collector, which is not running here")
+	}
+	if err := x.Balance.Refresh(refreshAfter); err != nil {
+		return nil, fmt.Errorf("explain svc: walk the conntrack table: %w", err)
 	}
 	sp, at, ok := x.Balance.Spread(name)
 	if at.IsZero() {
