@@ -53,28 +53,19 @@ func TestExplain(t *testing.T) {
 				if r.ReadBy != "daemon" || r.Service == nil || r.Service.Name != "explained" || r.Verdict != "dnat" {
 					t.Fatalf("read by %q, service %+v, verdict %q", r.ReadBy, r.Service, r.Verdict)
 				}
-				res := e.traffic(t, e.lab.ClientNS, "tcp", addr, 300, 1)
-				if res.Failed() > 0 {
-					t.Fatalf("%d of 300 failed: %+v", res.Failed(), res.Errors)
-				}
-				var counts []int
-				var probs []float64
-				predicted := map[string]bool{}
-				for _, o := range r.Outcomes {
-					name := podAt(pods, o.Endpoint)
-					predicted[name] = true
-					counts = append(counts, res.Counts[name])
-					probs = append(probs, o.Probability)
-				}
-				for name, n := range res.Counts {
-					if !predicted[name] {
-						t.Errorf("%s answered %d connections, but explain did not predict it: %+v", name, n, r.Outcomes)
+				// At p < 0.01 one run in a hundred fails by chance; a
+				// fresh sample of 300 then decides: chance alone fails
+				// both one time in ten thousand, a real mismatch of a
+				// size that matters fails both.
+				for sample := 1; ; sample++ {
+					p := e.fitPrediction(t, r, pods, addr)
+					if p >= 0.01 {
+						break
 					}
-				}
-				p := flowspec.ChiSquareP(counts, probs)
-				t.Logf("predicted %v, seen %v over %v: chi-square p=%.3f", probs, counts, podNames(pods), p)
-				if p < 0.01 {
-					t.Errorf("what 300 connections did rejects the prediction: p=%.4f", p)
+					if sample == 2 {
+						t.Fatalf("two samples of 300 connections reject the prediction (p=%.4f)", p)
+					}
+					t.Logf("p=%.4f: a second sample of 300 decides", p)
 				}
 				t.Logf("proxyd explain --from %s --to %s:\n%s", lab.ClientIP, addr, e.explainText(t, "--from", lab.ClientIP, "--to", addr))
 				local := e.explain(t, "--from", lab.ClientIP, "--to", addr, "--local")
@@ -154,6 +145,34 @@ func TestExplain(t *testing.T) {
 			})
 		})
 	}
+}
+
+// fitPrediction sends 300 connections from the client to addr and
+// returns the chi-square goodness of fit of where they went to the
+// probabilities r predicts; an answer from a Pod r did not predict fails.
+func (e *env) fitPrediction(t *testing.T, r *explain.Report, pods []lab.Pod, addr string) float64 {
+	t.Helper()
+	res := e.traffic(t, e.lab.ClientNS, "tcp", addr, 300, 1)
+	if res.Failed() > 0 {
+		t.Fatalf("%d of 300 failed: %+v", res.Failed(), res.Errors)
+	}
+	var counts []int
+	var probs []float64
+	predicted := map[string]bool{}
+	for _, o := range r.Outcomes {
+		name := podAt(pods, o.Endpoint)
+		predicted[name] = true
+		counts = append(counts, res.Counts[name])
+		probs = append(probs, o.Probability)
+	}
+	for name, n := range res.Counts {
+		if !predicted[name] {
+			t.Fatalf("%s answered %d connections, but explain did not predict it: %+v", name, n, r.Outcomes)
+		}
+	}
+	p := flowspec.ChiSquareP(counts, probs)
+	t.Logf("predicted %v, seen %v over %v: chi-square p=%.3f", probs, counts, podNames(pods), p)
+	return p
 }
 
 // explain runs proxyd explain ... -o json in the node namespace.
