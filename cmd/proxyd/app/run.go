@@ -60,6 +60,14 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	m := metrics.New(o.Mode)
+	programmed := &lastState{}
+	events := informer.NewEventRecorder(client, nodeName)
+	collector, explainer, closeExplain := newDiagnostics(o, backend, events, programmed)
+	defer closeExplain()
+	if collector != nil {
+		m.Registry.MustRegister(collector)
+		go collector.Run(ctx)
+	}
 	health := healthz.New(clock.RealClock{}, 2*o.SyncPeriod)
 	health.Observe(func(path string, code int) {
 		counter := m.HealthzTotal
@@ -68,7 +76,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		counter.WithLabelValues(strconv.Itoa(code)).Inc()
 	})
-	servers, err := serve(o, m, health)
+	servers, err := serve(o, m, health, explainer)
 	if err != nil {
 		return err
 	}
@@ -94,6 +102,10 @@ func Run(ctx context.Context, o *Options) error {
 			}
 		}
 		m.SetNoLocalEndpoints(s)
+		programmed.set(s)
+		if collector != nil {
+			collector.Programmed(s, d)
+		}
 		checks.Sync(s.HealthChecks())
 		health.SetNodeRetiring(s.Node.Retiring)
 	}
@@ -103,6 +115,7 @@ func Run(ctx context.Context, o *Options) error {
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
+	events.Use(inf)
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
 	health.QueuedUpdate()
@@ -176,7 +189,7 @@ func (o *Options) client() (*apiClient, error) {
 
 // serve starts the metrics and health endpoints; a port that is taken is
 // an error at start, not a silent absence.
-func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, error) {
+func serve(o *Options, m *metrics.Metrics, h *healthz.Health, explainer http.Handler) ([]*http.Server, error) {
 	var servers []*http.Server
 	start := func(addr string, handler http.Handler, what string) error {
 		if addr == "" || strings.HasSuffix(addr, ":0") {
@@ -203,6 +216,7 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, e
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	mux.Handle("/debug/explain", explainer)
 	hh := h.Handler()
 	mux.Handle("/healthz", hh)
 	mux.Handle("/livez", hh)

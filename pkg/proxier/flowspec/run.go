@@ -136,17 +136,34 @@ func checkCase(tracer Tracer, c Case) string {
 // ChiSquareUniformP returns the p-value of Pearson's chi-square test that
 // counts come from a uniform distribution.
 func ChiSquareUniformP(counts []int) float64 {
+	probs := make([]float64, len(counts))
+	for i := range probs {
+		probs[i] = 1 / float64(len(counts))
+	}
+	return ChiSquareP(counts, probs)
+}
+
+// ChiSquareP returns the p-value of Pearson's chi-square goodness-of-fit
+// test that counts come from the distribution probs (which add up to 1;
+// a count where probs says 0 rejects outright).
+func ChiSquareP(counts []int, probs []float64) float64 {
 	k := len(counts)
-	if k < 2 {
+	if k < 2 || len(probs) != k {
 		return 1
 	}
 	total := 0
 	for _, c := range counts {
 		total += c
 	}
-	exp := float64(total) / float64(k)
 	x2 := 0.0
-	for _, c := range counts {
+	for i, c := range counts {
+		exp := float64(total) * probs[i]
+		if exp == 0 {
+			if c > 0 {
+				return 0
+			}
+			continue
+		}
 		d := float64(c) - exp
 		x2 += d * d / exp
 	}
