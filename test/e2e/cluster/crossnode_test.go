@@ -123,7 +123,9 @@ func service(t *testing.T, c *Cluster, name, app string, want int, mutate func(*
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.Client.CoreV1().Services(testNS).Delete(context.Background(), name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = c.Client.CoreV1().Services(testNS).Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
 	if err := c.Nodes[0].WaitReadyEndpoints(ctx, testNS, name, want, time.Minute); err != nil {
 		t.Fatal(err)
 	}
