@@ -176,7 +176,17 @@ func finishRootfs(root string) error {
 			return fmt.Errorf("rootfs lacks %s: %w", need, err)
 		}
 	}
-	for _, d := range []string{"tmp", "run", "etc", "proc", "sys", "dev", "var/run"} {
+	// The nft backend and getpwnam-free tools are happy without more /etc.
+	return skeleton(root, map[string]string{
+		"etc/passwd": "root:x:0:0:root:/:/proxyd\n",
+		"etc/group":  "root:x:0:\n",
+	})
+}
+
+// skeleton adds the directories a container expects (/tmp sticky),
+// /etc/nsswitch.conf and the files in etc (path → content).
+func skeleton(root string, etc map[string]string) error {
+	for _, d := range []string{"tmp", "run", "etc", "proc", "sys", "dev", "var/run", "root"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
@@ -184,12 +194,8 @@ func finishRootfs(root string) error {
 	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777|fs.ModeSticky); err != nil {
 		return err
 	}
-	// The nft backend and getpwnam-free tools are happy without more /etc.
-	for name, content := range map[string]string{
-		"etc/passwd":        "root:x:0:0:root:/:/proxyd\n",
-		"etc/group":         "root:x:0:\n",
-		"etc/nsswitch.conf": "hosts: files dns\n",
-	} {
+	etc["etc/nsswitch.conf"] = "hosts: files dns\n"
+	for name, content := range etc {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
 			return err
 		}

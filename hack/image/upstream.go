@@ -58,7 +58,8 @@ var upstreamImages = []upstreamImage{
 		// The KubeProxy tests exec sleep, sh, test, which, grep, cat and
 		// conntrack in it.
 		name: "distroless-iptables", refs: []string{"registry.k8s.io/build-image/distroless-iptables:v0.9.9"},
-		debs: []string{"busybox-static", "iptables", "conntrack"}, busybox: true, sh: "busybox",
+		debs:  []string{"busybox-static", "iptables", "conntrack"},
+		links: iptablesLinks, busybox: true, sh: "busybox",
 	},
 	{
 		name: "regression-issue-74839", refs: []string{"registry.k8s.io/e2e-test-images/regression-issue-74839:1.5"},
@@ -72,9 +73,18 @@ var upstreamImages = []upstreamImage{
 	{
 		// kube-proxy execs nft (nftables mode) and iptables-restore.
 		name: "kube-proxy", refs: []string{"proxyd.local/kube-proxy:v1.37.2"},
-		bins: map[string]string{"usr/local/bin/kube-proxy": "kube-proxy"},
-		debs: append([]string{"nftables"}, Debs...), entrypoint: []string{"/usr/local/bin/kube-proxy"},
+		bins:  map[string]string{"usr/local/bin/kube-proxy": "kube-proxy"},
+		debs:  append([]string{"nftables"}, Debs...),
+		links: iptablesLinks, entrypoint: []string{"/usr/local/bin/kube-proxy"},
 	},
+}
+
+// iptablesLinks are the names Debian's update-alternatives gives iptables
+// (nft backend, the default), which dpkg-deb -x does not make.
+var iptablesLinks = map[string]string{
+	"usr/sbin/iptables": "xtables-nft-multi", "usr/sbin/iptables-save": "xtables-nft-multi",
+	"usr/sbin/iptables-restore": "xtables-nft-multi", "usr/sbin/ip6tables": "xtables-nft-multi",
+	"usr/sbin/ip6tables-save": "xtables-nft-multi", "usr/sbin/ip6tables-restore": "xtables-nft-multi",
 }
 
 // skipDebs are dependencies that only matter to dpkg, debconf or installers.
@@ -208,12 +218,13 @@ func (im upstreamImage) finish(root string) error {
 			return err
 		}
 	}
-	for _, d := range []string{"bin", "tmp", "etc", "proc", "sys", "dev", "run", "var/run", "root"} {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
+	if err := skeleton(root, map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+		"etc/group":  "root:x:0:\nnogroup:x:65534:\n",
+	}); err != nil {
+		return err
 	}
-	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777|os.ModeSticky); err != nil {
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
 		return err
 	}
 	for path, target := range im.links {
@@ -241,15 +252,6 @@ func (im upstreamImage) finish(root string) error {
 		sh := filepath.Join(root, "bin", "sh")
 		_ = os.Remove(sh)
 		if err := os.Symlink(im.sh, sh); err != nil {
-			return err
-		}
-	}
-	for name, content := range map[string]string{
-		"etc/passwd":        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-		"etc/group":         "root:x:0:\nnogroup:x:65534:\n",
-		"etc/nsswitch.conf": "hosts: files dns\n",
-	} {
-		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
 			return err
 		}
 	}

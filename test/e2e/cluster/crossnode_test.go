@@ -242,7 +242,9 @@ func TestExternalTrafficPolicyLocalServesOnlyWhereTheEndpointIsAndKeepsTheSource
 		code  int
 		local string
 	}{
-		{2, 200, `"localEndpoints": 1`},
+		// One Pod, two service ports: kube-proxy counts an endpoint once
+		// per port, and so does proxyd.
+		{2, 200, `"localEndpoints": 2`},
 		{1, 503, `"localEndpoints": 0`},
 	} {
 		t.Run(fmt.Sprintf("health check node port of node%d answers %d", tc.node, tc.code), func(t *testing.T) {

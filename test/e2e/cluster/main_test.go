@@ -8,7 +8,6 @@ import (
 	"log"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -43,13 +42,8 @@ func TestMain(m *testing.M) {
 			code = m.Run()
 			return
 		}
-		bin := os.Getenv("PROXYD_LAB_BIN")
-		if bin == "" {
-			if b, err := os.ReadFile(filepath.Join(os.Getenv("HOME"), ".cache/proxyd/.bin-path")); err == nil {
-				bin = strings.TrimSpace(string(b))
-			}
-		}
-		theCluster, startErr = Start(ctx, Config{Nodes: 2, BinDir: bin, Images: tars, EchoBin: os.Getenv("PROXYD_LAB_ECHO")})
+		// The binaries come from $PROXYD_LAB_BIN (make sets it).
+		theCluster, startErr = Start(ctx, Config{Nodes: 2, Images: tars, EchoBin: os.Getenv("PROXYD_LAB_ECHO")})
 		if startErr == nil {
 			defer func() {
 				t0 := time.Now()

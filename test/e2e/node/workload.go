@@ -39,7 +39,7 @@ func (n *Node) kubectlStdin(ctx context.Context, stdin []byte, args ...string) (
 // DaemonSet goes through `kubectl set env --local` to get
 // KUBERNETES_SERVICE_HOST/PORT = the apiserver's real address (the
 // manifest has them commented out; see the report), and, if mode is not
-// empty, its --mode argument says mode. The image reference stays
+// empty, its --mode arguments say mode. The image reference stays
 // proxyd:dev, which is what hack/image tags the imported image.
 func (n *Node) ApplyProxyd(ctx context.Context, manifest, mode string) error {
 	b, err := os.ReadFile(manifest)
@@ -47,9 +47,10 @@ func (n *Node) ApplyProxyd(ctx context.Context, manifest, mode string) error {
 		return err
 	}
 	if mode != "" {
+		// The proxyd container's and its init container's.
 		modeArg := regexp.MustCompile(`(?m)^(\s*- )--mode=\S+$`)
-		if len(modeArg.FindAll(b, -1)) != 1 {
-			return fmt.Errorf("%s: want one --mode argument", manifest)
+		if len(modeArg.FindAll(b, -1)) == 0 {
+			return fmt.Errorf("%s: no --mode argument", manifest)
 		}
 		b = modeArg.ReplaceAll(b, []byte("${1}--mode="+mode))
 	}

@@ -146,6 +146,11 @@ func runOne(o options, ct cluster.Contender, tag string) (rec Run, err error) {
 	}
 	rec = Run{Contender: ct.Name, Tag: tag, Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(),
 		Nodes: o.nodes, Procs: o.procs, Focus: o.focus, Skip: o.skip}
+	if why := cannotRun(ct); why != "" {
+		rec.NotRun = why
+		log.Printf("upstream: %s cannot run here: %s", ct.Name, why)
+		return rec, saveRun(o.out, rec.Name(), rec)
+	}
 	t0 := time.Now()
 	c, err := cluster.Start(ctx, cluster.Config{Nodes: o.nodes, BinDir: o.toolsBin, Images: tars})
 	if err != nil {
@@ -215,6 +220,34 @@ func runOne(o options, ct cluster.Contender, tag string) (rec Run, err error) {
 	p, f, s := rec.counts()
 	log.Printf("upstream: %s: %d passed, %d failed, %d skipped in %.0fs (output in %s)", name, p, f, s, rec.Wall.Suite, keep)
 	return rec, nil
+}
+
+// cannotRun says why ct cannot run on this machine's kernel, or "".
+func cannotRun(ct cluster.Contender) string {
+	if ct.Mode != "ipvs" {
+		return ""
+	}
+	if _, err := os.Stat("/sys/module/ip_vs"); err == nil {
+		return "" // built in or loaded
+	}
+	rel := kernelRelease()
+	var found []string
+	_ = filepath.WalkDir(filepath.Join("/lib/modules", rel), func(p string, d os.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), "ip_vs.ko") {
+			found = append(found, p)
+		}
+		return nil
+	})
+	if len(found) > 0 {
+		return "" // loadable; the proxy loads it
+	}
+	return fmt.Sprintf("this kernel (%s) has no ip_vs: not built in (no /sys/module/ip_vs) and no module under /lib/modules/%s. "+
+		"The IPVS backend is tested in a qemu VM instead (make ipvs-vm)", rel, rel)
+}
+
+func kernelRelease() string {
+	b, _ := exec.Command("uname", "-r").Output()
+	return strings.TrimSpace(string(b))
 }
 
 // CoreDNSImage is the image hack/image makes of hack/coredns.

@@ -29,6 +29,8 @@ type Run struct {
 		Suite     float64 `json:"suite_s"`
 	} `json:"wall"`
 	Tests map[string]Result `json:"tests"`
+	// NotRun says why the contender could not run at all (no tests then).
+	NotRun string `json:"not_run,omitempty"`
 	// Excluded are the tests of the focus that the skip patterns leave
 	// out, with the reason (from e2e.test --list-tests).
 	Excluded map[string]string `json:"excluded,omitempty"`

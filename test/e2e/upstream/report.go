@@ -21,7 +21,11 @@ type column struct {
 // "fail k/n" / "flaky k/n" when runs disagree.
 func (c column) cell(test string) string {
 	var pass, fail, skip, seen int
+	notRun := len(c.runs) > 0
 	for _, r := range c.runs {
+		if r.NotRun == "" {
+			notRun = false
+		}
 		t, ok := r.Tests[test]
 		if !ok {
 			continue
@@ -37,6 +41,8 @@ func (c column) cell(test string) string {
 		}
 	}
 	switch {
+	case notRun:
+		return "not run"
 	case seen == 0:
 		return "—"
 	case fail == 0 && pass == 0:
@@ -117,12 +123,17 @@ func writeReport(out string) error {
 	w("| contender | run | date (UTC) | passed | failed | skipped | cluster up | proxy Ready | suite wall |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cols {
 		for _, r := range c.runs {
+			if r.NotRun != "" {
+				w("| %s | %s | %s | not run: %s ||||||\n", r.Contender, orDash(r.Tag), r.Date, mdEscape(r.NotRun))
+				continue
+			}
 			p, f, s := r.counts()
 			w("| %s | %s | %s | %d | %d | %d | %.0f s | %.0f s | %.0f s |\n", r.Contender, orDash(r.Tag), r.Date, p, f, s,
 				r.Wall.ClusterUp, r.Wall.Deploy, r.Wall.Suite)
 		}
 	}
-	w("\nMachine: %s; ginkgo --procs=%d.\n\n", runs[0].Machine, runs[0].Procs)
+	w("\nMachine: %s; ginkgo --procs=%d for the tests that may share the cluster, then [Serial] and [Disruptive] ones alone.\n\n",
+		runs[0].Machine, runs[0].Procs)
 	w("## Results\n\n`pass`/`fail`/`skip` per test; a contender with several runs shows `fail k/n` or `flaky` when they disagree.\n\n")
 	w("| test |")
 	for _, c := range cols {

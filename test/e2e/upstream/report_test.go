@@ -34,11 +34,16 @@ func TestCellSaysWhenRunsDisagree(t *testing.T) {
 		{"one failure of three", []string{"passed", "failed", "passed"}, "flaky: 2 pass, 1 fail, 0 skip"},
 		{"failed every time", []string{"failed", "failed", "failed"}, "fail 3/3"},
 		{"skipped", []string{"skipped"}, "skip"},
-		{"not run", nil, "—"},
+		{"no run", nil, "—"},
+		{"could not run", []string{"notrun"}, "not run"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var c column
 			for _, s := range tc.states {
+				if s == "notrun" {
+					c.runs = append(c.runs, Run{NotRun: "no ip_vs"})
+					continue
+				}
 				c.runs = append(c.runs, run(s))
 			}
 			if got := c.cell("t"); got != tc.want {
