@@ -155,8 +155,9 @@ func (c *Cluster) startNodes(ctx context.Context, cfg Config) error {
 			APIServer:  "https://" + ControlPlaneIP + ":6443",
 			CgroupRoot: "/pxd-" + l.ID + "-" + name,
 			ClusterDNS: DNSIP,
-			// One zone a node: the topology tests need three zones.
-			Labels:       map[string]string{"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+i-1)},
+			// Three zones, nodes dealt round-robin: the topology tests need
+			// three zones, some with two nodes each.
+			Labels:       map[string]string{"topology.kubernetes.io/zone": fmt.Sprintf("zone-%c", 'a'+(i-1)%3)},
 			Images:       cfg.Images,
 			SandboxImage: PauseImage,
 			Logf:         cfg.Logf,

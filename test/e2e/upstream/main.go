@@ -56,7 +56,7 @@ func main() {
 	var repeat string
 	flag.StringVar(&repeat, "repeat", "", "contender=N,…: run these N times (the flake check: proxyd-nftables=3)")
 	flag.BoolVar(&o.check, "check", false, "exit 1 unless every run passed at least one test and failed none (CI)")
-	flag.IntVar(&o.nodes, "nodes", 3, "kubelet nodes")
+	flag.IntVar(&o.nodes, "nodes", 6, "kubelet nodes (6: the Traffic Distribution tests want 3 zones of 2 nodes)")
 	flag.IntVar(&o.procs, "procs", 4, "ginkgo parallel processes")
 	flag.StringVar(&o.focus, "focus", focusRegexp(), "ginkgo --focus")
 	flag.StringVar(&o.skip, "skip", skipRegexp(), "ginkgo --skip")
@@ -293,6 +293,8 @@ func suite(ctx context.Context, o options, c *cluster.Cluster, reportDir string)
 			"--kubeconfig=" + c.Lab.AdminKubeconfig,
 			"--kubectl-path=" + filepath.Join(o.toolsBin, "kubectl"),
 			"--provider=local",
+			// Tests that count nodes read this, not the apiserver.
+			fmt.Sprintf("--num-nodes=%d", len(c.Nodes)),
 			"--report-dir=" + filepath.Join(reportDir, ph.name),
 			"--disable-log-dump",
 			"--dump-logs-on-failure=false",
