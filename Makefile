@@ -26,6 +26,7 @@ help:
 	@echo "make test    - lint, unit, kernel and e2e tests (what CI runs; needs root)"
 	@echo "make demo    - a real control plane + node lab, proxyd, traffic, metrics"
 	@echo "make bench   - the performance harness against upstream kube-proxy"
+	@echo "make e2e-upstream - the upstream e2e Service tests, proxyd and kube-proxy side by side (hours)"
 	@echo "make lint    - gofmt, go vet, staticcheck"
 
 build:

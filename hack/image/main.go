@@ -5,6 +5,11 @@
 //	pause.tar   proxyd.local/pause:dev  a static pause binary (sandbox_image)
 //	echo.tar    proxyd.local/echo:dev   test/e2e/echo (static)
 //
+// and, with -only naming them, the cluster lab's images under their
+// upstream names (upstream.go): agnhost, busybox, distroless-iptables,
+// regression-issue-74839 (the e2e test images), coredns and kube-proxy,
+// from the prebuilt binaries the flags of those names give.
+//
 // Usage (as root or anyone who may run apt-get download):
 //
 //	go run ./hack/image -out DIR [-proxyd bin/proxyd] [-debs ~/.cache/proxyd/debs]

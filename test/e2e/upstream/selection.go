@@ -21,6 +21,20 @@ var focus = []string{
 	`\[sig-network\] Topology Hints `,
 }
 
+// notSelected are the groups of test/e2e/network the focus leaves out, and
+// why: none sends traffic through Service rules a proxy writes, or the lab
+// cannot offer what they test.
+var notSelected = []exclusion{
+	{"[sig-network] LoadBalancers, LoadBalancers ExternalTrafficPolicy: Local", "need a cloud load balancer (provider local has none)"},
+	{"[sig-network] [Feature:IPv6DualStack]", "need a dual-stack cluster; the cluster lab's Pods are IPv4 only (kube-controller-manager allocates IPv4 Pod CIDRs)"},
+	{"[sig-network] Networking IPerf2", "a throughput benchmark, not a pass/fail check of the proxy"},
+	{"[sig-network] DNS, DNS HostNetwork, DNS configMap nameserver", "test CoreDNS; they reach it through the kube-dns Service, which every selected test exercises too"},
+	{"[sig-network] Networking Granular Checks: Pods, Networking (Internet connection, static URL paths)", "Pod-to-Pod and egress networking (the CNI), no Service"},
+	{"[sig-network] Proxy", "the apiserver's proxy subresource, which dials Pods directly"},
+	{"[sig-network] Endpoints, EndpointsController, EndpointSlice, EndpointSliceMirroring, Service endpoints latency, ServiceCIDR and IPAddress API", "controllers and API objects; no traffic"},
+	{"[sig-network] HostPort, Ingress API, IngressClass, NetworkPolicy", "CNI port mapping, Ingress and NetworkPolicy implementations, not the Service proxy"},
+}
+
 // exclusion is a pattern of selected tests that are not run, and why.
 type exclusion struct {
 	pattern, reason string
