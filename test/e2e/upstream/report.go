@@ -132,11 +132,13 @@ func writeReport(out string) error {
 	w("against a fresh `test/e2e/cluster` lab per run: one control plane, %d kubelet nodes in three zones, ", runs[0].Nodes)
 	w("CoreDNS as kube-dns, every image built from source. proxyd runs as `deploy/daemonset.yaml` ")
 	w("(only `--mode` changed), kube-proxy as kubeadm's DaemonSet (privileged).\n\n")
+	var notes []string
 	w("| contender | run | date (UTC) | passed | failed | skipped | cluster up | proxy Ready | suite wall |\n|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range cols {
 		for _, r := range c.runs {
 			if r.NotRun != "" {
-				w("| %s | %s | %s | not run: %s ||||||\n", r.Contender, orDash(r.Tag), r.Date, mdEscape(r.NotRun))
+				w("| %s | %s | %s | not run¹ | | | | | |\n", r.Contender, orDash(r.Tag), r.Date)
+				notes = append(notes, fmt.Sprintf("¹ %s: %s", r.Name(), r.NotRun))
 				continue
 			}
 			p, f, s := r.counts()
@@ -144,7 +146,11 @@ func writeReport(out string) error {
 				r.Wall.ClusterUp, r.Wall.Deploy, r.Wall.Suite)
 		}
 	}
-	w("\nMachine: %s; ginkgo --procs=%d for the tests that may share the cluster, then [Serial] and [Disruptive] ones alone.\n\n",
+	for _, n := range notes {
+		w("\n%s\n", mdEscape(n))
+	}
+	w("\nMachine: %s; ginkgo --procs=%d for the tests that may share the cluster, then [Serial] and [Disruptive] ones alone. "+
+		"Wall times are those of a machine shared with other work, runs sometimes two at a time: compare outcomes, not times.\n\n",
 		runs[0].Machine, runs[0].Procs)
 	w("## Results\n\n`pass`/`fail`/`skip` per test; a contender with several runs shows `fail k/n` or `flaky` when they disagree.\n\n")
 	w("| test |")
