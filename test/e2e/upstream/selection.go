@@ -48,11 +48,6 @@ var exclusions = []exclusion{
 	{`SCTP|sctp`, "SCTP: this kernel has no SCTP (protocol not supported), for any proxy"},
 }
 
-// serial matches the tests that must run alone: ginkgo runs [Serial] ones
-// last on one process, but [Disruptive] ones (restarting the proxy's Pods)
-// only go alone when asked to.
-const serial = `\[Serial\]|\[Disruptive\]`
-
 func focusRegexp() string { return strings.Join(focus, "|") }
 
 func skipRegexp() string {
