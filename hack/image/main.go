@@ -244,8 +244,12 @@ func writeImage(root, path string, refs, entrypoint, cmd []string, labels map[st
 		}
 		tags[tag] = img
 	}
-	if err := tarball.MultiRefWriteToFile(path, tags); err != nil {
+	// Write aside and rename: a cluster lab may be importing the old file.
+	if err := tarball.MultiRefWriteToFile(path+".tmp", tags); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
 	}
 	d, _ := img.Digest()
 	fi, _ := os.Stat(path)
