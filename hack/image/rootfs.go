@@ -27,13 +27,14 @@ func fetchDebs(dir string, pkgs []string) ([]Deb, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	vers, err := candidates(pkgs)
+	if err != nil {
+		return nil, err
+	}
 	var debs []Deb
 	var missing []string
 	for _, p := range pkgs {
-		ver, err := candidate(p)
-		if err != nil {
-			return nil, err
-		}
+		ver := vers[p]
 		d := Deb{Pkg: p, Version: ver, Path: debPath(dir, p, ver)}
 		if d.Path == "" {
 			missing = append(missing, p+"="+ver)
@@ -58,23 +59,32 @@ func fetchDebs(dir string, pkgs []string) ([]Deb, error) {
 	return debs, nil
 }
 
-// candidate returns apt's candidate version of pkg.
-func candidate(pkg string) (string, error) {
-	b, err := exec.Command("apt-cache", "policy", pkg).Output()
+// candidates returns apt's candidate version of each package, from one
+// apt-cache call (each call reads the whole cache: seconds on a busy machine).
+func candidates(pkgs []string) (map[string]string, error) {
+	b, err := exec.Command("apt-cache", append([]string{"policy"}, pkgs...)...).Output()
 	if err != nil {
-		return "", fmt.Errorf("apt-cache policy %s: %w", pkg, err)
+		return nil, fmt.Errorf("apt-cache policy: %w", err)
 	}
+	vers := map[string]string{}
+	cur := ""
 	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "Candidate:"); ok {
-			v = strings.TrimSpace(v)
-			if v == "" || v == "(none)" {
-				break
+		if name, ok := strings.CutSuffix(line, ":"); ok && !strings.HasPrefix(line, " ") {
+			cur = name
+			continue
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Candidate:"); ok && cur != "" {
+			if v = strings.TrimSpace(v); v != "" && v != "(none)" {
+				vers[cur] = v
 			}
-			return v, nil
 		}
 	}
-	return "", fmt.Errorf("apt-cache policy %s: no candidate version (apt-get update?)", pkg)
+	for _, p := range pkgs {
+		if vers[p] == "" {
+			return nil, fmt.Errorf("apt-cache policy %s: no candidate version (apt-get update?)", p)
+		}
+	}
+	return vers, nil
 }
 
 // debPath finds PKG_VERSION_*.deb in dir (apt escapes ':' in an epoch as %3a).
