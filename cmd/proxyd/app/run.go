@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -208,19 +209,8 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health, explainer http.Han
 		}()
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	if o.Profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
-	mux.Handle("/debug/explain", explainer)
 	hh := h.Handler()
-	mux.Handle("/healthz", hh)
-	mux.Handle("/livez", hh)
-	if err := start(o.MetricsBindAddress, mux, "metrics"); err != nil {
+	if err := start(o.MetricsBindAddress, metricsHandler(o, m, hh, explainer), "metrics"); err != nil {
 		return nil, err
 	}
 	if err := start(o.HealthzBindAddress, hh, "healthz"); err != nil {
@@ -230,4 +220,30 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health, explainer http.Han
 		return nil, err
 	}
 	return servers, nil
+}
+
+// metricsHandler serves the metrics address as kube-proxy does: /metrics,
+// /healthz and /livez, /proxyMode (the mode's name as plain text, which the
+// upstream e2e suite reads to decide what to expect), and /debug/pprof with
+// --profiling.
+func metricsHandler(o *Options, m *metrics.Metrics, health, explainer http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	if o.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	if explainer != nil {
+		mux.Handle("/debug/explain", explainer)
+	}
+	mux.Handle("/healthz", health)
+	mux.Handle("/livez", health)
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = io.WriteString(w, o.Mode)
+	})
+	return mux
 }
