@@ -7,6 +7,7 @@ import (
 
 	"github.com/proxyd/proxyd/internal/testns"
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -49,7 +50,7 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(st, cfg, f).String()
 		got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if CanonicalListing(got) != CanonicalListing(want) {
+		if nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: kernel listing differs from rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 		ref := testns.New(t, "nftref")
@@ -57,7 +58,7 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 			t.Fatalf("nft -f of the rendering: %v\n%s", err, out)
 		}
 		byNft := ref.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if CanonicalListing(byNft) != CanonicalListing(got) {
+		if nft.CanonicalListing(byNft) != nft.CanonicalListing(got) {
 			t.Errorf("%v: netlink-written table lists differently from the nft-written one\n--- proxyd\n%s\n--- nft\n%s", f, got, byNft)
 		}
 		if strings.Contains(got, "unknown") || strings.Contains(got, "invalid") {
@@ -114,7 +115,7 @@ func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
 		if got := p.LastSyncStats(); !got.Full {
 			t.Errorf("after %v the resync was not a full rewrite: %+v", tamper, got)
 		}
-		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); CanonicalListing(got) != CanonicalListing(want) {
+		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("after %v the table was not restored:\n%s", tamper, got)
 		}
 	}
@@ -163,7 +164,7 @@ func TestKernelRestartRewritesTheTableInPlace(t *testing.T) {
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(after, flowspec.Config(), f).String()
-		if got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName); CanonicalListing(got) != CanonicalListing(want) {
+		if got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: the rewritten table differs from the rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 	}
