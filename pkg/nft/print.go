@@ -32,6 +32,20 @@ func (t *Table) String() string {
 	return b.String()
 }
 
+// String prints the set as nft lists it inside its table.
+func (s *Set) String() string {
+	var b strings.Builder
+	s.write(&b)
+	return b.String()
+}
+
+// Definition prints the set without its elements: what its creation says.
+func (s *Set) Definition() string {
+	c := *s
+	c.Elements = nil
+	return c.String()
+}
+
 func (s *Set) write(b *strings.Builder) {
 	kind := "set"
 	if s.IsMap() {

@@ -322,3 +322,7 @@ func cmpU32(a, b uint32) int {
 
 // SortElements sorts s's elements by key, the order Canonical uses.
 func (s *Set) SortElements() { slices.SortStableFunc(s.Elements, compareElements) }
+
+// CompareElements orders elements by key, field by field: the order
+// SortElements gives.
+func CompareElements(a, b Element) int { return compareElements(a, b) }

@@ -2,6 +2,8 @@ package nft
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -146,8 +148,9 @@ func (r Rule) Text(f Family) string {
 	return string(b)
 }
 
-// Canonical returns a copy of t whose sets list their elements in key
-// order: the form in which a table read back from the kernel (which lists
+// Canonical returns a copy of t with its sets and chains in name order and
+// each set's elements in key order: the form in which a table read back
+// from the kernel (which lists objects in the order they were created and
 // hash sets in hash order) compares with a rendering.
 func (t *Table) Canonical() *Table {
 	c := *t
@@ -158,5 +161,8 @@ func (t *Table) Canonical() *Table {
 		cs.SortElements()
 		c.Sets[i] = &cs
 	}
+	slices.SortStableFunc(c.Sets, func(a, b *Set) int { return strings.Compare(a.Name, b.Name) })
+	c.Chains = slices.Clone(t.Chains)
+	slices.SortStableFunc(c.Chains, func(a, b *Chain) int { return strings.Compare(a.Name, b.Name) })
 	return &c
 }

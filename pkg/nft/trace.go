@@ -281,9 +281,10 @@ func (t *Tracer) hook(fl *Flow, h Hook) (stolen bool, err error) {
 			fl.fate = Dropped
 		}
 	}
-	if dnatHook {
+	switch h {
+	case Prerouting, Output:
 		fl.dnatBound = true
-	} else {
+	case Postrouting, Input:
 		fl.snatBound = true
 	}
 	return false, nil

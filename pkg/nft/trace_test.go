@@ -90,6 +90,17 @@ func TestTracerSendsLocalTrafficBackOverLoopback(t *testing.T) {
 	}
 }
 
+func TestTracerRunsPostroutingNATForForwardedPackets(t *testing.T) {
+	tb := natTable(-90)
+	tb.Chains = append(tb.Chains,
+		&Chain{Name: "fw", Base: &Base{Type: Filter, Hook: Forward, Priority: 0}, Rules: []Rule{{CtStatus{Bits: CtDNAT}, Accept}}},
+		&Chain{Name: "post", Base: &Base{Type: NAT, Hook: Postrouting, Priority: 100}, Rules: []Rule{{CtStatus{Bits: CtDNAT}, Masquerade{}}}})
+	r := trace(t, NewTracer(isNode, []*Table{tb}), Packet{Src: clientIP, Dst: vip, Proto: 6})
+	if r.Fate != Accepted || r.Packet.Dst != pod1 || !r.Masquerade {
+		t.Errorf("%+v, want DNAT to %v and masquerade in postrouting", r, pod1)
+	}
+}
+
 // A pseudo-chain that steals the packet after rewriting it sends it on
 // through output and postrouting, where a mark set before it decides the
 // masquerade.

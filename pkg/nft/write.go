@@ -141,11 +141,11 @@ func encode(ts []Type, vals []Value, last bool) []byte {
 	return b
 }
 
-// elementsPerMessage keeps each element message's nested element list
+// ElementsPerMessage keeps each element message's nested element list
 // under netlink's 64 KiB attribute length: a longer list overflows the
 // 16-bit nla_len and the kernel misreads the batch (seen as ENOENT).
 // Several messages in one batch are still one transaction.
-const elementsPerMessage = 256
+const ElementsPerMessage = 256
 
 // AddSet queues set s of table t, without its elements: a verdict map's
 // elements may name chains that must exist first.
@@ -182,7 +182,7 @@ func writeElements(write func(*gnft.Set, []gnft.SetElement) error, t *gnft.Table
 	if err != nil {
 		return err
 	}
-	for chunk := range slices.Chunk(enc, elementsPerMessage) {
+	for chunk := range slices.Chunk(enc, ElementsPerMessage) {
 		if err := write(g, chunk); err != nil {
 			return fmt.Errorf("elements of %s: %w", s.Name, err)
 		}
