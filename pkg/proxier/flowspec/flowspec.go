@@ -47,6 +47,9 @@ type Result struct {
 	Verdict    Verdict
 	Endpoint   netip.AddrPort // the DNAT target, when Verdict == DNAT
 	Masquerade bool           // the source is rewritten on the way out
+	// Err is set when the tracer could not follow the rules (a statement
+	// or reference it does not understand); the spec fails on it.
+	Err error
 }
 
 // Tracer evaluates a backend's rendered rules for one packet. rnd returns a

@@ -1,6 +1,7 @@
 package flowspec
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"net/netip"
@@ -32,50 +33,83 @@ func RunExternal(t *testing.T, tracer Tracer) {
 
 func run(t *testing.T, tracer Tracer, cases []Case) {
 	t.Helper()
-	rng := rand.New(rand.NewPCG(1, 2))
-	rnd := func(n uint32) uint32 { return rng.Uint32N(n) }
+	rnd := newRnd()
 	for _, c := range cases {
 		t.Run(c.Name, func(t *testing.T) {
-			seen := map[netip.AddrPort]int{}
-			n := 1
-			if c.Want == DNAT {
-				n = Samples
-			}
-			for range n {
-				r := tracer.Trace(c.Packet, rnd)
-				if r.Verdict != c.Want {
-					t.Fatalf("verdict %v, want %v (packet %+v)", r.Verdict, c.Want, c.Packet)
-				}
-				if r.Verdict != DNAT {
-					return
-				}
-				if !slices.Contains(c.Endpoints, r.Endpoint) {
-					t.Fatalf("DNAT to %v, want one of %v", r.Endpoint, c.Endpoints)
-				}
-				wantMasq := c.Masquerade || r.Endpoint == c.HairpinEndpoint
-				if r.Masquerade != wantMasq {
-					t.Fatalf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
-				}
-				seen[r.Endpoint]++
-			}
-			if c.Sticky {
-				if len(seen) != 1 {
-					t.Fatalf("affinity broken: one client reached %v", seen)
-				}
-				return
-			}
-			counts := make([]int, 0, len(c.Endpoints))
-			for _, e := range c.Endpoints {
-				if seen[e] == 0 {
-					t.Fatalf("endpoint %v never chosen in %d packets: %v", e, n, seen)
-				}
-				counts = append(counts, seen[e])
-			}
-			if p := ChiSquareUniformP(counts); p < 0.01 {
-				t.Fatalf("distribution %v rejected as uniform: chi-square p=%.4f", seen, p)
+			if err := check(tracer, c, rnd); err != nil {
+				t.Fatal(err)
 			}
 		})
 	}
+}
+
+// Failures checks cases against tracer like Run and returns one error per
+// failing case, named after it, instead of failing a test: what a test
+// needs to show that a deliberately broken ruleset fails the spec.
+func Failures(tracer Tracer, cases []Case) []error {
+	rnd := newRnd()
+	var out []error
+	for _, c := range cases {
+		if err := check(tracer, c, rnd); err != nil {
+			out = append(out, fmt.Errorf("%s: %w", c.Name, err))
+		}
+	}
+	return out
+}
+
+// All is every case of the spec: Cases, ExternalCases and AffinityCases.
+func All() []Case { return slices.Concat(Cases(), ExternalCases(), AffinityCases()) }
+
+func newRnd() func(n uint32) uint32 {
+	rng := rand.New(rand.NewPCG(1, 2))
+	return func(n uint32) uint32 { return rng.Uint32N(n) }
+}
+
+// check traces c's packet (Samples times for a DNAT case) and reports the
+// first way the results miss the case.
+func check(tracer Tracer, c Case, rnd func(n uint32) uint32) error {
+	seen := map[netip.AddrPort]int{}
+	n := 1
+	if c.Want == DNAT {
+		n = Samples
+	}
+	for range n {
+		r := tracer.Trace(c.Packet, rnd)
+		if r.Err != nil {
+			return fmt.Errorf("the tracer failed: %w", r.Err)
+		}
+		if r.Verdict != c.Want {
+			return fmt.Errorf("verdict %v, want %v (packet %+v)", r.Verdict, c.Want, c.Packet)
+		}
+		if r.Verdict != DNAT {
+			return nil
+		}
+		if !slices.Contains(c.Endpoints, r.Endpoint) {
+			return fmt.Errorf("DNAT to %v, want one of %v", r.Endpoint, c.Endpoints)
+		}
+		wantMasq := c.Masquerade || r.Endpoint == c.HairpinEndpoint
+		if r.Masquerade != wantMasq {
+			return fmt.Errorf("to %v: masquerade %v, want %v", r.Endpoint, r.Masquerade, wantMasq)
+		}
+		seen[r.Endpoint]++
+	}
+	if c.Sticky {
+		if len(seen) != 1 {
+			return fmt.Errorf("affinity broken: one client reached %v", seen)
+		}
+		return nil
+	}
+	counts := make([]int, 0, len(c.Endpoints))
+	for _, e := range c.Endpoints {
+		if seen[e] == 0 {
+			return fmt.Errorf("endpoint %v never chosen in %d packets: %v", e, n, seen)
+		}
+		counts = append(counts, seen[e])
+	}
+	if p := ChiSquareUniformP(counts); p < 0.01 {
+		return fmt.Errorf("distribution %v rejected as uniform: chi-square p=%.4f", seen, p)
+	}
+	return nil
 }
 
 // ChiSquareUniformP returns the p-value of Pearson's chi-square test that
