@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -49,7 +50,7 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(st, cfg, f).String()
-		got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName)
+		got := ns.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName)
 		if nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: kernel listing differs from rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
@@ -57,7 +58,7 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 		if out, err := ref.Try("sh", "-c", "nft -f - <<'EOF'\n"+want+"EOF\n"); err != nil {
 			t.Fatalf("nft -f of the rendering: %v\n%s", err, out)
 		}
-		byNft := ref.Run(t, "nft", "list", "table", familyWord(f), TableName)
+		byNft := ref.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName)
 		if nft.CanonicalListing(byNft) != nft.CanonicalListing(got) {
 			t.Errorf("%v: netlink-written table lists differently from the nft-written one\n--- proxyd\n%s\n--- nft\n%s", f, got, byNft)
 		}
@@ -65,6 +66,34 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 			t.Errorf("listing has unknown expressions:\n%s", got)
 		}
 	}
+	// The flow spec holds on what the kernel holds, read back.
+	tracer := newTracer(readBackMatches(t, ns, st, cfg)...)
+	flowspec.Run(t, tracer)
+	flowspec.RunExternal(t, tracer)
+	flowspec.RunAffinity(t, tracer)
+}
+
+// readBackMatches reads both families' tables back from the kernel,
+// checks that they are the rendering, and returns them.
+func readBackMatches(t *testing.T, ns *testns.NS, st *model.State, cfg proxier.Config) []*nft.Table {
+	t.Helper()
+	r, err := nft.NewReader(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var tables []*nft.Table
+	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+		back, err := r.Table(nftFamily(f), TableName)
+		if err != nil {
+			t.Fatalf("%v: read back: %v", f, err)
+		}
+		if want := Render(st, cfg, f); !reflect.DeepEqual(back.Canonical(), want.Canonical()) {
+			t.Errorf("%v: read back\n%s\nrendered\n%s", f, back.Canonical(), want.Canonical())
+		}
+		tables = append(tables, back)
+	}
+	return tables
 }
 
 // A large full sync is one batch: it must fit the socket (buffers forced
@@ -164,8 +193,9 @@ func TestKernelRestartRewritesTheTableInPlace(t *testing.T) {
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(after, flowspec.Config(), f).String()
-		if got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
+		if got := ns.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: the rewritten table differs from the rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 	}
+	readBackMatches(t, ns, after, flowspec.Config())
 }
