@@ -32,7 +32,7 @@ func (s AddrIn) text(Family) string {
 }
 
 func (s AddrIn) compile(c *compiler) error {
-	i, ok := fields[s.Field]
+	i, ok := s.Field.info()
 	p := s.Prefix.Masked()
 	if !ok || !i.typ.isAddr() {
 		return fmt.Errorf("%s is not an address field", s.Field)
@@ -89,13 +89,13 @@ func init() {
 		var f Field
 		for k, i := range fields {
 			if i.family != 0 && i.offset == p.Offset {
-				f = k
+				f = Field(k)
 			}
 		}
 		if f == 0 {
 			return nil
 		}
-		size := fields[f].typ.size()
+		size := f.Type().size()
 		cmp, ok := ex[1].(*expr.Cmp)
 		bits := len(cmpData(cmp)) * 8
 		if bw, isMask := ex[1].(*expr.Bitwise); isMask && len(ex) > 2 {

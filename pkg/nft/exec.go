@@ -83,8 +83,7 @@ func (x *exec) rule(c *Chain, i int, r Rule) (Verdict, error) {
 }
 
 func (x *exec) matched(c *Chain, i int, r Rule) {
-	x.fl.path = append(x.fl.path, Step{Hook: x.hook, Table: x.table.Family.String() + " " + x.table.Name,
-		Chain: c.Name, Rule: i, Text: r.Text(x.table.Family)})
+	x.fl.path = append(x.fl.path, Step{Hook: x.hook, Table: x.table, Chain: c.Name, Rule: i, rule: r})
 }
 
 // end finishes the rule with v.
@@ -102,7 +101,7 @@ func (x *exec) field(f Field) (Value, bool) {
 	case THDport:
 		return NumValue(uint32(x.fl.Dst.Port())), true
 	}
-	i := fields[f]
+	i, _ := f.info()
 	a := x.fl.Dst.Addr()
 	if f.isSource() {
 		a = x.fl.Src
@@ -126,39 +125,73 @@ func (x *exec) key(fs []Field) ([]Value, bool) {
 	return out, true
 }
 
+// keyID is keyID of the key fs reads from the packet, in the tracer's
+// scratch buffer (valid until the next call).
+func (x *exec) keyID(fs []Field) ([]byte, bool) {
+	b := x.t.scratch[:0]
+	for _, f := range fs {
+		v, ok := x.field(f)
+		if !ok {
+			return nil, false
+		}
+		b = appendID(b, v)
+	}
+	x.t.scratch = b
+	return b, true
+}
+
 // set returns the set named name, checking that a key of fs fits it.
 func (x *exec) set(name string, fs []Field) (*Set, error) {
-	s := x.table.Set(name)
+	s := x.t.setOf(x.table, name)
 	if s == nil {
 		return nil, fmt.Errorf("no set %s", name)
 	}
-	want := KeyTypes(fs...)
-	if len(want) != len(s.Key) {
-		return nil, fmt.Errorf("key %s does not fit set %s of type %s", fieldsText(fs), name, typesText(s.Key))
+	fits := len(fs) == len(s.Key)
+	for i := 0; fits && i < len(fs); i++ {
+		fits = fs[i].Type() == s.Key[i]
 	}
-	for i := range want {
-		if want[i] != s.Key[i] {
-			return nil, fmt.Errorf("key %s does not fit set %s of type %s", fieldsText(fs), name, typesText(s.Key))
-		}
+	if !fits {
+		return nil, fmt.Errorf("key %s does not fit set %s of type %s", fieldsText(fs), name, typesText(s.Key))
 	}
 	return s, nil
 }
 
-// lookup finds key in s: a static element (nil for one that a rule added).
-func (x *exec) lookup(s *Set, key []Value) (*Element, bool) {
+// lookup finds the key fs reads from the packet in s: a static element,
+// or nil for one that a rule added. ok is false when a field is missing
+// (an address of the other IP family).
+func (x *exec) lookup(s *Set, fs []Field) (e *Element, found, ok bool) {
+	id, ok := x.keyID(fs)
+	if !ok {
+		return nil, false, false
+	}
 	if s.Interval {
+		key, _ := x.key(fs)
 		for i := range s.Elements {
 			if matches(s.Elements[i].Key, key) {
-				return &s.Elements[i], true
+				return &s.Elements[i], true, true
 			}
 		}
-	} else if i, ok := x.t.indexOf(s)[valuesText(key, s.Key)]; ok {
-		return &s.Elements[i], true
+	} else if i, ok := x.t.indexOf(s)[string(id)]; ok {
+		return &s.Elements[i], true, true
 	}
-	if x.fl.mem.sets[s][valuesText(key, s.Key)] {
-		return nil, true
+	return nil, x.fl.mem.sets[s][string(id)], true
+}
+
+// keyID identifies a key of single values (no ranges) for indexes.
+func keyID(vals []Value) string {
+	b := make([]byte, 0, 24*len(vals))
+	for _, v := range vals {
+		b = appendID(b, v)
 	}
-	return nil, false
+	return string(b)
+}
+
+func appendID(b []byte, v Value) []byte {
+	if v.addr.IsValid() {
+		a := v.addr.As16()
+		return append(append(b, 'a'), a[:]...)
+	}
+	return append(b, 'n', byte(v.num>>24), byte(v.num>>16), byte(v.num>>8), byte(v.num))
 }
 
 func matches(elem, key []Value) bool {
@@ -173,28 +206,45 @@ func matches(elem, key []Value) bool {
 	return true
 }
 
-// indexOf maps the key text of each element of a set without intervals to
-// its index.
+// indexOf maps the key of each element of a set without intervals to its
+// index.
 func (t *Tracer) indexOf(s *Set) map[string]int {
 	if m, ok := t.index[s]; ok {
 		return m
 	}
 	m := make(map[string]int, len(s.Elements))
 	for i, e := range s.Elements {
-		m[e.KeyText(s)] = i
+		m[keyID(e.Key)] = i
 	}
 	t.index[s] = m
 	return m
 }
 
-// remember adds key to the dynamic set s.
-func (x *exec) remember(s *Set, key []Value) {
+// setOf finds a set of tb by name, through an index.
+func (t *Tracer) setOf(tb *Table, name string) *Set {
+	m, ok := t.sets[tb]
+	if !ok {
+		m = make(map[string]*Set, len(tb.Sets))
+		for _, s := range tb.Sets {
+			m[s.Name] = s
+		}
+		t.sets[tb] = m
+	}
+	return m[name]
+}
+
+// remember adds the key fs reads from the packet to the dynamic set s.
+func (x *exec) remember(s *Set, fs []Field) {
+	id, ok := x.keyID(fs)
+	if !ok {
+		return
+	}
 	m := x.fl.mem.sets[s]
 	if m == nil {
 		m = map[string]bool{}
 		x.fl.mem.sets[s] = m
 	}
-	m[valuesText(key, s.Key)] = true
+	m[string(id)] = true
 }
 
 func typesText(ts []Type) string {

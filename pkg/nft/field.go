@@ -45,7 +45,7 @@ type fieldInfo struct {
 	offset uint32 // in the network header
 }
 
-var fields = map[Field]fieldInfo{
+var fields = [...]fieldInfo{
 	IPSaddr:     {"ip saddr", TypeIPv4Addr, IP, 12},
 	IPDaddr:     {"ip daddr", TypeIPv4Addr, IP, 16},
 	IP6Saddr:    {"ip6 saddr", TypeIPv6Addr, IP6, 8},
@@ -54,15 +54,26 @@ var fields = map[Field]fieldInfo{
 	THDport:     {"th dport", TypeInetService, 0, 0},
 }
 
+// info describes f; ok is false for an unknown field.
+func (f Field) info() (fieldInfo, bool) {
+	if f == 0 || int(f) >= len(fields) {
+		return fieldInfo{}, false
+	}
+	return fields[f], true
+}
+
 func (f Field) String() string {
-	if i, ok := fields[f]; ok {
+	if i, ok := f.info(); ok {
 		return i.text
 	}
 	return fmt.Sprintf("field-%d", uint8(f))
 }
 
 // Type is the set type of the field's values.
-func (f Field) Type() Type { return fields[f].typ }
+func (f Field) Type() Type {
+	i, _ := f.info()
+	return i.typ
+}
 
 // isSource reports whether f is a source address.
 func (f Field) isSource() bool { return f == IPSaddr || f == IP6Saddr }
@@ -90,7 +101,7 @@ func KeyTypes(fs ...Field) []Type {
 // load emits the expression that loads f into register reg; the caller
 // checked the network family first.
 func (c *compiler) load(f Field, reg uint32) error {
-	i, ok := fields[f]
+	i, ok := f.info()
 	if !ok {
 		return fmt.Errorf("unknown field %d", f)
 	}
@@ -114,7 +125,11 @@ func (c *compiler) loadKey(fs []Field) error {
 	// The family check goes first: it uses the first register.
 	var fam Family
 	for _, f := range fs {
-		switch ff := fields[f].family; {
+		i, ok := f.info()
+		if !ok {
+			return fmt.Errorf("unknown field %d", f)
+		}
+		switch ff := i.family; {
 		case ff == 0:
 		case fam != 0 && ff != fam:
 			return fmt.Errorf("key %s mixes IP families", fieldsText(fs))
@@ -160,7 +175,7 @@ func fieldOf(e expr.Any) (Field, bool) {
 		if e.Base == expr.PayloadBaseNetworkHeader {
 			for f, i := range fields {
 				if i.family != 0 && i.offset == e.Offset && uint32(i.typ.size()) == e.Len {
-					return f, true
+					return Field(f), true
 				}
 			}
 		}
@@ -184,6 +199,21 @@ func loadedKey(ex []expr.Any) (fs []Field, n int) {
 	return fs, n
 }
 
-func (t Type) size() int { return types[t].size }
+// keyThen reads a run of loads from the start of ex and the expression
+// that uses them; ok is false when there is none of either.
+func keyThen(ex []expr.Any) (fs []Field, next expr.Any, ok bool) {
+	fs, n := loadedKey(ex)
+	if len(fs) == 0 || n >= len(ex) {
+		return nil, nil, false
+	}
+	return fs, ex[n], true
+}
+
+func (t Type) size() int {
+	if int(t) >= len(types) {
+		return 0
+	}
+	return types[t].size
+}
 
 func padded(n int) int { return (n + 3) &^ 3 }

@@ -40,11 +40,7 @@ func (s Lookup) eval(x *exec) (step, error) {
 	if err != nil {
 		return 0, err
 	}
-	key, ok := x.key(s.Key)
-	if !ok {
-		return stepMiss, nil
-	}
-	if _, found := x.lookup(set, key); found == s.Not {
+	if _, found, ok := x.lookup(set, s.Key); !ok || found == s.Not {
 		return stepMiss, nil
 	}
 	return stepNext, nil
@@ -52,11 +48,8 @@ func (s Lookup) eval(x *exec) (step, error) {
 
 func init() {
 	decodes(func(_ Family, ex []expr.Any) Stmt {
-		fs, n := loadedKey(ex)
-		if len(fs) == 0 || n >= len(ex) {
-			return nil
-		}
-		if l, ok := ex[n].(*expr.Lookup); ok && !l.IsDestRegSet {
+		fs, next, _ := keyThen(ex)
+		if l, ok := next.(*expr.Lookup); ok && !l.IsDestRegSet {
 			return Lookup{Key: fs, Set: l.SetName, Not: l.Invert}
 		}
 		return nil

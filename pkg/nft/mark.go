@@ -52,17 +52,26 @@ func leU32(b []byte) uint32 {
 	return binaryutil.NativeEndian.Uint32(b)
 }
 
+// maskedMark reads a load of the mark and a bitwise operation on it from
+// the start of ex: the mask and xor, and what follows.
+func maskedMark(ex []expr.Any) (mask, xor uint32, next expr.Any, ok bool) {
+	if len(ex) < 3 {
+		return 0, 0, nil, false
+	}
+	m, ok := ex[0].(*expr.Meta)
+	bw, ok2 := ex[1].(*expr.Bitwise)
+	if !ok || !ok2 || m.Key != expr.MetaKeyMARK || m.SourceRegister {
+		return 0, 0, nil, false
+	}
+	return leU32(bw.Mask), leU32(bw.Xor), ex[2], true
+}
+
 func init() {
 	decodes(func(_ Family, ex []expr.Any) Stmt {
-		if len(ex) < 3 {
-			return nil
+		mask, _, next, ok := maskedMark(ex)
+		if cmp, isCmp := next.(*expr.Cmp); ok && isCmp {
+			return Mark{Mask: mask, Value: leU32(cmp.Data), Not: cmp.Op == expr.CmpOpNeq}
 		}
-		m, ok := ex[0].(*expr.Meta)
-		bw, ok2 := ex[1].(*expr.Bitwise)
-		cmp, ok3 := ex[2].(*expr.Cmp)
-		if !ok || !ok2 || !ok3 || m.Key != expr.MetaKeyMARK || m.SourceRegister {
-			return nil
-		}
-		return Mark{Mask: leU32(bw.Mask), Value: leU32(cmp.Data), Not: cmp.Op == expr.CmpOpNeq}
+		return nil
 	})
 }

@@ -96,7 +96,9 @@ var typesByMagic = map[uint32]Type{}
 
 func init() {
 	for t, i := range types {
-		typesByMagic[i.magic] = t
+		if t != 0 {
+			typesByMagic[i.magic] = Type(t)
+		}
 	}
 }
 

@@ -64,7 +64,7 @@ type typeInfo struct {
 	size  int    // bytes in a register
 }
 
-var types = map[Type]typeInfo{
+var types = [...]typeInfo{
 	TypeIPv4Addr:    {"ipv4_addr", 7, 4},
 	TypeIPv6Addr:    {"ipv6_addr", 8, 16},
 	TypeInetProto:   {"inet_proto", 12, 1},
@@ -75,8 +75,8 @@ var types = map[Type]typeInfo{
 }
 
 func (t Type) String() string {
-	if i, ok := types[t]; ok {
-		return i.name
+	if t != 0 && int(t) < len(types) {
+		return types[t].name
 	}
 	return fmt.Sprintf("type-%d", uint8(t))
 }

@@ -66,16 +66,10 @@ func (s SetMark) eval(x *exec) (step, error) {
 
 func init() {
 	decodes(func(_ Family, ex []expr.Any) Stmt {
-		if len(ex) < 3 {
+		mask, xor, next, ok := maskedMark(ex)
+		if set, isSet := next.(*expr.Meta); !ok || !isSet || !set.SourceRegister {
 			return nil
 		}
-		m, ok := ex[0].(*expr.Meta)
-		bw, ok2 := ex[1].(*expr.Bitwise)
-		set, ok3 := ex[2].(*expr.Meta)
-		if !ok || !ok2 || !ok3 || m.Key != expr.MetaKeyMARK || !set.SourceRegister {
-			return nil
-		}
-		mask, xor := leU32(bw.Mask), leU32(bw.Xor)
 		switch {
 		case mask == 0xffffffff:
 			return SetMark{Op: MarkXor, Value: xor}

@@ -47,17 +47,27 @@ type Result struct {
 // Step is one matched rule (or pseudo-chain note) of a trace.
 type Step struct {
 	Hook  Hook
-	Table string // "ip proxyd"; empty for a pseudo-chain
+	Table *Table // nil for a pseudo-chain
 	Chain string
 	Rule  int // index in Chain; -1 for a pseudo-chain's note
-	Text  string
+	rule  Rule
+	note  string
+	args  []any
+}
+
+// Text is the rule as nft prints it, or the pseudo-chain's note.
+func (s Step) Text() string {
+	if s.Table == nil {
+		return fmt.Sprintf(s.note, s.args...)
+	}
+	return s.rule.Text(s.Table.Family)
 }
 
 func (s Step) String() string {
-	if s.Rule < 0 {
-		return fmt.Sprintf("%s %s: %s", s.Hook, s.Chain, s.Text)
+	if s.Table == nil {
+		return fmt.Sprintf("%s %s: %s", s.Hook, s.Chain, s.Text())
 	}
-	return fmt.Sprintf("%s %s %s rule %d: %s", s.Hook, s.Table, s.Chain, s.Rule, s.Text)
+	return fmt.Sprintf("%s %s %s %s rule %d: %s", s.Hook, s.Table.Family, s.Table.Name, s.Chain, s.Rule, s.Text())
 }
 
 // Pseudo is a hook function that is not an nftables chain (IPVS),
@@ -110,14 +120,17 @@ type Tracer struct {
 	mu    sync.Mutex
 	mem   *memory
 	index map[*Set]map[string]int
+	sets  map[*Table]map[string]*Set
 	hooks map[hookKey][]entry
+	// scratch holds the key of the lookup under way.
+	scratch []byte
 }
 
 // NewTracer traces through tables and pseudo-chains; local reports whether
 // an address is the node's own (fib type local, the routing decision).
 func NewTracer(local func(netip.Addr) bool, tables []*Table, pseudo ...Pseudo) *Tracer {
 	return &Tracer{tables: tables, pseudo: pseudo, local: local, mem: newMemory(),
-		index: map[*Set]map[string]int{}, hooks: map[hookKey][]entry{}}
+		index: map[*Set]map[string]int{}, sets: map[*Table]map[string]*Set{}, hooks: map[hookKey][]entry{}}
 }
 
 // Trace walks p through the hooks. rnd(n) returns a uniformly random
@@ -335,9 +348,10 @@ func (fl *Flow) Recall(key string) (any, bool) {
 	return v, ok
 }
 
-// Note adds a step to the path, for the pseudo-chain named chain.
-func (fl *Flow) Note(chain, text string) {
-	fl.path = append(fl.path, Step{Hook: fl.hook, Chain: chain, Rule: -1, Text: text})
+// Note adds a step to the path, for the pseudo-chain named chain: a text
+// formatted as fmt.Sprintf does, only when the path is printed.
+func (fl *Flow) Note(chain, format string, args ...any) {
+	fl.path = append(fl.path, Step{Hook: fl.hook, Chain: chain, Rule: -1, note: format, args: args})
 }
 
 // memory is what dynamic sets and pseudo-chains learned from packets.

@@ -114,7 +114,7 @@ func TestTracerRunsPseudoChainsAtTheirPriority(t *testing.T) {
 	ipvs := Pseudo{Name: "ipvs", Hook: Input, Priority: 99, Run: func(fl *Flow) (bool, error) {
 		runs++
 		fl.Redirect(pod2)
-		fl.Note("ipvs", "scheduled "+pod2.String())
+		fl.Note("ipvs", "scheduled %s", pod2)
 		return true, nil
 	}}
 	local := func(a netip.Addr) bool { return isNode(a) || a == vip.Addr() }

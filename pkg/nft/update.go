@@ -48,19 +48,14 @@ func (s Update) eval(x *exec) (step, error) {
 	if !set.Dynamic && set.Timeout == 0 {
 		return 0, fmt.Errorf("set %s is neither dynamic nor has timeouts", s.Set)
 	}
-	if key, ok := x.key(s.Key); ok {
-		x.remember(set, key)
-	}
+	x.remember(set, s.Key)
 	return stepNext, nil
 }
 
 func init() {
 	decodes(func(_ Family, ex []expr.Any) Stmt {
-		fs, n := loadedKey(ex)
-		if len(fs) == 0 || n >= len(ex) {
-			return nil
-		}
-		if d, ok := ex[n].(*expr.Dynset); ok && d.Operation == unix.NFT_DYNSET_OP_UPDATE {
+		fs, next, _ := keyThen(ex)
+		if d, ok := next.(*expr.Dynset); ok && d.Operation == unix.NFT_DYNSET_OP_UPDATE {
 			return Update{Key: fs, Set: d.SetName, Timeout: d.Timeout}
 		}
 		return nil

@@ -37,12 +37,8 @@ func (s Vmap) eval(x *exec) (step, error) {
 	if !m.IsVerdictMap() {
 		return 0, fmt.Errorf("%s is not a verdict map", s.Map)
 	}
-	key, ok := x.key(s.Key)
-	if !ok {
-		return stepMiss, nil
-	}
-	e, found := x.lookup(m, key)
-	if !found || e == nil {
+	e, found, ok := x.lookup(m, s.Key)
+	if !ok || !found || e == nil {
 		return stepMiss, nil
 	}
 	return x.end(e.Verdict)
@@ -50,11 +46,8 @@ func (s Vmap) eval(x *exec) (step, error) {
 
 func init() {
 	decodes(func(_ Family, ex []expr.Any) Stmt {
-		fs, n := loadedKey(ex)
-		if len(fs) == 0 || n >= len(ex) {
-			return nil
-		}
-		if l, ok := ex[n].(*expr.Lookup); ok && l.IsDestRegSet {
+		fs, next, _ := keyThen(ex)
+		if l, ok := next.(*expr.Lookup); ok && l.IsDestRegSet {
 			return Vmap{Key: fs, Map: l.SetName}
 		}
 		return nil

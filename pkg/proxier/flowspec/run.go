@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -173,4 +174,23 @@ func upperGammaQ(a, x float64) float64 {
 		}
 	}
 	return math.Exp(-x+a*math.Log(x)-lg) * h
+}
+
+// WantFailure checks that good passes every case of the spec and that bad,
+// a deliberately broken variant of it, fails the case named caseName
+// (a prefix of its name is enough); it returns bad's failures.
+func WantFailure(t *testing.T, good, bad Tracer, caseName string) []error {
+	t.Helper()
+	if errs := Failures(good, All()); len(errs) != 0 {
+		t.Fatalf("the unbroken rules fail the spec: %v", errs)
+	}
+	errs := Failures(bad, All())
+	for _, err := range errs {
+		if strings.HasPrefix(err.Error(), caseName) {
+			t.Logf("%d cases fail, e.g. %v", len(errs), err)
+			return errs
+		}
+	}
+	t.Fatalf("the broken rules still pass %q; failures: %v", caseName, errs)
+	return nil
 }

@@ -47,18 +47,27 @@ func (n *nftFirewall) withNetns(fn func(fd int) error) error {
 	return fn(int(f.Fd()))
 }
 
+// conn opens a google/nftables connection in the namespace open at fd.
+func conn(fd int) (*gnft.Conn, error) {
+	var opts []gnft.ConnOption
+	if fd > 0 {
+		opts = append(opts, gnft.WithNetNSFd(fd))
+	}
+	c, err := gnft.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
+
 // Apply writes the whole table in one netlink batch: add (so that the
 // delete cannot fail), delete, then create everything anew. The kernel
 // commits the batch atomically, so packets see the old table or the new.
 func (n *nftFirewall) Apply(r *Ruleset) error {
 	return n.withNetns(func(fd int) error {
-		var opts []gnft.ConnOption
-		if fd > 0 {
-			opts = append(opts, gnft.WithNetNSFd(fd))
-		}
-		c, err := gnft.New(opts...)
+		c, err := conn(fd)
 		if err != nil {
-			return fmt.Errorf("nftables: %w", err)
+			return err
 		}
 		t := nft.GTable(nft.INet, TableName)
 		c.AddTable(t)
@@ -76,13 +85,9 @@ func (n *nftFirewall) Apply(r *Ruleset) error {
 // Delete removes the table if it exists.
 func (n *nftFirewall) Delete() error {
 	return n.withNetns(func(fd int) error {
-		var opts []gnft.ConnOption
-		if fd > 0 {
-			opts = append(opts, gnft.WithNetNSFd(fd))
-		}
-		c, err := gnft.New(opts...)
+		c, err := conn(fd)
 		if err != nil {
-			return fmt.Errorf("nftables: %w", err)
+			return err
 		}
 		if _, err := c.ListTableOfFamily(TableName, gnft.TableFamilyINet); err != nil {
 			if notPresent(err) {

@@ -12,9 +12,10 @@ import (
 
 // The flow spec holds on what a real kernel holds after a sync: the
 // proxyd-ipvs table read back over netlink and the IPVS table read back
-// from ip_vs, traced together, for a hashing and a random scheduler.
+// from ip_vs, traced together. (One scheduler: the unit tests run the
+// others, and the spec's 3000 samples a case are slow under TCG.)
 func TestVMFlowSpecOnWhatTheKernelHolds(t *testing.T) {
-	for _, sched := range []string{"rr", "wlc"} {
+	for _, sched := range []string{"rr"} {
 		t.Run(sched, func(t *testing.T) {
 			h := vmHandle(t)
 			p, err := New(flowspec.Config(), WithScheduler(sched))
