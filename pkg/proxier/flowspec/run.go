@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -212,3 +213,26 @@ func upperGammaQ(a, x float64) float64 {
 	}
 	return math.Exp(-x+a*math.Log(x)-lg) * h
 }
+
+// WantFailure checks that good passes every case of the spec and that bad,
+// a deliberately broken variant of it, fails the case named caseName
+// (a prefix of its name is enough); it returns bad's failures.
+func WantFailure(t *testing.T, good, bad Tracer, caseName string) []Failure {
+	t.Helper()
+	if f := Check(good, All()); len(f) != 0 {
+		t.Fatalf("the unbroken rules fail the spec: %v", f)
+	}
+	failures := Check(bad, All())
+	for _, f := range failures {
+		if strings.HasPrefix(f.Case, caseName) {
+			t.Logf("%d cases fail, e.g. %v", len(failures), f)
+			return failures
+		}
+	}
+	t.Fatalf("the broken rules still pass %q; failures: %v", caseName, failures)
+	return nil
+}
+
+// All is every case of the spec that runs on flowspec.State: Cases,
+// ExternalCases and AffinityCases.
+func All() []Case { return slices.Concat(Cases(), ExternalCases(), AffinityCases()) }
