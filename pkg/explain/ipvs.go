@@ -109,7 +109,7 @@ func (d *IPVS) Trace(ctx context.Context, q Query) (*Trace, error) {
 		if tp.VS != vs.VSKey || tp.Client != q.Src {
 			continue
 		}
-		a := Affinity{Client: q.Src, Endpoint: tp.RealServer, Where: fmt.Sprintf("IPVS persistence template of %s (%s, %s)", vs.VSKey, ipvs.ConnTable, tp.State),
+		a := Affinity{Client: q.Src, Endpoint: tp.RealServer, Where: fmt.Sprintf("IPVS persistence template of %s (/proc/net/ip_vs_conn, %s)", vs.VSKey, tp.State),
 			Timeout: time.Duration(vs.Timeout) * time.Second, Expires: tp.Expires}
 		for _, rs := range vs.RealServers {
 			a.Active = a.Active || (rs.Addr == tp.RealServer && rs.Weight > 0)

@@ -15,8 +15,10 @@ import (
 )
 
 // ConnTable is where the kernel lists IPVS's connections, persistence
-// templates included, for the network namespace of the reader.
-const ConnTable = "/proc/net/ip_vs_conn"
+// templates included, for the network namespace of the reading thread:
+// /proc/net is the thread group leader's, which in a Go program that
+// has entered other namespaces on locked threads may be one of those.
+const ConnTable = "/proc/thread-self/net/ip_vs_conn"
 
 // Template is a persistence template IPVS holds: until it expires, new
 // connections from Client to the virtual server VS go to RealServer (as
