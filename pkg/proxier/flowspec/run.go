@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -136,17 +137,34 @@ func checkCase(tracer Tracer, c Case) string {
 // ChiSquareUniformP returns the p-value of Pearson's chi-square test that
 // counts come from a uniform distribution.
 func ChiSquareUniformP(counts []int) float64 {
+	probs := make([]float64, len(counts))
+	for i := range probs {
+		probs[i] = 1 / float64(len(counts))
+	}
+	return ChiSquareP(counts, probs)
+}
+
+// ChiSquareP returns the p-value of Pearson's chi-square goodness-of-fit
+// test that counts come from the distribution probs (which add up to 1;
+// a count where probs says 0 rejects outright).
+func ChiSquareP(counts []int, probs []float64) float64 {
 	k := len(counts)
-	if k < 2 {
+	if k < 2 || len(probs) != k {
 		return 1
 	}
 	total := 0
 	for _, c := range counts {
 		total += c
 	}
-	exp := float64(total) / float64(k)
 	x2 := 0.0
-	for _, c := range counts {
+	for i, c := range counts {
+		exp := float64(total) * probs[i]
+		if exp == 0 {
+			if c > 0 {
+				return 0
+			}
+			continue
+		}
 		d := float64(c) - exp
 		x2 += d * d / exp
 	}
@@ -195,3 +213,26 @@ func upperGammaQ(a, x float64) float64 {
 	}
 	return math.Exp(-x+a*math.Log(x)-lg) * h
 }
+
+// WantFailure checks that good passes every case of the spec and that bad,
+// a deliberately broken variant of it, fails the case named caseName
+// (a prefix of its name is enough); it returns bad's failures.
+func WantFailure(t *testing.T, good, bad Tracer, caseName string) []Failure {
+	t.Helper()
+	if f := Check(good, All()); len(f) != 0 {
+		t.Fatalf("the unbroken rules fail the spec: %v", f)
+	}
+	failures := Check(bad, All())
+	for _, f := range failures {
+		if strings.HasPrefix(f.Case, caseName) {
+			t.Logf("%d cases fail, e.g. %v", len(failures), f)
+			return failures
+		}
+	}
+	t.Fatalf("the broken rules still pass %q; failures: %v", caseName, failures)
+	return nil
+}
+
+// All is every case of the spec that runs on flowspec.State: Cases,
+// ExternalCases and AffinityCases.
+func All() []Case { return slices.Concat(Cases(), ExternalCases(), AffinityCases()) }

@@ -49,6 +49,24 @@ var jumpRules = []jumpRule{
 	{tableFilter, "FORWARD", []string{"-m", "comment", "--comment", forwardComment, "-j", ChainForward}},
 }
 
+// insertJumps puts each jump rule whose target chain exists at the top of
+// its built-in chain in rs unless it is there already, as a full write
+// leaves the kernel's tables.
+func insertJumps(rs *ruleset) error {
+	for _, j := range jumpRules {
+		if t, ok := rs.tables[j.table]; !ok || t.chains[j.target()] == nil {
+			continue
+		}
+		if ok, _ := rs.Exists(j.table, j.chain, j.spec...); ok {
+			continue
+		}
+		if err := rs.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+			return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.target(), err)
+		}
+	}
+	return nil
+}
+
 // maxDuplicateJumps bounds how many copies of one jump rule deleteJumps
 // removes (copies appear when two proxies raced to insert it).
 const maxDuplicateJumps = 16

@@ -177,6 +177,9 @@ func (p *Proxier) Mode() string { return Mode }
 // Variant is the iptables variant in use.
 func (p *Proxier) Variant() Variant { return p.variant }
 
+// Config is the configuration the Proxier renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
 // RequestFullSync makes the next Sync rewrite everything.
 func (p *Proxier) RequestFullSync() {
 	p.mu.Lock()

@@ -117,27 +117,24 @@ func (r *renderer) picker(sp *model.ServicePort) *picker {
 // node needs no chain unless the port short-circuits. kube-proxy gives
 // every endpoint a chain; per-endpoint chains are what iptables-nft-restore
 // spends its time on (measured on 1k Services × 10 remote endpoints:
-// 5.5-6 s with them, 0.36-0.48 s without).
+// 5.5-6 s with them, 0.36-0.48 s without). Under session affinity every
+// endpoint keeps its chain, as in kube-proxy: the chain sets the recent
+// list named after it, which the choice rules check and `proxyd explain`
+// follows back to the endpoint.
 func (p *picker) direct(e model.Endpoint) bool {
-	return e.NodeName != "" && e.NodeName != p.r.node.Name && !p.shorts
+	return p.affinity == "" && e.NodeName != "" && e.NodeName != p.r.node.Name && !p.shorts
 }
 
 // choose renders into the current chain the random choice among eps;
 // with affinity, a client seen recently goes back to the endpoint it
 // used. An endpoint is reached by a jump to its chain, or DNATed at once
-// (see direct): then the recent list its chain would have set is set or
-// refreshed by the choice rule.
+// (see direct).
 func (p *picker) choose(t *text, eps []model.Endpoint) {
 	if p.affinity != "" {
 		for _, e := range eps {
 			sep := sepChain(p.sp.Key, e)
-			words := []string{"-m", "comment", "--comment", quoteComment(p.name + " -> " + e.String())}
-			if p.direct(e) {
-				t.rule(append(append([]string{"-p", p.proto}, words...), "-m", "recent", "--name", sep, "--update", "--seconds", p.affinity, "--reap",
-					"-j", "DNAT", "--to-destination", e.String())...)
-				continue
-			}
-			t.rule(append(words, "-m", "recent", "--name", sep, "--rcheck", "--seconds", p.affinity, "--reap", "-j", sep)...)
+			t.rule("-m", "comment", "--comment", quoteComment(p.name+" -> "+e.String()),
+				"-m", "recent", "--name", sep, "--rcheck", "--seconds", p.affinity, "--reap", "-j", sep)
 		}
 	}
 	// Endpoint i of n is taken with probability 1/(n-i) given that none
@@ -151,13 +148,10 @@ func (p *picker) choose(t *text, eps []model.Endpoint) {
 		if i < len(eps)-1 {
 			words = append(words, "-m", "statistic", "--mode", "random", "--probability", p.r.prob(len(eps)-i))
 		}
-		switch {
-		case !p.direct(e):
-			words = append(words, "-j", sep)
-		case p.affinity != "":
-			words = append(words, "-m", "recent", "--name", sep, "--set", "-j", "DNAT", "--to-destination", e.String())
-		default:
+		if p.direct(e) {
 			words = append(words, "-j", "DNAT", "--to-destination", e.String())
+		} else {
+			words = append(words, "-j", sep)
 		}
 		t.rule(words...)
 	}

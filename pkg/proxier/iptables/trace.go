@@ -48,7 +48,9 @@ var _ flowspec.Tracer = (*Tracer)(nil)
 // output, into a fresh set of tables, then ensures proxyd's jump rules as
 // the Proxier does (inserted at the top unless already there), since
 // restore input does not carry them. A nil text leaves its family empty.
-func NewTracer(v4, v6 []byte) (*Tracer, error) {
+func NewTracer(v4, v6 []byte) (*Tracer, error) { return newTracer(v4, v6, true) }
+
+func newTracer(v4, v6 []byte, ensureJumps bool) (*Tracer, error) {
 	t := &Tracer{fams: map[model.IPFamily]*ruleset{}, local: flowspec.NodeLocal, now: time.Now,
 		recent: map[string]map[netip.Addr]time.Time{}}
 	for fam, text := range map[model.IPFamily][]byte{model.IPv4: v4, model.IPv6: v6} {
@@ -56,14 +58,8 @@ func NewTracer(v4, v6 []byte) (*Tracer, error) {
 		if err := rs.restore(text, false); err != nil {
 			return nil, fmt.Errorf("parse %v rules: %w", fam, err)
 		}
-		for _, j := range jumpRules {
-			if t, ok := rs.tables[j.table]; !ok || t.chains[j.target()] == nil {
-				continue
-			}
-			if ok, _ := rs.Exists(j.table, j.chain, j.spec...); ok {
-				continue
-			}
-			if err := rs.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+		if ensureJumps {
+			if err := insertJumps(rs); err != nil {
 				return nil, fmt.Errorf("%v rules: %w", fam, err)
 			}
 		}
@@ -92,6 +88,12 @@ type packet struct {
 	// stop says the chain being run returned (RETURN, or the end of a
 	// chain reached by goto).
 	stop bool
+	// chance, when set, decides each statistic match instead of rnd,
+	// given the kernel's threshold out of 2^31 (see Enumerate); path,
+	// when set, collects the rules that matched.
+	chance func(threshold uint64) bool
+	path   *[]Step
+	chain  string // the chain being run, for path
 }
 
 // verdicts of a chain walk.
@@ -109,8 +111,13 @@ const maxDepth = 64
 
 // Trace follows p through the rules.
 func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Result {
+	return t.trace(p, &packet{rnd: rnd})
+}
+
+// trace follows p through the rules with pk's random source and hooks.
+func (t *Tracer) trace(p flowspec.Packet, pk *packet) flowspec.Result {
 	rs := t.fams[model.FamilyOf(p.Dst.Addr())]
-	pk := &packet{src: p.Src, dst: p.Dst.Addr(), dport: p.Dst.Port(), proto: p.Proto, rnd: rnd, tr: t, now: t.now()}
+	pk.src, pk.dst, pk.dport, pk.proto, pk.tr, pk.now = p.Src, p.Dst.Addr(), p.Dst.Port(), p.Proto, t, t.now()
 	res := flowspec.Result{Verdict: flowspec.Untouched}
 	if rs == nil {
 		return res
@@ -175,6 +182,9 @@ func (t *table) run(c *chain, pk *packet, depth int) (verdict, error) {
 	if depth > maxDepth {
 		return vContinue, fmt.Errorf("chain %s: jumps nest deeper than %d", c.name, maxDepth)
 	}
+	outer := pk.chain
+	pk.chain = c.name
+	defer func() { pk.chain = outer }()
 	for i, r := range c.rules {
 		v, err := t.step(r, pk, depth)
 		if err != nil {
@@ -196,6 +206,9 @@ func (t *table) step(r []string, pk *packet, depth int) (verdict, error) {
 		return vContinue, err
 	}
 	target, args := ruleTarget(r)
+	if pk.path != nil && target != "" {
+		*pk.path = append(*pk.path, Step{Table: t.name, Chain: pk.chain, rule: r})
+	}
 	switch target {
 	case "":
 		return vContinue, nil

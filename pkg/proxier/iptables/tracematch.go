@@ -144,6 +144,9 @@ func matchOne(module, w string, args []string, pk *packet, eval bool) (bool, err
 				return false, nil
 			}
 			threshold := uint64(math.Round(p * (1 << 31)))
+			if pk.chance != nil {
+				return pk.chance(threshold), nil
+			}
 			return uint64(pk.rnd(1<<31)) < threshold, nil
 		}
 	case "mark":

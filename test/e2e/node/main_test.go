@@ -98,7 +98,7 @@ func TestMain(m *testing.M) {
 
 func deployProxyd(ctx context.Context) error {
 	t0 := time.Now()
-	if err := theNode.ApplyProxyd(ctx, filepath.Join(repoRoot, "deploy", "daemonset.yaml")); err != nil {
+	if err := theNode.ApplyProxyd(ctx, filepath.Join(repoRoot, "deploy", "daemonset.yaml"), ""); err != nil {
 		return err
 	}
 	if _, err := theNode.WaitPodsReady(ctx, "kube-system", "app.kubernetes.io/name=proxyd", 1, 90*time.Second); err != nil {
