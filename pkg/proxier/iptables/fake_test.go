@@ -59,7 +59,24 @@ func (k *fakeKernel) Delete(table, chain string, rulespec ...string) error {
 	return nil
 }
 
-func newFakeKernel() *fakeKernel { return &fakeKernel{ruleset: newRuleset()} }
+// newFakeKernel returns empty tables in a namespace without nfacct
+// counters (see fakeAcct).
+func newFakeKernel() *fakeKernel {
+	k := &fakeKernel{ruleset: newRuleset()}
+	k.ruleset.counters = fakeAcct{}.has
+	return k
+}
+
+// fakeAcct is a network namespace's nfacct counters, shared by its
+// families' tables as in the kernel.
+type fakeAcct map[string]bool
+
+func (a fakeAcct) has(name string) bool { return a[name] }
+
+func (a fakeAcct) ensure(name string) error {
+	a[name] = true
+	return nil
+}
 
 func (k *fakeKernel) Restore(_ context.Context, data []byte) error {
 	if k.failRestores > 0 {
@@ -148,6 +165,7 @@ type testProxier struct {
 	*Proxier
 	kernels map[model.IPFamily]*fakeKernel
 	clock   *clocktesting.FakeClock
+	acct    fakeAcct
 }
 
 func newTestProxier(t *testing.T, cfg proxier.Config, opts ...Option) *testProxier {
@@ -158,10 +176,11 @@ func newTestProxier(t *testing.T, cfg proxier.Config, opts ...Option) *testProxi
 	for _, opt := range opts {
 		opt(&o)
 	}
-	tp := &testProxier{kernels: map[model.IPFamily]*fakeKernel{}, clock: clk}
+	tp := &testProxier{kernels: map[model.IPFamily]*fakeKernel{}, clock: clk, acct: fakeAcct{}}
 	var fams []*family
 	for _, fam := range o.families {
 		k := newFakeKernel()
+		k.ruleset.counters = tp.acct.has
 		tp.kernels[fam] = k
 		fams = append(fams, &family{fam: fam, r: newRenderer(cfg, fam), restorer: k, ruler: k, watch: k})
 	}
@@ -202,6 +221,7 @@ func TestFakeKernelRefusesWhatTheKernelRefuses(t *testing.T) {
 		{"a loop", "*nat\n:PROXYD-E - [0:0]\n:PROXYD-F - [0:0]\n-A PROXYD-E -j PROXYD-F\n-A PROXYD-F -j PROXYD-E\n-A PREROUTING -j PROXYD-E\nCOMMIT\n"},
 		{"a table without COMMIT", "*nat\n:PROXYD-G - [0:0]\n"},
 		{"an unknown table", "*bogus\nCOMMIT\n"},
+		{"a rule bumping an nfacct counter that does not exist", "*filter\n-A PROXYD-SERVICES -m nfacct --nfacct-name nothing -j DROP\nCOMMIT\n"},
 	} {
 		t.Run(tc.name+" fails the whole batch", func(t *testing.T) {
 			k := newFakeKernel()

@@ -42,6 +42,11 @@ type Proxier struct {
 	fams     []*family
 	needFull bool
 	stats    proxier.SyncStats
+	// ensure creates an nfacct counter (nil: nothing counts); counters
+	// are those the last full write found (see counters.go).
+	ensure         func(name string) error
+	counters       Counters
+	countersLogged bool
 }
 
 // family is one IP family's tables and what proxyd last wrote there.
@@ -78,6 +83,7 @@ type options struct {
 	verifyEvery time.Duration
 	families    []model.IPFamily
 	detect      func() (Variant, error)
+	ensure      func(name string) error
 }
 
 // WithVariant uses v instead of detecting the node's variant.
@@ -135,7 +141,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 
 func newProxier(cfg proxier.Config, o options, fams []*family) *Proxier {
 	return &Proxier{cfg: cfg, variant: o.variant, clock: o.clock, verifyEvery: o.verifyEvery,
-		fams: fams, needFull: true}
+		fams: fams, needFull: true, ensure: o.ensure}
 }
 
 func newExecFamily(cfg proxier.Config, fam model.IPFamily, b Binaries, v Variant) (*family, error) {
@@ -233,9 +239,16 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 		}
 		fulls[i] = drifted || err != nil
 	}
+	counters := p.counters
+	if slices.Contains(fulls, true) {
+		counters = p.ensureCounters()
+	}
 	var refused *proxier.RefusedError
 	for i, f := range p.fams {
 		stats.Full = stats.Full || fulls[i]
+		if fulls[i] {
+			f.r.counters = counters
+		}
 		n, err := p.syncFamily(ctx, f, s, fulls[i], sorted, marks)
 		if err != nil {
 			marks.finish(p.fams)
