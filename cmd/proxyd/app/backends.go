@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/proxyd/proxyd/internal/nfacct"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
@@ -80,7 +81,7 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 	case "ipvs":
 		return ipvs.New(cfg, ipvs.WithScheduler(o.IPVSScheduler))
 	case "iptables":
-		var opts []iptables.Option
+		opts := []iptables.Option{iptables.WithCounters(nfacct.Ensure)}
 		if o.IPTablesBackend != "auto" {
 			opts = append(opts, iptables.WithVariant(iptables.Variant(o.IPTablesBackend)))
 		}

@@ -51,6 +51,13 @@ func TestCountersAreBumpedFromTheRulesKubeProxyCountsWith(t *testing.T) {
 		}
 		flowspec.Run(t, tr)
 		flowspec.RunExternal(t, tr)
+		saved := strings.ReplaceAll(v4, "--nfacct-name ", "--nfacct-name  ")
+		if d, err := Drift([]byte(saved), RenderCounting(flowspec.State(), cfg, model.IPv4, tp.Counters())); err != nil || len(d) != 0 {
+			t.Errorf("Drift of the counted rules as iptables-save prints them: %v, %v; want none", d, err)
+		}
+		if d, _ := Drift([]byte(saved), Render(flowspec.State(), cfg, model.IPv4)); len(d) == 0 {
+			t.Error("Drift finds nothing between counted rules and uncounted ones")
+		}
 		if r := string(RenderCounting(flowspec.State(), cfg, model.IPv4, tp.Counters())); !countedLocalhostRE.MatchString(r) || !countedInvalidRE.MatchString(r) {
 			t.Errorf("RenderCounting lacks a counted rule:\n%s", r)
 		}
