@@ -198,25 +198,19 @@ func (f *family) verify(ctx context.Context) ([]string, error) {
 	want := f.w.chainRules()
 	var found []string
 	for _, table := range []string{tableFilter, tableNAT} {
-		dump, err := f.restorer.Save(ctx, table)
+		ops, err := f.listOps(ctx, table)
 		if err != nil {
-			return nil, fmt.Errorf("list %s to compare it: %w", table, err)
-		}
-		blocks, err := parseRestore(dump)
-		if err != nil {
-			return nil, fmt.Errorf("read the listing of %s: %w", table, err)
+			return nil, err
 		}
 		have := map[string]int{}
 		var rules []op
-		for _, b := range blocks {
-			for _, o := range b.ops {
-				switch o.kind {
-				case opChain:
-					have[o.chain] += 0
-				case opAppend:
-					have[o.chain]++
-					rules = append(rules, o)
-				}
+		for _, o := range ops {
+			switch o.kind {
+			case opChain:
+				have[o.chain] += 0
+			case opAppend:
+				have[o.chain]++
+				rules = append(rules, o)
 			}
 		}
 		for _, c := range slices.Sorted(maps.Keys(want[table])) {

@@ -340,24 +340,18 @@ type listing struct {
 func (f *family) list(ctx context.Context) (*listing, error) {
 	l := &listing{chains: staleChains{}}
 	for _, table := range []string{tableNAT, tableFilter} {
-		dump, err := f.restorer.Save(ctx, table)
+		ops, err := f.listOps(ctx, table)
 		if err != nil {
-			return nil, fmt.Errorf("list %s chains: %w", table, err)
-		}
-		blocks, err := parseRestore(dump)
-		if err != nil {
-			return nil, fmt.Errorf("read the listing of %s: %w", table, err)
+			return nil, err
 		}
 		l.chains[table] = map[string]bool{}
 		have := map[string]bool{}
-		for _, b := range blocks {
-			for _, o := range b.ops {
-				switch {
-				case o.kind == opChain && strings.HasPrefix(o.chain, chainPrefix):
-					l.chains[table][o.chain] = true
-				case o.kind == opAppend:
-					have[o.chain+" "+joinWords(o.rule)] = true
-				}
+		for _, o := range ops {
+			switch {
+			case o.kind == opChain && strings.HasPrefix(o.chain, chainPrefix):
+				l.chains[table][o.chain] = true
+			case o.kind == opAppend:
+				have[o.chain+" "+joinWords(o.rule)] = true
 			}
 		}
 		for _, j := range jumpRules {
@@ -367,6 +361,24 @@ func (f *family) list(ctx context.Context) (*listing, error) {
 		}
 	}
 	return l, nil
+}
+
+// listOps lists one of the family's tables (iptables-save) as the
+// operations that would restore it.
+func (f *family) listOps(ctx context.Context, table string) ([]op, error) {
+	dump, err := f.restorer.Save(ctx, table)
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", table, err)
+	}
+	blocks, err := parseRestore(dump)
+	if err != nil {
+		return nil, fmt.Errorf("read the listing of %s: %w", table, err)
+	}
+	var ops []op
+	for _, b := range blocks {
+		ops = append(ops, b.ops...)
+	}
+	return ops, nil
 }
 
 // Cleanup removes proxyd's jump rules and every PROXYD-* chain of nat and
