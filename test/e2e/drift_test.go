@@ -63,6 +63,22 @@ func TestIPTablesDriftIsRepairedWithinASyncPeriod(t *testing.T) {
 						}
 					}
 				}},
+				{"the nat and filter tables deleted (iptables-nft: nft delete table; legacy: every chain flushed and deleted)", func(t *testing.T) {
+					for _, fam := range []string{"ip", "ip6"} {
+						for _, table := range []string{"nat", "filter"} {
+							if bin == "iptables-nft" {
+								run(t, "nft", "delete", "table", fam, table)
+								continue
+							}
+							b := bin
+							if fam == "ip6" {
+								b = bin6
+							}
+							run(t, b, "-t", table, "-F")
+							run(t, b, "-t", table, "-X")
+						}
+					}
+				}},
 				{"the Service's chain flushed", func(t *testing.T) {
 					run(t, bin, "-t", "nat", "-F", e.serviceChain(t, bin, "default/drift:tcp cluster IP"))
 				}},
