@@ -53,7 +53,7 @@ func (n *nftFirewall) withNetns(fn func(fd int) error) error {
 
 // conn opens a google/nftables connection in the namespace open at fd.
 func conn(fd int) (*gnft.Conn, error) {
-	var opts []gnft.ConnOption
+	opts := []gnft.ConnOption{gnft.WithSockOptions(nft.LargeBuffers)}
 	if fd > 0 {
 		opts = append(opts, gnft.WithNetNSFd(fd))
 	}

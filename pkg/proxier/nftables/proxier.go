@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
@@ -50,7 +51,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		opt(&o)
 	}
 	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
-	connOpts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
+	connOpts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(nft.LargeBuffers, func(c *netlink.Conn) error {
 		p.sock = c // set again should the library ever redial
 		return nil
 	})}
