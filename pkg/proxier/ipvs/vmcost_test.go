@@ -119,7 +119,7 @@ func BenchmarkVMCheckCost(b *testing.B) {
 //	  IPVS_VM_TIMEOUT=1500 IPVS_VM_MEM=1024 hack/ipvs-vm/run.sh CACHE
 func BenchmarkVMPeriodicSync(b *testing.B) {
 	for _, n := range vmSizes(b) {
-		p, err := New(flowspec.Config(), WithLogger(slog.New(slog.DiscardHandler)))
+		p, err := New(flowspec.Config(), WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.Level(*vmLogLevel)}))))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -156,6 +156,8 @@ func BenchmarkVMPeriodicSync(b *testing.B) {
 		}
 	}
 }
+
+var vmLogLevel = flag.Int("vm-log-level", int(slog.LevelWarn), "slog level of BenchmarkVMPeriodicSync's Proxier (-4: debug)")
 
 var vmSizesFlag = flag.String("vm-sizes", "1000,10000", "Service counts of BenchmarkVMPeriodicSync")
 
