@@ -50,6 +50,7 @@ type Proxier struct {
 	written     map[VSKey]*VirtualServer
 	writtenVIPs map[netip.Addr]bool
 	rules       *Ruleset
+	rulesText   string // rules.String()
 	sysctlsSet  bool
 	draining    map[drainKey]time.Time
 	stats       proxier.SyncStats
@@ -310,7 +311,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	if err := p.fw.Delete(); err != nil {
 		errs = append(errs, err)
 	}
-	p.trusted, p.written, p.rules, p.genKnown = false, nil, nil, false
+	p.trusted, p.written, p.rules, p.rulesText, p.genKnown = false, nil, nil, "", false
 	p.writtenVIPs, p.draining = map[netip.Addr]bool{}, map[drainKey]time.Time{}
 	p.log.Info("cleaned up", "virtualServers", deleted, "errors", len(errs))
 	if len(errs) > 0 {

@@ -67,7 +67,8 @@ func (p *Proxier) noteRealServerDrift(vs VSKey, prev *VirtualServer, have []*mob
 // service ports responsible (proxier.Bisect) and written without them.
 func (p *Proxier) syncFirewall(desired *Table, rules *Ruleset, trusted bool) (int, error) {
 	gen, genErr := p.fw.Generation()
-	if trusted && rules.Equal(p.rules) {
+	text := rules.String() // what Ruleset.Equal compares, the last one's kept
+	if trusted && p.rules != nil && text == p.rulesText {
 		if genErr != nil {
 			return 0, genErr
 		}
@@ -89,7 +90,7 @@ func (p *Proxier) syncFirewall(desired *Table, rules *Ruleset, trusted bool) (in
 	if err := p.fw.Apply(rules); err != nil {
 		return 0, p.containFirewall(desired, err)
 	}
-	p.rules = rules
+	p.rules, p.rulesText = rules, text
 	p.gen, p.genKnown = gen+1, genErr == nil
 	return 1, nil
 }
@@ -115,7 +116,7 @@ func (p *Proxier) containFirewall(desired *Table, refusal error) error {
 	})
 	if written != nil {
 		// What is in the kernel now; the next Sync writes the whole table again.
-		p.rules = written
+		p.rules, p.rulesText = written, written.String()
 	}
 	if err != nil {
 		return fmt.Errorf("write table inet %s: %w (narrowing to service ports: %w)", TableName, refusal, err)
