@@ -6,11 +6,15 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	gnft "github.com/google/nftables"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/proxyd/proxyd/pkg/metrics"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/nft"
+	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
 // TestVMDriftRepair changes the real kernel behind the Proxier's back, as
@@ -107,4 +111,62 @@ func vmGeneration(t *testing.T) uint32 {
 	gen, err := r.Generation()
 	must(t, err)
 	return gen
+}
+
+// TestVMDriftRepairedWithinASyncPeriod runs the Proxier under the real
+// Runner with a 2 s sync period, breaks the kernel behind its back and
+// measures how long the client's connections fail: at most one period
+// (plus the sync itself), each repair counted in
+// proxyd_drift_repairs_total{mode="ipvs"}.
+func TestVMDriftRepairedWithinASyncPeriod(t *testing.T) {
+	const period = 2 * time.Second
+	_, _, cl, p := twoPods(t)
+	s := state(sp("web", model.TCP, "10.96.0.10", 80, "10.244.1.11:8080"))
+	s.ServiceCIDRs = prefixes("10.96.0.0/16")
+	m := metrics.New(Mode)
+	r := proxier.NewRunner(p, func() *model.State { return s }, proxier.RunnerOptions{MaxInterval: period, Metrics: m})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	const masqueraded = "10.244.1.1"
+	waitAnswer := func(what string, limit time.Duration) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for {
+			got := ask(t, cl, "10.96.0.10:80")
+			if got == masqueraded {
+				return time.Since(start)
+			}
+			if time.Since(start) > limit {
+				t.Fatalf("%s: the client still gets %q after %v", what, got, time.Since(start))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitAnswer("the first sync", 10*time.Second)
+	for i, c := range []struct {
+		what   string
+		tamper func(t *testing.T)
+	}{
+		{"the virtual server deleted", func(t *testing.T) {
+			must(t, vmHandle(t).DelService(toService(&VirtualServer{VSKey: VSKey{Addr: addr("10.96.0.10"), Protocol: model.TCP, Port: 80}, Scheduler: DefaultScheduler})))
+		}},
+		{"the proxyd-ipvs table flushed", func(t *testing.T) {
+			c, err := gnft.New()
+			must(t, err)
+			c.FlushTable(nft.GTable(nft.INet, TableName))
+			must(t, c.Flush())
+		}},
+	} {
+		c.tamper(t)
+		d := waitAnswer(c.what, 2*period+5*time.Second)
+		t.Logf("%s: the client was answered again %v later (sync period %v)", c.what, d.Round(10*time.Millisecond), period)
+		if d > period+2*time.Second {
+			t.Errorf("%s: repaired after %v, more than one sync period (%v) and the sync", c.what, d, period)
+		}
+		if got := testutil.ToFloat64(m.DriftRepairs.WithLabelValues(Mode)); got != float64(i+1) {
+			t.Errorf("after %s: proxyd_drift_repairs_total = %v, want %d", c.what, got, i+1)
+		}
+	}
 }
