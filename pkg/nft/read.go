@@ -262,6 +262,14 @@ func expressions(f Family, b []byte) ([]expr.Any, error) {
 		}); err != nil {
 			return err
 		}
+		if name == "byteorder" {
+			e, err := byteorder(data)
+			if err != nil {
+				return fmt.Errorf("expression %d (byteorder): %w", len(out), err)
+			}
+			out = append(out, e)
+			return nil
+		}
 		mk, ok := exprTypes[name]
 		if !ok {
 			return fmt.Errorf("expression %d is %q, which proxyd never writes", len(out), name)
@@ -280,6 +288,30 @@ func expressions(f Family, b []byte) ([]expr.Any, error) {
 		return nil
 	})
 	return out, err
+}
+
+// byteorder decodes a byteorder expression, which google/nftables v0.3.0
+// cannot.
+func byteorder(data []byte) (*expr.Byteorder, error) {
+	e := &expr.Byteorder{}
+	err := attrs(data, func(typ uint16, ad *netlink.AttributeDecoder) error {
+		switch typ {
+		case unix.NFTA_BYTEORDER_SREG:
+			e.SourceRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_DREG:
+			e.DestRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_OP:
+			e.Op = expr.ByteorderOp(ad.Uint32())
+		case unix.NFTA_BYTEORDER_LEN:
+			e.Len = ad.Uint32()
+		case unix.NFTA_BYTEORDER_SIZE:
+			e.Size = ad.Uint32()
+		default:
+			return fmt.Errorf("attribute %d", typ)
+		}
+		return nil
+	})
+	return e, err
 }
 
 // request sends one nf_tables request and returns the answers.

@@ -22,7 +22,10 @@ type Set struct {
 	Timeout time.Duration
 	Dynamic bool
 	// Size bounds the number of elements (0: no bound).
-	Size     uint32
+	Size uint32
+	// Typeof, when set, declares the key and data as nft's typeof does;
+	// it prints instead of the types, which it must agree with.
+	Typeof   *Typeof
 	Elements []Element
 }
 
@@ -228,6 +231,18 @@ func (e Element) Text(s *Set) string {
 	return k
 }
 
+// check reports a set whose typeof does not fit its types.
+func (s *Set) check() error {
+	if s.Typeof == nil {
+		return nil
+	}
+	want := &Set{Key: []Type{TypeInteger}, Data: []Type{AddrType(s.Typeof.Family), TypeInetService}}
+	if typesText(s.Key) != typesText(want.Key) || typesText(s.Data) != typesText(want.Data) || !s.Interval {
+		return fmt.Errorf("set %s: %s needs an interval map of type %s : %s", s.Name, s.Typeof.text(), typesText(want.Key), typesText(want.Data))
+	}
+	return nil
+}
+
 // checkElement reports an element that does not fit s.
 func (s *Set) checkElement(e Element) error {
 	if len(e.Key) != len(s.Key) {
@@ -239,6 +254,9 @@ func (s *Set) checkElement(e Element) error {
 		}
 		if v.IsRange() && !s.Interval {
 			return fmt.Errorf("set %s: element %s has a range but the set has no interval flag", s.Name, e.Text(s))
+		}
+		if v.addr.IsValid() && s.Interval && len(s.Key) == 1 {
+			return fmt.Errorf("set %s: intervals of one address field are not supported", s.Name)
 		}
 	}
 	switch {
@@ -326,3 +344,11 @@ func (s *Set) SortElements() { slices.SortStableFunc(s.Elements, compareElements
 // CompareElements orders elements by key, field by field: the order
 // SortElements gives.
 func CompareElements(a, b Element) int { return compareElements(a, b) }
+
+// netipAddrPort is an endpoint map's data, address . port, as an AddrPort.
+func netipAddrPort(data []Value) netip.AddrPort {
+	if len(data) != 2 {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(data[0].addr, uint16(data[1].num))
+}
