@@ -13,6 +13,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
@@ -20,8 +21,8 @@ import (
 type Proxier struct {
 	cfg      proxier.Config
 	families []model.IPFamily
-	conn     *gnft.Conn
-	sock     *netlink.Conn // conn's socket, for deadlines
+	conn     *nft.Conn
+	sock     *netlink.Conn // conn's real socket, for deadlines
 	// written is what the kernel holds per family as proxyd last wrote it;
 	// none means "don't trust the kernel's view, rewrite in full".
 	written map[model.IPFamily]*written
@@ -50,19 +51,13 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		opt(&o)
 	}
 	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
-	connOpts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
-		p.sock = c // set again should the library ever redial
-		return nil
-	})}
-	if o.netnsFD > 0 {
-		connOpts = append(connOpts, gnft.WithNetNSFd(o.netnsFD))
-	}
-	conn, err := gnft.New(connOpts...)
+	conn, err := nft.Dial(o.netnsFD, largeBuffers)
 	if err != nil {
 		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
 	}
+	p.sock = conn.Socket()
 	if _, err := conn.ListTablesOfFamily(gnft.TableFamilyIPv4); err != nil {
-		_ = conn.CloseLasting()
+		_ = conn.Close()
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("nftables mode needs CAP_NET_ADMIN: %w", err)
 		}
@@ -79,7 +74,7 @@ func (p *Proxier) Mode() string { return "nftables" }
 func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
 
 // Close releases the netlink connection.
-func (p *Proxier) Close() error { return p.conn.CloseLasting() }
+func (p *Proxier) Close() error { return p.conn.Close() }
 
 // Sync implements proxier.Backend: one transaction per family, holding only
 // what d changed since the last successful sync, or everything when proxyd
