@@ -195,11 +195,14 @@ func (r *Reader) rules(t *Table) error {
 	}
 	for _, m := range msgs {
 		var chain string
+		var handle uint64
 		var ex []expr.Any
 		err := attrs(m.Data[4:], func(typ uint16, ad *netlink.AttributeDecoder) error {
 			switch typ {
 			case unix.NFTA_RULE_CHAIN:
 				chain = ad.String()
+			case unix.NFTA_RULE_HANDLE:
+				handle = ad.Uint64()
 			case unix.NFTA_RULE_EXPRESSIONS:
 				var err error
 				ex, err = expressions(t.Family, ad.Bytes())
@@ -221,6 +224,7 @@ func (r *Reader) rules(t *Table) error {
 			return fmt.Errorf("chain %s rule %d: %w", chain, len(c.Rules), err)
 		}
 		c.Rules = append(c.Rules, rule)
+		c.Handles = append(c.Handles, handle)
 	}
 	return nil
 }

@@ -352,3 +352,6 @@ func netipAddrPort(data []Value) netip.AddrPort {
 	}
 	return netip.AddrPortFrom(data[0].addr, uint16(data[1].num))
 }
+
+// NumEnd is the last number of a number value (Num, unless a range).
+func (v Value) NumEnd() uint32 { return v.end }

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -205,6 +206,9 @@ func writeElements(write func(*gnft.Set, []gnft.SetElement) error, t *gnft.Table
 	if err != nil {
 		return err
 	}
+	if s.Interval && len(s.Key) == 1 {
+		SortIntervalElements(enc)
+	}
 	for chunk := range slices.Chunk(enc, ElementsPerMessage) {
 		if err := write(g, chunk); err != nil {
 			return fmt.Errorf("elements of %s: %w", s.Name, err)
@@ -248,4 +252,17 @@ func Queue(conn *Conn, t *Table) error {
 		}
 	}
 	return nil
+}
+
+// SortIntervalElements puts the elements of an interval set of one field in
+// the order the kernel takes them in one transaction: by key, and at one
+// key an interval's end before the next interval's start (deleting the
+// start first, the kernel finds neither).
+func SortIntervalElements(enc []gnft.SetElement) {
+	slices.SortStableFunc(enc, func(a, b gnft.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return cmpBool(b.IntervalEnd, a.IntervalEnd)
+	})
 }

@@ -187,6 +187,9 @@ func queueInPlace(conn *nft.Conn, t *gnft.Table, p Plan, old *kernelTable) error
 		if err != nil {
 			return err
 		}
+		if s.Interval {
+			nft.SortIntervalElements(stale)
+		}
 		for chunk := range slices.Chunk(stale, nft.ElementsPerMessage) {
 			if err := conn.SetDeleteElements(set, chunk); err != nil {
 				return fmt.Errorf("elements of %s: %w", name, err)
@@ -279,3 +282,4 @@ func deleteTable(conn *nft.Conn, f model.IPFamily) error {
 func isNotExist(err error) bool {
 	return errors.Is(err, unix.ENOENT)
 }
+

@@ -3,6 +3,7 @@ package nftables
 import (
 	"context"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -61,6 +62,14 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 		byNft := ref.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName)
 		if nft.CanonicalListing(byNft) != nft.CanonicalListing(got) {
 			t.Errorf("%v: netlink-written table lists differently from the nft-written one\n--- proxyd\n%s\n--- nft\n%s", f, got, byNft)
+		}
+		// What nft lists, nft loads back, and lists the same again.
+		ref.Run(t, "nft", "delete", "table", nftFamily(f).String(), TableName)
+		if out, err := ref.Try("sh", "-c", "nft -f - <<'EOF'\n"+got+"EOF\n"); err != nil {
+			t.Fatalf("nft -f of the kernel's listing: %v\n%s", err, out)
+		}
+		if again := ref.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName); nft.CanonicalListing(again) != nft.CanonicalListing(got) {
+			t.Errorf("%v: the listing, loaded back by nft, lists differently\n--- before\n%s\n--- after\n%s", f, got, again)
 		}
 		if strings.Contains(got, "unknown") || strings.Contains(got, "invalid") {
 			t.Errorf("listing has unknown expressions:\n%s", got)
@@ -198,4 +207,66 @@ func TestKernelRestartRewritesTheTableInPlace(t *testing.T) {
 		}
 	}
 	readBackMatches(t, ns, after, flowspec.Config())
+}
+
+// ruleHandles lists the kernel's handles of every rule of proxyd's IPv4
+// table, read back over netlink: a new rule always gets a new handle.
+func ruleHandles(t *testing.T, ns *testns.NS) []uint64 {
+	t.Helper()
+	r, err := nft.NewReader(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	tb, err := r.Table(nft.IP, TableName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for _, c := range tb.Chains {
+		out = append(out, c.Handles...)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// In a table of thousands of services, an endpoint that goes away and one
+// that comes back change elements of the service's endpoint map, and the
+// kernel holds exactly the rules it held before (the same handles): no
+// rule is added, so the commit validates none.
+func TestKernelEndpointChangeAddsNoRule(t *testing.T) {
+	ns := testns.New(t, "nfteps")
+	p := newKernelProxier(t, ns)
+	snap := bigSnapshot(2000, 10)
+	var builder model.Builder
+	st := builder.Build(snap)
+	if err := p.Sync(context.Background(), st, model.Compute(nil, st)); err != nil {
+		t.Fatal(err)
+	}
+	before := ruleHandles(t, ns)
+	if len(before) < 2000*2 {
+		t.Fatalf("%d rules in a table of 2000 services", len(before))
+	}
+	name := model.NamespacedName{Namespace: "bench", Name: "svc-01000-1"}
+	es := *snap.Slices[name]
+	for _, eps := range [][]model.SliceEndpoint{es.Endpoints[1:], es.Endpoints} {
+		next := es
+		next.Endpoints = eps
+		snap.Slices[name] = &next
+		prev := st
+		st = builder.Build(snap)
+		if err := p.Sync(context.Background(), st, model.Compute(prev, st)); err != nil {
+			t.Fatal(err)
+		}
+		if got := p.LastSyncStats(); got.Full || got.KernelOps == 0 {
+			t.Fatalf("the endpoint change was written as %+v", got)
+		}
+		if after := ruleHandles(t, ns); !slices.Equal(after, before) {
+			t.Fatalf("the endpoint change added or removed rules: %d before, %d after", len(before), len(after))
+		}
+		m := ns.Run(t, "nft", "list", "map", "ip", TableName, "eps-bench/svc-01000/tcp/http")
+		if n := strings.Count(m, " : 10."); n != len(eps) {
+			t.Fatalf("the endpoint map has %d elements, want %d:\n%s", n, len(eps), m)
+		}
+	}
 }

@@ -87,6 +87,7 @@ type serviceRules struct {
 	clusterIP          netip.Addr
 	hairpin            []netip.Addr
 	sets               []*nft.Set // session affinity: one dynamic set per endpoint
+	maps               []*nft.Set // endpoint maps the DNAT picks from
 	fw                 *nft.Chain // the firewall chain while it is being built
 }
 
@@ -121,7 +122,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
 			c.Rules = append(c.Rules, r)
 		}
-		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs, aff, f)...)
+		c.Rules = append(c.Rules, out.dnat(proto, clusterEPs, aff, f, EndpointMap(sp.Key))...)
 		out.chains = append(out.chains, c)
 		out.dispatch = append(out.dispatch, elem(vip, nft.Goto(svcChain)))
 		out.addHairpin(clusterEPs)
@@ -152,7 +153,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	if !sp.ExternalLocal {
 		// The client's address cannot come back through another node.
 		ext.Rules = append(ext.Rules, nft.Rule{setMark})
-		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
+		ext.Rules = append(ext.Rules, out.dnat(proto, extEPs, aff, f, ExternalEndpointMap(sp.Key))...)
 	} else {
 		// Local policy keeps the client's address, so only this node's
 		// endpoints serve; Pods and the node itself still get the whole
@@ -164,7 +165,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 			ext.Rules = append(ext.Rules, nft.Rule{nft.FibLocal{Source: true}, setMark, nft.Goto(svcChain)})
 		}
 		if len(extEPs) > 0 {
-			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
+			ext.Rules = append(ext.Rules, out.dnat(proto, extEPs, aff, f, ExternalEndpointMap(sp.Key))...)
 		} else {
 			ext.Rules = append(ext.Rules, nft.Rule{nft.Drop})
 		}
@@ -224,6 +225,50 @@ func (sr *serviceRules) finishFirewall(admit nft.Verdict) {
 	sr.fw.Rules = append(sr.fw.Rules, nft.Rule{nft.Drop})
 	sr.chains = append(sr.chains, sr.fw)
 	sr.fw = nil
+}
+
+// EndpointMap names the map the service chain of a port picks its
+// endpoint from ("eps-default/web/tcp/http").
+func EndpointMap(k model.ServicePortKey) string {
+	return "eps-" + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
+}
+
+// ExternalEndpointMap names the map of the external chain, when its
+// endpoints are not the service chain's ("ext-eps-default/web/tcp/http").
+func ExternalEndpointMap(k model.ServicePortKey) string { return "ext-" + EndpointMap(k) }
+
+// endpointNumbers is the range of random numbers an endpoint map splits
+// among the endpoints: uneven by at most one number in 65536.
+const endpointNumbers = 1 << 16
+
+// dnat picks one of eps uniformly for a new connection. Without session
+// affinity that is one rule that looks a random number up in an endpoint
+// map, the interval map name: only the map's elements change with the
+// endpoints, which the kernel commits without validating any rule again
+// (the map is the chain's of the same endpoints, when there is one). With
+// affinity it is dnatRules.
+func (sr *serviceRules) dnat(proto model.Protocol, eps []model.Endpoint, aff map[netip.AddrPort]string, f model.IPFamily, name string) []nft.Rule {
+	if aff != nil {
+		return dnatRules(proto, eps, aff, f)
+	}
+	fam := nftFamily(f)
+	m := &nft.Set{Name: name, Key: []nft.Type{nft.TypeInteger}, Data: []nft.Type{nft.AddrType(fam), nft.TypeInetService},
+		Interval: true, Typeof: &nft.Typeof{Mod: endpointNumbers, Family: fam, Proto: proto.Number()}}
+	for i, e := range eps {
+		lo, hi := uint32(i*endpointNumbers/len(eps)), uint32((i+1)*endpointNumbers/len(eps)-1)
+		m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.NumRangeValue(lo, hi)},
+			Data: []nft.Value{nft.AddrValue(e.IP), nft.NumValue(uint32(e.Port))}})
+	}
+	for _, have := range sr.maps {
+		if slices.EqualFunc(have.Elements, m.Elements, func(a, b nft.Element) bool { return a.Text(have) == b.Text(m) }) {
+			m = have
+			break
+		}
+	}
+	if !slices.Contains(sr.maps, m) {
+		sr.maps = append(sr.maps, m)
+	}
+	return []nft.Rule{{nft.Proto{Proto: proto.Number()}, nft.DNATMap{Family: fam, Mod: endpointNumbers, Map: m.Name}}}
 }
 
 // dnatRules picks endpoint i of n with probability 1/(n-i). With session
@@ -371,7 +416,7 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 	w := newWritten(renderBase(s, cfg, f), f)
 	sets := newSets(f)
 	var serviceChains []*nft.Chain
-	var affinitySets []*nft.Set
+	var affinitySets, endpointMaps []*nft.Set
 	for _, sp := range s.Sorted() {
 		sr, ok := renderServicePort(sp, cfg, f)
 		if !ok {
@@ -379,6 +424,7 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 		}
 		w.add(sp.Key, sr)
 		affinitySets = append(affinitySets, sr.sets...)
+		endpointMaps = append(endpointMaps, sr.maps...)
 		sets.serviceIPs.Elements = append(sets.serviceIPs.Elements, sr.dispatch...)
 		sets.nodePorts.Elements = append(sets.nodePorts.Elements, sr.nodePort...)
 		sets.noEndpoints.Elements = append(sets.noEndpoints.Elements, sr.noEndpoint...)
@@ -395,8 +441,10 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 		set.SortElements()
 	}
 	slices.SortFunc(serviceChains, func(a, b *nft.Chain) int { return cmp.Compare(a.Name, b.Name) })
-	slices.SortFunc(affinitySets, func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) })
-	return &nft.Table{Family: nftFamily(f), Name: TableName, Sets: append(sets.all(), affinitySets...),
+	byName := func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) }
+	slices.SortFunc(affinitySets, byName)
+	slices.SortFunc(endpointMaps, byName)
+	return &nft.Table{Family: nftFamily(f), Name: TableName, Sets: slices.Concat(sets.all(), endpointMaps, affinitySets),
 		Chains: append(slices.Clone(w.base), serviceChains...)}, w
 }
 

@@ -37,20 +37,26 @@ func TestRenderIsDeterministic(t *testing.T) {
 	}
 }
 
-// The ruleset grows by one chain per service port and one rule per
-// endpoint (plus the masquerade rule): nothing per endpoint beyond that.
+// The ruleset grows by one chain of two rules and one endpoint map per
+// service port: endpoints are elements, never rules.
 func TestRuleCountGrowsLinearly(t *testing.T) {
 	st := bigState(100, 10)
 	r := Render(st, flowspec.Config(), model.IPv4)
-	chains, rules := 0, 0
+	chains, rules, maps, elems := 0, 0, 0, 0
 	for _, c := range r.Chains {
 		if strings.HasPrefix(c.Name, serviceChainPrefix) {
 			chains++
 			rules += len(c.Rules)
 		}
 	}
-	if chains != 100 || rules != 100*(10+1) {
-		t.Errorf("100 services × 10 endpoints: %d service chains, %d rules; want 100 and 1100", chains, rules)
+	for _, s := range r.Sets {
+		if strings.HasPrefix(s.Name, "eps-") {
+			maps++
+			elems += len(s.Elements)
+		}
+	}
+	if chains != 100 || rules != 100*2 || maps != 100 || elems != 100*10 {
+		t.Errorf("100 services × 10 endpoints: %d service chains, %d rules, %d maps of %d elements; want 100, 200, 100 and 1000", chains, rules, maps, elems)
 	}
 }
 
@@ -78,7 +84,7 @@ func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
 			t.Errorf("plan:\n%s", p)
 		}
 	})
-	t.Run("an endpoint change rewrites one chain", func(t *testing.T) {
+	t.Run("an endpoint change writes map elements and no rule", func(t *testing.T) {
 		after := withEndpoints(before, 1, 2)
 		golden.Check(t, "plan-endpoint-removed.txt", incremental(t, before, after).String())
 	})

@@ -18,7 +18,7 @@ type written struct {
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
 	chains     int
-	dynSets    int // session-affinity sets
+	svcSets    int // sets of service ports: affinity sets and endpoint maps
 	// needFull is set when an update cannot be written incrementally (an
 	// affinity set whose definition, its timeout, changed must be
 	// recreated).
@@ -32,7 +32,7 @@ func newWritten(base []*nft.Chain, f model.IPFamily) *written {
 
 // objects is how many chains and sets the table holds: what the kernel
 // reports as the table's use count.
-func (w *written) objects() int { return w.chains + len(newSets(w.family).all()) + w.dynSets }
+func (w *written) objects() int { return w.chains + len(newSets(w.family).all()) + w.svcSets }
 
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
@@ -41,7 +41,7 @@ func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 		w.hairpin[ip]++
 	}
 	w.chains += len(sr.chains)
-	w.dynSets += len(sr.sets)
+	w.svcSets += len(sr.sets) + len(sr.maps)
 }
 
 func (w *written) remove(k model.ServicePortKey) {
@@ -55,7 +55,7 @@ func (w *written) remove(k model.ServicePortKey) {
 		decrement(w.hairpin, ip)
 	}
 	w.chains -= len(sr.chains)
-	w.dynSets -= len(sr.sets)
+	w.svcSets -= len(sr.sets) + len(sr.maps)
 }
 
 func decrement(m map[netip.Addr]int, a netip.Addr) {
@@ -95,7 +95,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	p := Plan{Family: f}
 	sets := newSets(f)
 	var newChains, changedChains, goneChains []*nft.Chain
-	var newSets, goneSets []*nft.Set
+	var newSets, goneSets, newMaps, keptMaps []*nft.Set
 	del, add := map[*nft.Set][]nft.Element{}, map[*nft.Set][]nft.Element{}
 
 	base := renderBase(s, cfg, f)
@@ -136,6 +136,14 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			}
 		})
 		newSets, goneSets = append(newSets, addedSets...), append(goneSets, droppedSets...)
+		addedMaps, droppedMaps := matchByName(old.maps, next.maps, func(s *nft.Set) string { return s.Name }, func(o, n *nft.Set) {
+			if o.Definition() != n.Definition() {
+				w.needFull = true
+			}
+			diffElements(del, add, n, o.Elements, n.Elements)
+			keptMaps = append(keptMaps, n)
+		})
+		newMaps, goneSets = append(newMaps, addedMaps...), append(goneSets, droppedMaps...)
 		diffElements(del, add, sets.serviceIPs, old.dispatch, next.dispatch)
 		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
 		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
@@ -144,7 +152,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	del[sets.clusterIPs], add[sets.clusterIPs] = vips.changes(w.clusterIPs, vipElement)
 	del[sets.hairpin], add[sets.hairpin] = pins.changes(w.hairpin, hairpinElement)
 
-	for _, set := range newSets {
+	for _, set := range slices.Concat(newSets, newMaps) {
 		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: set})
 	}
 	for _, c := range newChains {
@@ -159,17 +167,20 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
 		}
 	}
-	for _, set := range sets.all() {
+	for _, set := range slices.Concat(sets.all(), keptMaps) {
 		if len(del[set]) > 0 {
 			slices.SortFunc(del[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: set, Elements: del[set]})
 		}
 	}
-	for _, set := range sets.all() {
+	for _, set := range slices.Concat(sets.all(), keptMaps) {
 		if len(add[set]) > 0 {
 			slices.SortFunc(add[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: set, Elements: add[set]})
 		}
+	}
+	for _, m := range newMaps {
+		p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: m, Elements: m.Elements})
 	}
 	// An external chain may jump to the service chain: flush every gone
 	// chain before deleting any.
