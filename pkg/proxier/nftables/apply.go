@@ -282,4 +282,3 @@ func deleteTable(conn *nft.Conn, f model.IPFamily) error {
 func isNotExist(err error) bool {
 	return errors.Is(err, unix.ENOENT)
 }
-
