@@ -50,14 +50,16 @@ func programmingBuckets() []float64 {
 }
 
 // New registers the metrics in a fresh registry. mode selects the name of
-// the failure counter kube-proxy uses for that mode.
+// the failure counter kube-proxy uses for that mode: nftables mode has its
+// own; iptables and ipvs mode both count failed syncs as
+// kubeproxy_sync_proxy_rules_iptables_restore_failures_total, the only
+// failure counter kube-proxy's ipvs mode registers (it counts the
+// iptables-restore of its filter and NAT rules there), so that name is
+// also what any other mode gets.
 func New(mode string) *Metrics {
-	failureName := map[string]string{
-		"iptables": "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-		"nftables": "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-	}[mode]
-	if failureName == "" {
-		failureName = "kubeproxy_sync_proxy_rules_" + mode + "_sync_failures_total"
+	failureName := "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"
+	if mode == "nftables" {
+		failureName = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total"
 	}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),

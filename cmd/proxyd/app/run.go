@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -60,6 +61,14 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	m := metrics.New(o.Mode)
+	programmed := &lastState{}
+	events := informer.NewEventRecorder(client, nodeName)
+	collector, explainer, closeExplain := newDiagnostics(o, backend, events, programmed)
+	defer closeExplain()
+	if collector != nil {
+		m.Registry.MustRegister(collector)
+		go collector.Run(ctx)
+	}
 	health := healthz.New(clock.RealClock{}, 2*o.SyncPeriod)
 	health.Observe(func(path string, code int) {
 		counter := m.HealthzTotal
@@ -68,7 +77,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		counter.WithLabelValues(strconv.Itoa(code)).Inc()
 	})
-	servers, err := serve(o, m, health)
+	servers, err := serve(o, m, health, explainer)
 	if err != nil {
 		return err
 	}
@@ -94,6 +103,10 @@ func Run(ctx context.Context, o *Options) error {
 			}
 		}
 		m.SetNoLocalEndpoints(s)
+		programmed.set(s)
+		if collector != nil {
+			collector.Programmed(s, d)
+		}
 		checks.Sync(s.HealthChecks())
 		health.SetNodeRetiring(s.Node.Retiring)
 	}
@@ -103,6 +116,7 @@ func Run(ctx context.Context, o *Options) error {
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
+	events.Use(inf)
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
 	health.QueuedUpdate()
@@ -176,7 +190,7 @@ func (o *Options) client() (*apiClient, error) {
 
 // serve starts the metrics and health endpoints; a port that is taken is
 // an error at start, not a silent absence.
-func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, error) {
+func serve(o *Options, m *metrics.Metrics, h *healthz.Health, explainer http.Handler) ([]*http.Server, error) {
 	var servers []*http.Server
 	start := func(addr string, handler http.Handler, what string) error {
 		if addr == "" || strings.HasSuffix(addr, ":0") {
@@ -195,18 +209,8 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, e
 		}()
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	if o.Profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
 	hh := h.Handler()
-	mux.Handle("/healthz", hh)
-	mux.Handle("/livez", hh)
-	if err := start(o.MetricsBindAddress, mux, "metrics"); err != nil {
+	if err := start(o.MetricsBindAddress, metricsHandler(o, m, hh, explainer), "metrics"); err != nil {
 		return nil, err
 	}
 	if err := start(o.HealthzBindAddress, hh, "healthz"); err != nil {
@@ -216,4 +220,30 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, e
 		return nil, err
 	}
 	return servers, nil
+}
+
+// metricsHandler serves the metrics address as kube-proxy does: /metrics,
+// /healthz and /livez, /proxyMode (the mode's name as plain text, which the
+// upstream e2e suite reads to decide what to expect), and /debug/pprof with
+// --profiling.
+func metricsHandler(o *Options, m *metrics.Metrics, health, explainer http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	if o.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	if explainer != nil {
+		mux.Handle("/debug/explain", explainer)
+	}
+	mux.Handle("/healthz", health)
+	mux.Handle("/livez", health)
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = io.WriteString(w, o.Mode)
+	})
+	return mux
 }

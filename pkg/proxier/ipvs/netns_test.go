@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/internal/testns"
 	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
@@ -18,15 +19,11 @@ import (
 // never touched. It skips unless running as root with ip(8) available.
 func testNetns(t *testing.T, name string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8)")
-	}
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "ip")
 	ns := fmt.Sprintf("pxd-ipvs-%d-%s", os.Getpid(), name)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("cannot create netns %s: %v: %s", ns, err, out)
+		testenv.Skipf(t, "cannot create netns %s: %v: %s", ns, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
@@ -43,9 +40,7 @@ func nftList(t *testing.T, ns string) (string, error) {
 }
 
 func TestNftablesTableInANetns(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) to read the table back")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nft")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	if err := fw.Delete(); err != nil {
@@ -86,9 +81,7 @@ func TestNftablesTableInANetns(t *testing.T) {
 }
 
 func TestNftablesNodeServersReadBack(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) for the test namespace's tooling")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nftnode")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	if got, err := fw.NodeServers(); err != nil || len(got) != 0 {
@@ -117,9 +110,7 @@ func TestNftablesNodeServersReadBack(t *testing.T) {
 // single-address element (the load-balancer IP the node uses) and ranges
 // that nested in the model, and lists them as rendered.
 func TestNftablesSourceGuardsInANetns(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) to read the table back")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nftguard")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	p := lbPort(prefixes("10.88.0.0/16", "10.88.1.0/24", "192.0.2.0/28", "2001:db8:1::/48", "2001:db8:1:2::/64"), "192.0.2.20", "2001:db8::20")

@@ -101,12 +101,14 @@ type Lab struct {
 	// apiserver took from exec to /readyz 200.
 	StartDuration, ReadyzDuration time.Duration
 
-	logf   func(format string, args ...any)
-	pki    *pki
-	mu     sync.Mutex
-	procs  []*Process
-	rec    ownerRecord
-	closed bool
+	logf  func(format string, args ...any)
+	pki   *pki
+	mu    sync.Mutex
+	procs []*Process
+	// extraNS are namespaces added with AddNamespace.
+	extraNS []string
+	rec     ownerRecord
+	closed  bool
 }
 
 // Start builds a lab: namespaces and links, echo Pods, etcd, kube-apiserver,
@@ -257,6 +259,7 @@ func (l *Lab) namespaces() []string {
 	for _, p := range l.Pods {
 		names = append(names, p.NS)
 	}
+	names = append(names, l.extraNS...)
 	return append(names, l.NodeNS)
 }
 
