@@ -215,13 +215,15 @@ func (c *Collector) Scan() error {
 	return nil
 }
 
-// Refresh walks the table now unless the last walk is younger than
-// maxAge: `proxyd explain svc` asks for a view that includes what was
-// programmed since, at the cost of one walk per maxAge at most.
+// Refresh walks the table now unless the last walk is younger than maxAge
+// and nothing was programmed since: `proxyd explain svc` asks for a view
+// that includes a Service created a moment ago, at the cost of one walk
+// per maxAge at most while nothing changes.
 func (c *Collector) Refresh(maxAge time.Duration) error {
 	c.mu.Lock()
 	fresh := !c.scanAt.IsZero() && c.clock.Since(c.scanAt) < maxAge
 	c.mu.Unlock()
+	fresh = fresh && !c.ready.pending()
 	if fresh {
 		return nil
 	}

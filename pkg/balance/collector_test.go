@@ -333,3 +333,20 @@ func TestRefreshWalksOnlyWhenTheLastWalkIsOlderThanAsked(t *testing.T) {
 		t.Errorf("an older walk was not repeated: %s", counts(sp))
 	}
 }
+
+func TestRefreshWalksAtOnceWhenAServiceWasProgrammedSinceTheLastWalk(t *testing.T) {
+	c, _, _ := newTestCollector(t, &table{}, Config{})
+	empty := &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}
+	c.Programmed(empty, model.Compute(nil, empty))
+	if err := c.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	s := webState(2)
+	c.Programmed(s, model.Compute(empty, s))
+	if err := c.Refresh(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := c.Spread(web.Service()); !ok {
+		t.Error("a Service programmed after a fresh walk is unknown to Refresh's view")
+	}
+}

@@ -93,6 +93,13 @@ func (r *readiness) take() *model.State {
 	return s
 }
 
+// pending reports whether a State newer than the one last taken was noted.
+func (r *readiness) pending() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.changed) > 0
+}
+
 // candidateIPs are the addresses of the endpoints this node may send new
 // connections of sp to: the ClusterIP's choice and the external one.
 func candidateIPs(sp *model.ServicePort) []netip.Addr {

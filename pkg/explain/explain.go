@@ -32,7 +32,10 @@ type Dataplane interface {
 type Trace struct {
 	Outcomes []Outcome
 	// Service and MatchedBy: the Service port the rules chose, and the
-	// rule that chose it (nil when no rule claimed the packet).
+	// rule that chose it (nil when no rule claimed the packet). MatchedBy
+	// without Service is a rule that claimed the destination without
+	// naming a Service (an IPVS virtual server, a set of Service
+	// addresses without endpoints).
 	Service   *ServiceRef
 	MatchedBy *Step
 	// NoMasqueradeWhy says, when no outcome is masqueraded, why not
@@ -40,6 +43,8 @@ type Trace struct {
 	NoMasqueradeWhy string
 	Affinity        []Affinity
 	Scheduler       *Scheduler
+	// Notes are what the reader could not read, or had to assume.
+	Notes []string
 }
 
 // Explainer answers queries. Only Dataplane is required; in the daemon
@@ -62,6 +67,9 @@ var ErrNotFound = errors.New("no such Service")
 
 // Explain answers q.
 func (x *Explainer) Explain(ctx context.Context, q Query) (*Report, error) {
+	if x.Dataplane == nil {
+		return nil, errors.New("explain: this mode has no reader of its kernel state")
+	}
 	if !q.Src.IsValid() || !q.Dst.IsValid() {
 		return nil, errors.New("explain: need a source address and a destination address:port")
 	}
@@ -82,6 +90,7 @@ func (x *Explainer) Explain(ctx context.Context, q Query) (*Report, error) {
 		return nil, fmt.Errorf("explain: read the %s rules: %w", r.Dataplane, err)
 	}
 	r.Outcomes, r.Service, r.MatchedBy, r.Affinity, r.Scheduler = tr.Outcomes, tr.Service, tr.MatchedBy, tr.Affinity, tr.Scheduler
+	r.Notes = append(r.Notes, tr.Notes...)
 	if r.Affinity == nil {
 		r.Affinity = []Affinity{}
 	}
@@ -183,10 +192,21 @@ func (x *Explainer) drift(ctx context.Context, q Query, r *Report) {
 	}
 	r.Drift = Drift{Known: true, Differences: d}
 	r.Model = owner(s, q)
-	if r.Model != nil && (r.Service == nil || r.Service.Namespace != r.Model.Namespace || r.Service.Name != r.Model.Name || r.Service.Port != r.Model.Port) {
+	if r.Model != nil && r.Service != nil && r.Service.same(r.Model) {
+		// The model knows an external IP from a load-balancer IP,
+		// which rules sending both the same way need not.
+		r.Service.Kind = r.Model.Kind
+	}
+	unnamed := r.Service == nil && r.MatchedBy != nil
+	if r.Model != nil && !unnamed && (r.Service == nil || !r.Service.same(r.Model)) {
 		r.Drift.Differences = append(r.Drift.Differences, fmt.Sprintf("proxyd programmed %v for %s %v, but the kernel's rules %s",
 			r.Model, strings.ToLower(string(q.Proto)), q.Dst, claimed(r.Service)))
 	}
+}
+
+// same reports whether s and o name the same Service port.
+func (s *ServiceRef) same(o *ServiceRef) bool {
+	return s.Namespace == o.Namespace && s.Name == o.Name && s.Port == o.Port && s.Protocol == o.Protocol
 }
 
 func claimed(s *ServiceRef) string {
@@ -277,20 +297,4 @@ func (x *Explainer) Service(name model.NamespacedName) (*ServiceReport, error) {
 		}
 	}
 	return r, nil
-}
-
-// Unavailable is the Dataplane of a mode whose kernel reader is not in
-// this build: every question about it fails with a reason.
-func Unavailable(mode, why string) Dataplane { return unavailable{mode, why} }
-
-type unavailable struct{ mode, why string }
-
-func (u unavailable) Name() string { return u.mode }
-
-func (u unavailable) Trace(context.Context, Query) (*Trace, error) {
-	return nil, fmt.Errorf("explain is not available for %s mode in this build: %s", u.mode, u.why)
-}
-
-func (u unavailable) Drift(context.Context, *model.State) ([]string, error) {
-	return nil, fmt.Errorf("not available for %s mode in this build", u.mode)
 }

@@ -25,15 +25,19 @@ import (
 	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 )
 
-// The kernel test runs the test binary again inside a fresh network
-// namespace, once per iptables variant, so that iptables-restore and
-// iptables-save act on that namespace only.
+// The kernel tests run the test binary again inside a fresh network
+// namespace, so that what they program (iptables-restore and
+// iptables-save, the nftables backend, real connections) acts on that
+// namespace only.
 const (
 	envNetns   = "PXD_EXPLAIN_NETNS"
 	envVariant = "PXD_EXPLAIN_VARIANT"
 )
 
-func TestKernelIPTables(t *testing.T) {
+// inNewNetns runs the test named test of this binary in a new network
+// namespace, with env added to its environment.
+func inNewNetns(t *testing.T, test string, env ...string) {
+	t.Helper()
 	if os.Getenv(envNetns) != "" {
 		t.Skip("already inside the test namespace")
 	}
@@ -43,61 +47,119 @@ func TestKernelIPTables(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ns := testns.New(t, "explain")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, self, "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), envNetns+"="+ns.Name), env...)
+	out, err := cmd.CombinedOutput()
+	t.Logf("in netns %s:\n%s", ns.Name, out)
+	if err != nil {
+		t.Fatalf("the test in the namespace failed: %v", err)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: "+test)) {
+		t.Fatal("the test in the namespace did not run")
+	}
+}
+
+func TestKernelIPTables(t *testing.T) {
 	for _, v := range []iptables.Variant{iptables.VariantNFT, iptables.VariantLegacy} {
 		t.Run(string(v), func(t *testing.T) {
 			b := iptables.DefaultBinaries(v)
 			for _, name := range []string{b.Restore, b.Save, b.IPTables, b.Restore6, b.Save6, b.IP6Tables} {
 				testenv.NeedTool(t, name)
 			}
-			ns := testns.New(t, "explain")
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns.Name, self, "-test.run=^TestKernelIPTablesInNetns$", "-test.v", "-test.count=1")
-			cmd.Env = append(os.Environ(), envNetns+"="+ns.Name, envVariant+"="+string(v))
-			out, err := cmd.CombinedOutput()
-			t.Logf("in netns %s:\n%s", ns.Name, out)
-			if err != nil {
-				t.Fatalf("the test in the namespace failed: %v", err)
-			}
-			if !bytes.Contains(out, []byte("--- PASS: TestKernelIPTablesInNetns")) {
-				t.Fatal("the test in the namespace did not run")
-			}
+			inNewNetns(t, "TestKernelIPTablesInNetns", envVariant+"="+string(v))
 		})
 	}
 }
 
 // inNetns fails unless the test runs in the namespace the parent made.
-func inNetns(t *testing.T) iptables.Variant {
+func inNetns(t *testing.T) {
 	t.Helper()
 	ns := os.Getenv(envNetns)
 	if ns == "" {
-		t.Skip("runs only inside the namespace TestKernelIPTables creates")
+		t.Skip("runs only inside the namespace its parent test creates")
 	}
 	var self, want syscall.Stat_t
 	if syscall.Stat("/proc/self/ns/net", &self) != nil || syscall.Stat("/run/netns/"+ns, &want) != nil || self.Ino != want.Ino {
-		t.Fatalf("refusing to touch iptables: not in netns %s", ns)
+		t.Fatalf("refusing to touch the kernel's rules: not in netns %s", ns)
 	}
-	return iptables.Variant(os.Getenv(envVariant))
 }
 
-func sh(t *testing.T, argv ...string) {
+// sh runs argv and returns its output, failing the test on error.
+func sh(t *testing.T, argv ...string) string {
 	t.Helper()
-	if out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput(); err != nil {
+	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+	if err != nil {
 		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
 	}
+	return string(out)
 }
 
-func TestKernelIPTablesInNetns(t *testing.T) {
-	v := inNetns(t)
-	ctx := context.Background()
-	// The node: its address on a veth, and a route for the service range
-	// so that connections it makes itself reach the output hook's DNAT.
+// nodeNetwork gives the namespace the node's address on a veth, and a
+// route for the service range so that connections the node makes itself
+// reach the output hook's DNAT.
+func nodeNetwork(t *testing.T) {
+	t.Helper()
 	sh(t, "ip", "link", "add", "pxd-a", "type", "veth", "peer", "name", "pxd-b")
 	sh(t, "ip", "addr", "add", flowspec.NodeIP.String()+"/24", "dev", "pxd-a")
 	sh(t, "ip", "link", "set", "pxd-a", "up")
 	sh(t, "ip", "link", "set", "pxd-b", "up")
 	sh(t, "ip", "route", "add", flowspec.ServiceCIDR.String(), "dev", "pxd-a")
 	sh(t, "ip", "route", "add", "10.244.0.0/16", "dev", "pxd-a")
+}
+
+// explainFunc explains a TCP connection, logging the text.
+type explainFunc func(t *testing.T, src netip.Addr, dst netip.AddrPort) *Report
+
+func explainWith(x *Explainer) explainFunc {
+	return func(t *testing.T, src netip.Addr, dst netip.AddrPort) *Report {
+		t.Helper()
+		q, err := ParseQuery(src.String(), dst.String(), "tcp", "auto", InterfaceAddrs())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := x.Explain(context.Background(), q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b strings.Builder
+		_ = r.WriteText(&b)
+		t.Logf("explain %v → %v:\n%s", src, dst, b.String())
+		return r
+	}
+}
+
+// knock sends one SYN to dst from the node, which nobody answers: enough
+// for the output hook to pick an endpoint and remember the affinity.
+func knock(dst netip.AddrPort) {
+	d := net.Dialer{Timeout: 300 * time.Millisecond}
+	if c, err := d.Dial("tcp", dst.String()); err == nil {
+		_ = c.Close()
+	}
+}
+
+// established puts an established connection from the client to web,
+// answered by ep, into the namespace's conntrack table.
+func established(t *testing.T, web, ep netip.AddrPort) {
+	t.Helper()
+	tab, err := cttest.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tab.Close()
+	f := cttest.Flow{Proto: unix.IPPROTO_TCP, Src: netip.AddrPortFrom(flowspec.Client, 40000), Dst: web, Reply: ep, TCPState: conntrack.TCPEstablished}
+	if err := tab.Create(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKernelIPTablesInNetns(t *testing.T) {
+	inNetns(t)
+	v := iptables.Variant(os.Getenv(envVariant))
+	ctx := context.Background()
+	nodeNetwork(t)
 
 	s := flowspec.State()
 	p, err := iptables.New(flowspec.Config(), iptables.WithVariant(v))
@@ -112,23 +174,8 @@ func TestKernelIPTablesInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reader.Close()
-	x := &Explainer{Dataplane: &IPTables{Variant: v, Config: p.Config()}, Conntrack: reader,
-		State: func() *model.State { return s }, ReadBy: "test"}
-	explain := func(t *testing.T, src netip.Addr, dst netip.AddrPort) *Report {
-		t.Helper()
-		q, err := ParseQuery(src.String(), dst.String(), "tcp", "auto", InterfaceAddrs())
-		if err != nil {
-			t.Fatal(err)
-		}
-		r, err := x.Explain(ctx, q)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var b strings.Builder
-		_ = r.WriteText(&b)
-		t.Logf("explain %v → %v:\n%s", src, dst, b.String())
-		return r
-	}
+	explain := explainWith(&Explainer{Dataplane: &IPTables{Variant: v, Config: p.Config()}, Conntrack: reader,
+		State: func() *model.State { return s }, ReadBy: "test"})
 	web := netip.AddrPortFrom(flowspec.WebVIP, 80)
 	pods := []netip.AddrPort{netip.AddrPortFrom(flowspec.Pod1, 8080), netip.AddrPortFrom(flowspec.Pod2, 8080), netip.AddrPortFrom(flowspec.Pod3, 8080)}
 
@@ -172,10 +219,7 @@ func TestKernelIPTablesInNetns(t *testing.T) {
 		sticky := netip.AddrPortFrom(flowspec.StickyVIP, 80)
 		// A SYN from the node: the output hook's DNAT puts the node's
 		// address in the chosen endpoint's recent list. Nobody answers.
-		d := net.Dialer{Timeout: 300 * time.Millisecond}
-		if c, err := d.Dial("tcp", sticky.String()); err == nil {
-			_ = c.Close()
-		}
+		knock(sticky)
 		r := explain(t, flowspec.NodeIP, sticky)
 		if len(r.Affinity) != 1 || !r.Affinity[0].Active || !strings.HasPrefix(r.Affinity[0].Where, "xt_recent list PROXYD-SEP-") ||
 			r.Affinity[0].Timeout != 10800*time.Second {
@@ -190,15 +234,7 @@ func TestKernelIPTablesInNetns(t *testing.T) {
 	})
 
 	t.Run("an established connection in conntrack is listed with its endpoint", func(t *testing.T) {
-		tab, err := cttest.Open(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tab.Close()
-		f := cttest.Flow{Proto: unix.IPPROTO_TCP, Src: netip.AddrPortFrom(flowspec.Client, 40000), Dst: web, Reply: pods[1], TCPState: conntrack.TCPEstablished}
-		if err := tab.Create(f); err != nil {
-			t.Fatal(err)
-		}
+		established(t, web, pods[1])
 		r := explain(t, flowspec.Client, web)
 		if len(r.Conntrack) != 1 || r.Conntrack[0].Endpoint != pods[1] || r.Conntrack[0].State != "ESTABLISHED" {
 			t.Errorf("conntrack %+v", r.Conntrack)

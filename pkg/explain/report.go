@@ -72,6 +72,9 @@ type ServiceRef struct {
 
 // Step is one rule on a packet's path, as the kernel lists it.
 type Step struct {
+	// Hook is where it ran (nftables and IPVS); iptables names its
+	// built-in chains after the hooks.
+	Hook  string `json:"hook,omitempty"`
 	Table string `json:"table,omitempty"`
 	Chain string `json:"chain"`
 	Rule  string `json:"rule"`
@@ -100,8 +103,16 @@ type Masquerade struct {
 
 // Scheduler is IPVS's choice instead of random matches.
 type Scheduler struct {
-	Name    string         `json:"name"`
+	// VirtualServer is the IPVS service that scheduled, as ipvsadm
+	// names it ("TCP 10.96.0.60:80").
+	VirtualServer string `json:"virtualServer"`
+	Name          string `json:"name"`
+	// Does says how the scheduler chooses, and what the outcomes'
+	// probabilities then mean.
+	Does    string         `json:"does"`
 	Weights map[string]int `json:"weights"`
+	// Persistence is the persistence timeout (0: none).
+	Persistence time.Duration `json:"persistence,omitempty"`
 }
 
 // Affinity is a session-affinity entry the kernel holds for the client.
@@ -114,6 +125,8 @@ type Affinity struct {
 	Age      time.Duration `json:"age,omitempty"`
 	AgeKnown bool          `json:"ageKnown"`
 	Timeout  time.Duration `json:"timeout"`
+	// Expires is the time the entry has left, when the kernel says so.
+	Expires time.Duration `json:"expires,omitempty"`
 	// Active: within its timeout, so new connections follow it.
 	Active bool `json:"active"`
 }

@@ -3,6 +3,7 @@ package explain
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -23,8 +24,15 @@ func (r *Report) WriteText(w io.Writer) error {
 	case r.Service != nil:
 		p.f("Service     %v, by its %s\n", r.Service, r.Service.Kind)
 		if r.MatchedBy != nil {
-			p.f("  matched   %s %s: %s\n", r.MatchedBy.Table, r.MatchedBy.Chain, r.MatchedBy.Rule)
+			p.f("  matched   %s: %s\n", where(*r.MatchedBy), r.MatchedBy.Rule)
 		}
+	case r.MatchedBy != nil:
+		model := ""
+		if r.Model != nil {
+			model = fmt.Sprintf(" (proxyd's model: %v, by its %s)", r.Model, r.Model.Kind)
+		}
+		p.f("Service     not named by the kernel's rules%s\n", model)
+		p.f("  matched   %s\n", where(*r.MatchedBy)+": "+r.MatchedBy.Rule)
 	case r.Model != nil:
 		p.f("Service     none in the kernel's rules (proxyd's model: %v)\n", r.Model)
 	default:
@@ -46,7 +54,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	if prefix := commonPath(r.Outcomes); len(prefix) > 0 {
 		p.f("\nPath        the rules that matched, in order\n")
 		for _, s := range prefix {
-			p.f("  %-22s %s\n", s.Table+" "+shortChain(s.Chain), s.Rule)
+			p.f("  %s\n", stepLine(s))
 		}
 	}
 	if len(r.Outcomes) > 0 {
@@ -64,12 +72,20 @@ func (r *Report) WriteText(w io.Writer) error {
 			by := ""
 			if len(r.Outcomes) > 1 && n < len(o.Path) {
 				by = "  by " + o.Path[n].Rule
+				if s := o.Path[n]; s.Hook != "" {
+					by = "  by " + where(s) + ": " + s.Rule
+				}
 			}
 			p.f("  %-22s %8.4f%%%s%s\n", what, 100*o.Probability, masq, by)
 		}
 	}
-	if r.Scheduler != nil {
-		p.f("Scheduler   %s, weights %v\n", r.Scheduler.Name, r.Scheduler.Weights)
+	if sc := r.Scheduler; sc != nil {
+		var w []string
+		for rs, weight := range sc.Weights {
+			w = append(w, fmt.Sprintf("%s %d", rs, weight))
+		}
+		slices.Sort(w)
+		p.f("Scheduler   %s of %s, weights %s\n            %s\n", sc.Name, sc.VirtualServer, strings.Join(w, ", "), sc.Does)
 	}
 
 	p.f("\n")
@@ -84,6 +100,9 @@ func (r *Report) WriteText(w io.Writer) error {
 		age := "age unknown"
 		if a.AgeKnown {
 			age = fmt.Sprintf("last used %v ago", a.Age.Round(time.Second))
+		}
+		if a.Expires > 0 {
+			age += fmt.Sprintf(", expires in %v", a.Expires.Round(time.Second))
 		}
 		p.f("Affinity    %v → %v in %s, %s, timeout %v: %s\n", a.Client, a.Endpoint, a.Where, age, a.Timeout, state)
 	}
@@ -155,6 +174,19 @@ func commonPath(out []Outcome) []Step {
 		prefix = prefix[:n]
 	}
 	return prefix
+}
+
+// where names the table and chain of a step ("ip proxyd nat-prerouting",
+// "nat PROXYD-SERVICES"), or the pseudo-chain.
+func where(s Step) string { return strings.TrimSpace(s.Table + " " + s.Chain) }
+
+// stepLine prints one step of the path: iptables' in columns, the hooked
+// ones (nftables, IPVS) after their hook.
+func stepLine(s Step) string {
+	if s.Hook == "" {
+		return fmt.Sprintf("%-22s %s", s.Table+" "+shortChain(s.Chain), s.Rule)
+	}
+	return fmt.Sprintf("%-11s %s: %s", s.Hook, where(s), s.Rule)
 }
 
 func shortChain(c string) string {

@@ -35,6 +35,8 @@ type Metrics struct {
 	NoLocalEndpoints  *prometheus.GaugeVec
 	ConntrackDeleted  *prometheus.CounterVec
 	ConntrackDuration *prometheus.HistogramVec
+	// DriftRepairs counts repairs of rules someone else changed, by mode.
+	DriftRepairs *prometheus.CounterVec
 }
 
 func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
@@ -102,6 +104,8 @@ func New(mode string) *Metrics {
 		ConntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "kubeproxy_conntrack_reconciler_sync_duration_seconds", Help: "ReconcileConntrackFlowsLatency latency in seconds",
 			Buckets: syncBuckets()}, []string{"ip_family"}),
+		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyd_drift_repairs_total", Help: "Repairs of proxyd's kernel rules after someone else changed them"}, []string{"mode"}),
 	}
 	if mode == "iptables" {
 		m.PartialFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -112,7 +116,7 @@ func New(mode string) *Metrics {
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
 		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
-		m.ConntrackDuration,
+		m.ConntrackDuration, m.DriftRepairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

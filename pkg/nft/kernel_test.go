@@ -293,3 +293,38 @@ func TestKernelEndpointMapChangesByElements(t *testing.T) {
 		t.Errorf("outcomes %+v, want two endpoints at 1/2", out)
 	}
 }
+
+// Another table of the same family — iptables-nft's, as kubelet leaves on
+// every node — is none of the reader's business: the kernel dumps every
+// chain of a family whatever table was asked for, and the reader keeps
+// only the table's own.
+func TestKernelReadsOneTableAmongOthers(t *testing.T) {
+	for _, f := range []Family{IP, INet} {
+		t.Run(f.String(), func(t *testing.T) {
+			tb := everyStatement(f)
+			addPairsAndDispatch2(tb)
+			ns := testns.New(t, "nftothers")
+			foreign := "table " + f.String() + " mangle {\n" +
+				"\tset s { type ipv4_addr; comment \"not proxyd's\"; }\n" +
+				"\tchain KUBE-KUBELET-CANARY { }\n" +
+				"\tchain OUTPUT { type route hook output priority mangle; policy accept; counter jump KUBE-KUBELET-CANARY comment \"kubelet\"; }\n" +
+				"}\n"
+			if out, err := ns.Try("sh", "-c", "nft -f - <<'EOF'\n"+foreign+"EOF\n"); err != nil {
+				t.Fatalf("nft -f of the foreign table: %v\n%s", err, out)
+			}
+			writeTable(t, ns, tb)
+			r, err := NewReader(ns.FD)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			back, err := r.Table(f, tb.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(back.Canonical(), tb.Canonical()) {
+				t.Errorf("read back\n%s\nwrote\n%s", back.Canonical(), tb.Canonical())
+			}
+		})
+	}
+}

@@ -131,6 +131,9 @@ func (r *Reader) table(f Family, name string) (*Table, error) {
 	return t, nil
 }
 
+// errOtherTable marks a chain of another table in a chain dump.
+var errOtherTable = errors.New("a chain of another table")
+
 func (r *Reader) chains(f Family, table string) ([]*Chain, error) {
 	msgs, err := r.request(unix.NFT_MSG_GETCHAIN, netlink.Dump, f, []netlink.Attribute{{Type: unix.NFTA_CHAIN_TABLE, Data: cstring(table)}})
 	if err != nil {
@@ -144,8 +147,10 @@ func (r *Reader) chains(f Family, table string) ([]*Chain, error) {
 		err := attrs(m.Data[4:], func(typ uint16, ad *netlink.AttributeDecoder) error {
 			switch typ {
 			case unix.NFTA_CHAIN_TABLE:
+				// The kernel dumps the chains of every table of the
+				// family, whatever table the request names.
 				if ad.String() != table {
-					return fmt.Errorf("the kernel sent a chain of table %s", ad.String())
+					return errOtherTable
 				}
 			case unix.NFTA_CHAIN_NAME:
 				c.Name = ad.String()
@@ -174,6 +179,9 @@ func (r *Reader) chains(f Family, table string) ([]*Chain, error) {
 			}
 			return nil
 		})
+		if errors.Is(err, errOtherTable) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("chain %s: %w", c.Name, err)
 		}

@@ -211,6 +211,9 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		}
 		m.Syncs.WithLabelValues(result).Inc()
 		m.KernelObjects.Add(float64(stats.KernelOps))
+		if stats.DriftRepairs > 0 {
+			m.DriftRepairs.WithLabelValues(r.backend.Mode()).Add(float64(stats.DriftRepairs))
+		}
 		m.LastSync.SetToCurrentTime()
 		m.ServicesPending.Set(0)
 		m.EndpointsPending.Set(0)

@@ -22,15 +22,18 @@ import (
 	"github.com/proxyd/proxyd/pkg/proxier/nftables"
 )
 
-// noNFTTracer is why nftables and ipvs modes cannot be explained yet.
-const noNFTTracer = "it needs the shared nftables layer's tracer, which reads proxyd's table back over netlink"
-
-// dataplaneOf is the explain view of a running backend.
+// dataplaneOf is the explain view of a running backend: it reads the
+// kernel on its own sockets, never through the backend's.
 func dataplaneOf(b proxier.Backend) explain.Dataplane {
-	if p, ok := b.(*iptables.Proxier); ok {
+	switch p := b.(type) {
+	case *iptables.Proxier:
 		return &explain.IPTables{Variant: p.Variant(), Config: p.Config()}
+	case *nftables.Proxier:
+		return &explain.NFTables{Config: p.Config(), Families: p.Families()}
+	case *ipvs.Proxier:
+		return &explain.IPVS{Config: p.Config(), Scheduler: p.Scheduler()}
 	}
-	return explain.Unavailable(b.Mode(), noNFTTracer)
+	return nil
 }
 
 const explainUsage = `usage:
@@ -176,8 +179,10 @@ func localDataplane(ctx context.Context, mode, variant string) (explain.Dataplan
 			return nil, fmt.Errorf("--iptables-backend %q: want nft, legacy or auto", variant)
 		}
 		return &explain.IPTables{Variant: iptables.Variant(variant)}, nil
-	case "nftables", "ipvs":
-		return explain.Unavailable(mode, noNFTTracer), nil
+	case "nftables":
+		return &explain.NFTables{}, nil
+	case "ipvs":
+		return &explain.IPVS{}, nil
 	}
 	return nil, fmt.Errorf("--mode %q: want auto, %s", mode, strings.Join(Modes, ", "))
 }

@@ -91,29 +91,9 @@ func dumpHandle(t *testing.T, h Handle) string { return readHandle(t, h, nil).St
 // the table's VIPs are the addresses proxyd binds.
 func readHandle(t *testing.T, h Handle, nodeIPs []netip.Addr) *Table {
 	t.Helper()
-	svcs, err := h.GetServices()
+	tab, err := ReadTable(h, nodeIPs)
 	if err != nil {
 		t.Fatal(err)
-	}
-	tab := &Table{Servers: map[VSKey]*VirtualServer{}, NodeIPs: nodeIPs}
-	for _, s := range svcs {
-		k, ok := keyOf(s)
-		if !ok {
-			continue
-		}
-		vs := &VirtualServer{VSKey: k, Scheduler: s.SchedName, OnNode: slices.Contains(nodeIPs, k.Addr)}
-		if s.Flags&flagPersistent != 0 {
-			vs.Timeout = s.Timeout
-		}
-		ds, err := h.GetDestinations(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range ds {
-			vs.RealServers = append(vs.RealServers, RealServer{Addr: destAddr(d), Weight: d.Weight})
-		}
-		slices.SortFunc(vs.RealServers, func(a, b RealServer) int { return a.Addr.Compare(b.Addr) })
-		tab.Servers[k] = vs
 	}
 	return tab
 }

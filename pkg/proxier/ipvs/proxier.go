@@ -176,6 +176,9 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 // Mode returns "ipvs".
 func (p *Proxier) Mode() string { return Mode }
 
+// Config returns the configuration the backend renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
 // Scheduler returns the IPVS scheduler in use.
 func (p *Proxier) Scheduler() string { return p.scheduler }
 

@@ -60,7 +60,8 @@ func NewTracer(s *model.State, cfg proxier.Config, scheduler string) (*Tracer, e
 func TracerFor(t *Table, r *Ruleset) *Tracer { return TracerOver(t, r.Table()) }
 
 // TracerOver traces against the IPVS table t and an nftables table nt —
-// rendered, or read back from the kernel.
+// rendered, or read back from the kernel. The node's addresses are t's
+// VIPs and NodeIPs.
 func TracerOver(t *Table, nt *nft.Table) *Tracer {
 	local := map[netip.Addr]bool{}
 	for _, a := range t.VIPs() {
@@ -69,9 +70,24 @@ func TracerOver(t *Table, nt *nft.Table) *Tracer {
 	for _, a := range t.NodeIPs {
 		local[a] = true
 	}
-	isLocal := func(a netip.Addr) bool { return local[a.Unmap()] || a.IsLoopback() }
-	v := &ipvsHook{t: t}
-	return &Tracer{t: nft.NewTracer(isLocal, []*nft.Table{nt},
+	return KernelTracer(t, nt, func(a netip.Addr) bool { return local[a.Unmap()] || a.IsLoopback() }, nil)
+}
+
+// KernelTracer traces against what a kernel holds: its IPVS table t, its
+// proxyd-ipvs table nt (nil: none), local telling the node's addresses
+// (the VIPs bound to proxyd-ipvs0 among them) and IPVS's persistence
+// templates, which a persistent virtual server follows for their clients
+// as IPVS does.
+func KernelTracer(t *Table, nt *nft.Table, local func(netip.Addr) bool, templates []Template) *Tracer {
+	v := &ipvsHook{t: t, templates: map[string]netip.AddrPort{}}
+	for _, tp := range templates {
+		v.templates[templateKey(tp.VS, tp.Client)] = tp.RealServer
+	}
+	var tables []*nft.Table
+	if nt != nil {
+		tables = append(tables, nt)
+	}
+	return &Tracer{t: nft.NewTracer(local, tables,
 		nft.Pseudo{Name: "ipvs", Hook: nft.Input, Priority: ipvsInputPriority, Run: v.run},
 		nft.Pseudo{Name: "ipvs", Hook: nft.Output, Priority: ipvsOutputPriority, Run: v.run})}
 }
@@ -84,8 +100,17 @@ func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Re
 // NFT is the underlying tracer: paths and enumerated choices.
 func (t *Tracer) NFT() *nft.Tracer { return t.t }
 
-// ipvsHook is the IPVS table as a pseudo-chain.
-type ipvsHook struct{ t *Table }
+// ipvsHook is the IPVS table as a pseudo-chain; templates are the
+// kernel's persistence templates by templateKey.
+type ipvsHook struct {
+	t         *Table
+	templates map[string]netip.AddrPort
+}
+
+// templateKey names a client's persistence template of a virtual server.
+func templateKey(vs VSKey, client netip.Addr) string {
+	return fmt.Sprintf("ipvs template %s %s", vs, client)
+}
 
 func (v *ipvsHook) run(fl *nft.Flow) (bool, error) {
 	proto, ok := model.ProtocolOf(fl.Proto)
@@ -96,7 +121,7 @@ func (v *ipvsHook) run(fl *nft.Flow) (bool, error) {
 	if vs == nil {
 		return false, nil
 	}
-	rs, ok := schedulePersistent(fl, vs)
+	rs, ok := v.schedulePersistent(fl, vs)
 	if !ok {
 		fl.Note("ipvs", "%s has no real server that takes new connections: ICMP port unreachable", vs.VSKey)
 		fl.Reject()
@@ -108,15 +133,20 @@ func (v *ipvsHook) run(fl *nft.Flow) (bool, error) {
 }
 
 // schedulePersistent picks vs's real server for a new connection: the
-// client's persistence template's when vs is persistent and the template's
-// real server still takes connections, else what the scheduler picks
-// (which a persistent vs then remembers).
-func schedulePersistent(fl *nft.Flow, vs *VirtualServer) (netip.AddrPort, bool) {
+// client's persistence template's (one a trace made, or else the
+// kernel's) when vs is persistent and the template's real server still
+// takes connections, else what the scheduler picks (which a persistent vs
+// then remembers).
+func (v *ipvsHook) schedulePersistent(fl *nft.Flow, vs *VirtualServer) (netip.AddrPort, bool) {
 	if !vs.Persistent() {
 		return schedule(vs, fl.Src, fl.Choose)
 	}
-	key := fmt.Sprintf("ipvs template %s %s", vs.VSKey, fl.Src)
-	if prev, ok := fl.Recall(key); ok {
+	key := templateKey(vs.VSKey, fl.Src)
+	prev, ok := fl.Recall(key)
+	if !ok {
+		prev, ok = v.templates[key]
+	}
+	if ok {
 		for _, rs := range vs.RealServers {
 			if rs.Addr == prev && rs.Weight > 0 {
 				return rs.Addr, true

@@ -70,6 +70,12 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 // Mode implements proxier.Backend.
 func (p *Proxier) Mode() string { return "nftables" }
 
+// Config returns the configuration the backend renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
+// Families returns the IP families the backend programs.
+func (p *Proxier) Families() []model.IPFamily { return p.families }
+
 // LastSyncStats implements proxier.StatsReporter.
 func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
 
