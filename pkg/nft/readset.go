@@ -262,6 +262,7 @@ type rawElement struct {
 	verdict           Verdict
 	end               bool // an interval's end
 	timeout, expires  time.Duration
+	comment           string
 }
 
 func parseElement(b []byte) (rawElement, error) {
@@ -299,7 +300,12 @@ func parseElement(b []byte) (rawElement, error) {
 		case unix.NFTA_SET_ELEM_EXPIRATION:
 			e.expires = time.Duration(ad.Uint64()) * time.Millisecond
 		case unix.NFTA_SET_ELEM_USERDATA:
-			return errors.New("element userdata (a comment?): proxyd writes none")
+			ud := ad.Bytes()
+			c, ok := userdata.GetString(ud, userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
+			if !ok || !bytes.Equal(userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, c), ud) {
+				return fmt.Errorf("element userdata %x: proxyd writes a comment only", ud)
+			}
+			e.comment = c
 		case unix.NFTA_SET_ELEM_EXPR, attrElemExprs:
 			return errors.New("element expressions (counters?): proxyd writes none")
 		}
@@ -311,7 +317,7 @@ func parseElement(b []byte) (rawElement, error) {
 // element decodes one element of a set that is not an interval set of one
 // field.
 func (s *Set) element(re rawElement) (Element, error) {
-	e := Element{Verdict: re.verdict, Timeout: re.timeout, Expires: re.expires}
+	e := Element{Verdict: re.verdict, Timeout: re.timeout, Expires: re.expires, Comment: re.comment}
 	var err error
 	if e.Key, err = decode(s.Key, re.key, re.keyEnd); err != nil {
 		return Element{}, fmt.Errorf("key: %w", err)

@@ -45,6 +45,9 @@ type Element struct {
 	// rule added to a dynamic set: its own timeout (when it differs from
 	// the set's) and the time it has left. Written elements have neither.
 	Timeout, Expires time.Duration
+	// Comment is the element's comment (nft's `comment "..."`), which
+	// names what the element stands for where its key cannot.
+	Comment string
 }
 
 // Type is the type of one field of a set's key or data.
@@ -222,6 +225,9 @@ func (e Element) Text(s *Set) string {
 	if e.Expires > 0 {
 		k += " expires " + Duration(e.Expires)
 	}
+	if e.Comment != "" {
+		k += fmt.Sprintf(" comment %q", e.Comment)
+	}
 	switch {
 	case s.IsVerdictMap():
 		return k + " : " + e.Verdict.text(0)
@@ -236,9 +242,13 @@ func (s *Set) check() error {
 	if s.Typeof == nil {
 		return nil
 	}
-	want := &Set{Key: []Type{TypeInteger}, Data: []Type{AddrType(s.Typeof.Family), TypeInetService}}
-	if typesText(s.Key) != typesText(want.Key) || typesText(s.Data) != typesText(want.Data) || !s.Interval {
-		return fmt.Errorf("set %s: %s needs an interval map of type %s : %s", s.Name, s.Typeof.text(), typesText(want.Key), typesText(want.Data))
+	key, data := s.Typeof.types()
+	if typesText(s.Key) != typesText(key) || typesText(s.Data) != typesText(data) || s.Interval == s.Typeof.Dest {
+		kind := "an interval map"
+		if s.Typeof.Dest {
+			kind = "a map without intervals"
+		}
+		return fmt.Errorf("set %s: %s needs %s of type %s : %s", s.Name, s.Typeof.text(), kind, typesText(key), typesText(data))
 	}
 	return nil
 }

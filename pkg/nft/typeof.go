@@ -3,6 +3,7 @@ package nft
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 )
 
 // Typeof is a map's typeof declaration, which nft keeps in the set's
@@ -12,14 +13,34 @@ import (
 // picks a connection's endpoint from; a map with it has key TypeInteger
 // and data AddrType(Family) . TypeInetService. (Mod is a label: the rule's
 // own numgen decides the numbers.)
+//
+// With Dest the key is the destination address and port before the
+// number, "typeof ip daddr . tcp dport . numgen random mod Mod : ip daddr .
+// tcp dport": one hash map holds the endpoints of every service port of a
+// protocol, keyed by the service's address, port and endpoint index (see
+// DNATPick); its key is AddrType(Family) . TypeInetService . TypeInteger.
 type Typeof struct {
 	Mod    uint32
 	Family Family
 	Proto  uint8
+	Dest   bool
 }
 
 func (t *Typeof) text() string {
-	return fmt.Sprintf("typeof numgen random mod %d : %s daddr . %s dport", t.Mod, t.Family, ProtoName(t.Proto))
+	data := fmt.Sprintf("%s daddr . %s dport", t.Family, ProtoName(t.Proto))
+	if t.Dest {
+		return fmt.Sprintf("typeof %s . numgen random mod %d : %s", data, t.Mod, data)
+	}
+	return fmt.Sprintf("typeof numgen random mod %d : %s", t.Mod, data)
+}
+
+// types are the key and data types of a map with this typeof.
+func (t *Typeof) types() (key, data []Type) {
+	data = []Type{AddrType(t.Family), TypeInetService}
+	if t.Dest {
+		return []Type{AddrType(t.Family), TypeInetService, TypeInteger}, data
+	}
+	return []Type{TypeInteger}, data
 }
 
 // nft's identifiers (src/expression.c, src/proto.c): the expression kinds
@@ -58,10 +79,16 @@ func (t *Typeof) userdata() ([]byte, error) {
 	}
 	numgen := append(tlv(0, u32(1)), append(tlv(1, u32(t.Mod)), tlv(2, u32(0))...)...) // random, mod, offset
 	concat := append(tlv(0, payload(net[0], net[1])), tlv(1, payload(proto, 2))...)
+	key := append(tlv(0, u32(exprNumgen)), tlv(1, numgen)...)
+	order := uint32(1) // host
+	if t.Dest {
+		key = append(tlv(0, u32(exprConcat)), tlv(1, append(slices.Clone(concat), tlv(2, key)...))...)
+		order = 0 // a concatenation's fields keep their own
+	}
 	var b []byte
-	b = append(b, tlv(udataKeyByteorder, u32(1))...) // host
+	b = append(b, tlv(udataKeyByteorder, u32(order))...)
 	b = append(b, tlv(udataDataByteorder, u32(0))...)
-	b = append(b, tlv(udataKeyTypeof, append(tlv(0, u32(exprNumgen)), tlv(1, numgen)...))...)
+	b = append(b, tlv(udataKeyTypeof, key)...)
 	b = append(b, tlv(udataDataTypeof, append(tlv(0, u32(exprConcat)), tlv(1, concat)...))...)
 	b = append(b, tlv(udataDataInterval, u32(0))...)
 	return b, nil
@@ -72,10 +99,16 @@ func parseTypeof(b []byte) (*Typeof, bool) {
 	// Read the modulus and the two descriptions, then check that writing
 	// that Typeof gives exactly b.
 	top := tlvs(b)
-	numgen := tlvs(tlvs(top[udataKeyTypeof])[1])
+	key := tlvs(top[udataKeyTypeof])
+	t := &Typeof{}
+	numgen := tlvs(key[1])
+	if le32(key[0]) == exprConcat {
+		t.Dest = true
+		numgen = tlvs(tlvs(tlvs(key[1])[2])[1])
+	}
+	t.Mod = le32(numgen[1])
 	concat := tlvs(tlvs(top[udataDataTypeof])[1])
 	desc := func(elem []byte) uint32 { return le32(tlvs(tlvs(elem)[1])[0]) }
-	t := &Typeof{Mod: le32(numgen[1])}
 	for f, d := range typeofNetwork {
 		if desc(concat[0]) == d[0] {
 			t.Family = f

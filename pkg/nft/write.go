@@ -94,7 +94,7 @@ func GElements(s *Set, elems []Element) ([]gnft.SetElement, error) {
 		if err := s.checkElement(e); err != nil {
 			return nil, err
 		}
-		g := gnft.SetElement{Key: encode(s.Key, e.Key, false)}
+		g := gnft.SetElement{Key: encode(s.Key, e.Key, false), Comment: e.Comment}
 		var end *gnft.SetElement
 		if s.Interval && len(s.Key) == 1 {
 			g.Key = bigEndian(e.Key[0].num, s.Key[0].size())

@@ -37,26 +37,25 @@ func TestRenderIsDeterministic(t *testing.T) {
 	}
 }
 
-// The ruleset grows by one chain of two rules and one endpoint map per
-// service port: endpoints are elements, never rules.
-func TestRuleCountGrowsLinearly(t *testing.T) {
+// The rules do not grow with ClusterIP service ports: each is one
+// dispatch element and one endpoint-map element per endpoint, and all
+// ports of a protocol and endpoint count share one pick chain.
+func TestRulesDoNotGrowWithClusterIPPorts(t *testing.T) {
 	st := bigState(100, 10)
 	r := Render(st, flowspec.Config(), model.IPv4)
-	chains, rules, maps, elems := 0, 0, 0, 0
+	var perPort []string
 	for _, c := range r.Chains {
-		if strings.HasPrefix(c.Name, serviceChainPrefix) {
-			chains++
-			rules += len(c.Rules)
+		if c.Base == nil && !strings.HasPrefix(c.Name, pickChainPrefix) {
+			perPort = append(perPort, c.Name)
 		}
 	}
+	counts := map[string]int{}
 	for _, s := range r.Sets {
-		if strings.HasPrefix(s.Name, "eps-") {
-			maps++
-			elems += len(s.Elements)
-		}
+		counts[s.Name] = len(s.Elements)
 	}
-	if chains != 100 || rules != 100*2 || maps != 100 || elems != 100*10 {
-		t.Errorf("100 services × 10 endpoints: %d service chains, %d rules, %d maps of %d elements; want 100, 200, 100 and 1000", chains, rules, maps, elems)
+	if len(perPort) != 0 || r.Chain(PickChain(model.TCP, 10)) == nil || counts[ServiceIPsMap] != 100 || counts[EndpointsMap(model.TCP)] != 100*10 {
+		t.Errorf("100 services × 10 endpoints: chains of their own %v, %d dispatch elements, %d endpoint elements; want none, 100 and 1000",
+			perPort, counts[ServiceIPsMap], counts[EndpointsMap(model.TCP)])
 	}
 }
 

@@ -17,6 +17,7 @@ type written struct {
 	services   map[model.ServicePortKey]serviceRules
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
+	picks      map[pickKey]int    // reference counts: ports sharing a pick chain
 	chains     int
 	svcSets    int // sets of service ports: affinity sets and endpoint maps
 	// needFull is set when an update cannot be written incrementally (an
@@ -27,12 +28,14 @@ type written struct {
 
 func newWritten(base []*nft.Chain, f model.IPFamily) *written {
 	return &written{family: f, base: base, services: map[model.ServicePortKey]serviceRules{},
-		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, chains: len(base)}
+		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, picks: map[pickKey]int{}, chains: len(base)}
 }
 
 // objects is how many chains and sets the table holds: what the kernel
 // reports as the table's use count.
-func (w *written) objects() int { return w.chains + len(newSets(w.family).all()) + w.svcSets }
+func (w *written) objects() int {
+	return w.chains + len(w.picks) + len(newSets(w.family).all()) + w.svcSets
+}
 
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
@@ -42,6 +45,9 @@ func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	}
 	w.chains += len(sr.chains)
 	w.svcSets += len(sr.sets) + len(sr.maps)
+	if sr.pick.n > 0 {
+		w.picks[sr.pick]++
+	}
 }
 
 func (w *written) remove(k model.ServicePortKey) {
@@ -56,6 +62,11 @@ func (w *written) remove(k model.ServicePortKey) {
 	}
 	w.chains -= len(sr.chains)
 	w.svcSets -= len(sr.sets) + len(sr.maps)
+	if sr.pick.n > 0 {
+		if w.picks[sr.pick]--; w.picks[sr.pick] <= 0 {
+			delete(w.picks, sr.pick)
+		}
+	}
 }
 
 func decrement(m map[netip.Addr]int, a netip.Addr) {
@@ -107,6 +118,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	w.base = base
 
 	vips, pins := presence{}, presence{}
+	picksBefore := map[pickKey]bool{}
 	for _, k := range changed {
 		old, hadOld := w.services[k]
 		var next serviceRules
@@ -115,11 +127,17 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			next, hasNext = renderServicePort(sp, cfg, f)
 		}
 		if hadOld {
+			if _, seen := picksBefore[old.pick]; !seen && old.pick.n > 0 {
+				picksBefore[old.pick] = true
+			}
 			vips.note(w.clusterIPs, old.clusterIP)
 			pins.note(w.hairpin, old.hairpin...)
 			w.remove(k)
 		}
 		if hasNext {
+			if _, seen := picksBefore[next.pick]; !seen && next.pick.n > 0 {
+				picksBefore[next.pick] = w.picks[next.pick] > 0
+			}
 			vips.note(w.clusterIPs, next.clusterIP)
 			pins.note(w.hairpin, next.hairpin...)
 			w.add(k, next)
@@ -148,6 +166,17 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
 		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
 		diffElements(del, add, sets.noEndpointNodePorts, old.noEndpointNodePort, next.noEndpointNodePort)
+		diffElements(del, add, sets.endpoints[k.Protocol], old.endpoints, next.endpoints)
+	}
+	// A pick chain comes with the first port of its protocol and count,
+	// and goes with the last.
+	for k, was := range picksBefore {
+		switch now := w.picks[k] > 0; {
+		case !was && now:
+			newChains = append(newChains, renderPickChain(k, cfg, f))
+		case was && !now:
+			goneChains = append(goneChains, renderPickChain(k, cfg, f))
+		}
 	}
 	del[sets.clusterIPs], add[sets.clusterIPs] = vips.changes(w.clusterIPs, vipElement)
 	del[sets.hairpin], add[sets.hairpin] = pins.changes(w.hairpin, hairpinElement)
