@@ -152,3 +152,37 @@ func (c *Conn) register(t *gnft.Table, s *Set) error {
 	c.userdata[setID{Family(t.Family), t.Name, s.Name}] = ud
 	return nil
 }
+
+// Generation is the ruleset generation of the connection's network
+// namespace (NFT_MSG_GETGEN): the kernel counts it up by one with every
+// committed nf_tables transaction, of any table and any writer, so an
+// unchanged generation proves that nobody committed anything.
+func (c *Conn) Generation() (uint32, error) {
+	msgs, err := c.sock.Execute(netlink.Message{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETGEN), Flags: netlink.Request},
+		Data:   []byte{unix.AF_UNSPEC, unix.NFNETLINK_V0, 0, 0},
+	})
+	if err != nil {
+		return 0, fmt.Errorf("nf_tables generation: %w", err)
+	}
+	for _, m := range msgs {
+		if len(m.Data) < 4 {
+			continue
+		}
+		var gen uint32
+		found := false
+		err := attrs(m.Data[4:], func(typ uint16, ad *netlink.AttributeDecoder) error {
+			if typ == unix.NFTA_GEN_ID {
+				gen, found = ad.Uint32(), true
+			}
+			return nil
+		})
+		if err != nil {
+			return 0, fmt.Errorf("nf_tables generation: %w", err)
+		}
+		if found {
+			return gen, nil
+		}
+	}
+	return 0, fmt.Errorf("nf_tables generation: no NFTA_GEN_ID in the answer")
+}

@@ -328,3 +328,29 @@ func TestKernelReadsOneTableAmongOthers(t *testing.T) {
 		})
 	}
 }
+
+// The generation counts every committed transaction by one, whoever
+// commits, and stays put while nobody does.
+func TestKernelGenerationCountsCommits(t *testing.T) {
+	ns := testns.New(t, "nftgen")
+	conn, err := Dial(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	g0, err := conn.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := conn.Generation(); err != nil || g != g0 {
+		t.Fatalf("generation moved from %d to %d (%v) with nobody committing", g0, g, err)
+	}
+	conn.AddTable(GTable(IP, "mine"))
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "add", "table", "ip", "theirs")
+	if g, err := conn.Generation(); err != nil || g != g0+2 {
+		t.Fatalf("generation %d (%v) after two commits from %d, want %d", g, err, g0, g0+2)
+	}
+}

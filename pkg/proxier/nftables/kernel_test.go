@@ -136,9 +136,12 @@ func TestKernelSyncOfALargeTable(t *testing.T) {
 	}
 }
 
-// The periodic resync notices a table changed behind proxyd's back (one
-// table dump, no chain listing) and rewrites it; otherwise it writes
-// nothing.
+// The periodic resync notices a table changed behind proxyd's back and
+// rewrites it, counting one repair: the nf_tables generation moved, so it
+// read the table back and found it differs. A commit to another table
+// moves the generation too, but the comparison finds nothing and nothing
+// is written; with the generation where proxyd's last commit left it,
+// nothing is read or written.
 func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
 	ns := testns.New(t, "nftfix")
 	p := newKernelProxier(t, ns)
@@ -147,26 +150,46 @@ func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ns.Run(t, "nft", "list", "table", "ip", TableName)
+	web := PickChain(model.TCP, 3)
 	for _, tamper := range [][]string{
 		{"nft", "delete", "table", "ip", TableName},
 		{"nft", "add", "chain", "ip", TableName, "intruder"},
+		{"nft", "flush", "chain", "ip", TableName, web},
+		{"nft", "delete", "element", "ip", TableName, EndpointsMap(model.TCP), "{ 10.96.0.10 . 80 . 1 }"},
+		{"nft", "delete", "element", "ip", TableName, ServiceIPsMap, "{ 10.96.0.10 . tcp . 80 }"},
+		{"nft", "insert", "rule", "ip", TableName, chainNatPrerouting, "ip", "daddr", "10.96.0.10", "drop"},
+		{"nft", "add", "element", "ip", TableName, ClusterIPsSet, "{ 10.96.9.9 }"},
 	} {
 		ns.Run(t, tamper...)
 		if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
 			t.Fatal(err)
 		}
-		if got := p.LastSyncStats(); !got.Full {
-			t.Errorf("after %v the resync was not a full rewrite: %+v", tamper, got)
+		if got := p.LastSyncStats(); !got.Full || got.DriftRepairs != 1 {
+			t.Errorf("after %v the resync was not one full repair: %+v", tamper, got)
 		}
 		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("after %v the table was not restored:\n%s", tamper, got)
 		}
 	}
+	ns.Run(t, "nft", "add", "table", "ip", "someone-else")
 	if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.LastSyncStats(); !got.Skipped {
+	if got := p.LastSyncStats(); !got.Skipped || got.DriftRepairs != 0 {
+		t.Errorf("another table's commit made proxyd write: %+v", got)
+	}
+	gen, err := p.conn.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Sync(context.Background(), st, model.Diff{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.LastSyncStats(); !got.Skipped || got.DriftRepairs != 0 {
 		t.Errorf("an untouched table was rewritten: %+v", got)
+	}
+	if again, err := p.conn.Generation(); err != nil || again != gen {
+		t.Errorf("an idle sync committed: generation %d, then %d (%v)", gen, again, err)
 	}
 }
 

@@ -27,6 +27,8 @@ type Proxier struct {
 	// none means "don't trust the kernel's view, rewrite in full".
 	written map[model.IPFamily]*written
 	stats   proxier.SyncStats
+	drift   driftCheck
+	commits int // transactions this sync committed
 }
 
 // Option configures a Proxier.
@@ -50,7 +52,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
+	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}, drift: driftCheck{netnsFD: o.netnsFD}}
 	conn, err := nft.Dial(o.netnsFD, largeBuffers)
 	if err != nil {
 		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
@@ -89,12 +91,24 @@ func (p *Proxier) Close() error { return p.conn.Close() }
 func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error {
 	stats := proxier.SyncStats{}
 	changed := d.Changed()
+	p.commits = 0
+	gen, clean := p.drift.start(p.conn)
+	if !clean {
+		for _, f := range p.families {
+			if p.written[f] != nil && p.drift.repairNeeded(p.cfg, f) {
+				delete(p.written, f) // the full rewrite below repairs it
+				stats.DriftRepairs++
+			}
+		}
+	}
 	for _, f := range p.families {
 		if err := p.syncFamily(ctx, s, changed, f, &stats); err != nil {
 			delete(p.written, f)
+			p.drift.forget()
 			return &proxier.FamilyError{Family: f, Err: err}
 		}
 	}
+	p.drift.done(p.conn, gen, s, p.commits)
 	stats.Skipped = stats.KernelOps == 0
 	p.stats = stats
 	if stats.Full && stats.KernelOps > bigTransaction {
@@ -152,6 +166,7 @@ func (p *Proxier) write(plan Plan, old *kernelTable) error {
 	if err := p.flush(plan.Size()); err != nil {
 		return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", nftFamily(f), TableName, plan.Size(), plan.Full, err)
 	}
+	p.commits++
 	return nil
 }
 
@@ -175,16 +190,6 @@ func (p *Proxier) flush(objects int) error {
 // replaces p.written[f] once the plan is in the kernel.
 func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.IPFamily) (Plan, *written, error) {
 	w := p.written[f]
-	if w != nil && len(changed) == 0 {
-		exists, use, err := tableState(p.conn, f)
-		if err != nil {
-			return Plan{}, nil, err
-		}
-		if !exists || !useMatches(use, w.objects()) {
-			klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "objects", use, "expected", w.objects())
-			w = nil
-		}
-	}
 	if w == nil {
 		desired, fresh := renderAll(s, p.cfg, f)
 		return FullPlan(f, desired), fresh, nil
