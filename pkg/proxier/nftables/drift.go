@@ -75,3 +75,11 @@ func (d *driftCheck) done(conn *nft.Conn, before uint32, s *model.State, commits
 
 // forget makes the next sync compare the tables.
 func (d *driftCheck) forget() { d.known = false }
+
+// programmed is service port k as proxyd last wrote it, nil if it did not.
+func (d *driftCheck) programmed(k model.ServicePortKey) *model.ServicePort {
+	if d.last == nil {
+		return nil
+	}
+	return d.last.Services[k]
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	gnft "github.com/google/nftables"
@@ -29,6 +30,9 @@ type Proxier struct {
 	stats   proxier.SyncStats
 	drift   driftCheck
 	commits int // transactions this sync committed
+	// refused holds the service ports left out because the kernel refused
+	// their rules, and that refusal.
+	refused proxier.RefusedError
 }
 
 // Option configures a Proxier.
@@ -101,20 +105,46 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 			}
 		}
 	}
-	for _, f := range p.families {
-		if err := p.syncFamily(ctx, s, changed, f, &stats); err != nil {
-			delete(p.written, f)
-			p.drift.forget()
-			return &proxier.FamilyError{Family: f, Err: err}
-		}
+	// Ports the kernel refused stay out until they change.
+	out := slices.DeleteFunc(slices.Clone(p.refused.Ports), func(k model.ServicePortKey) bool { return slices.Contains(changed, k) })
+	programmed := p.without(s, out)
+	err := p.syncAll(ctx, programmed, changed, &stats)
+	if refusal(err) {
+		var culprits []model.ServicePortKey
+		culprits, programmed, err = p.contain(ctx, s, changed, out, err, &stats)
+		out = append(out, culprits...)
 	}
-	p.drift.done(p.conn, gen, s, p.commits)
+	if err != nil {
+		p.drift.forget()
+		return err
+	}
+	p.drift.done(p.conn, gen, programmed, p.commits)
 	stats.Skipped = stats.KernelOps == 0
 	p.stats = stats
 	if stats.Full && stats.KernelOps > bigTransaction {
 		// A large batch of netlink messages was just garbage; give the
 		// memory back now rather than keep the peak as resident size.
 		debug.FreeOSMemory()
+	}
+	p.refused.Ports = out
+	if len(out) > 0 {
+		slices.SortFunc(p.refused.Ports, model.ServicePortKey.Compare)
+		return &p.refused
+	}
+	return nil
+}
+
+// syncAll writes every family's transaction. A family whose transaction
+// failed otherwise than by the kernel's refusal (which leaves the kernel
+// as it was) is rewritten in full next time.
+func (p *Proxier) syncAll(ctx context.Context, s *model.State, changed []model.ServicePortKey, stats *proxier.SyncStats) error {
+	for _, f := range p.families {
+		if err := p.syncFamily(ctx, s, changed, f, stats); err != nil {
+			if !refusal(err) {
+				delete(p.written, f)
+			}
+			return &proxier.FamilyError{Family: f, Err: err}
+		}
 	}
 	return nil
 }
@@ -194,7 +224,7 @@ func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.I
 		desired, fresh := renderAll(s, p.cfg, f)
 		return FullPlan(f, desired), fresh, nil
 	}
-	delete(p.written, f) // w is updated in place; only a success puts it back
+	w = w.clone() // p.written[f] stays what the kernel holds until the plan is in
 	plan := w.update(s, changed, p.cfg, f)
 	if w.needFull {
 		desired, fresh := renderAll(s, p.cfg, f)

@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -274,4 +275,15 @@ func diffElements(del, add map[*nft.Set][]nft.Element, set *nft.Set, old, next [
 func vipElement(ip netip.Addr) nft.Element { return nft.Element{Key: []nft.Value{nft.AddrValue(ip)}} }
 func hairpinElement(ip netip.Addr) nft.Element {
 	return nft.Element{Key: []nft.Value{nft.AddrValue(ip), nft.AddrValue(ip)}}
+}
+
+// clone is a copy of w that update can change while w stays what the
+// kernel holds.
+func (w *written) clone() *written {
+	c := *w
+	c.services = maps.Clone(w.services)
+	c.clusterIPs = maps.Clone(w.clusterIPs)
+	c.hairpin = maps.Clone(w.hairpin)
+	c.picks = maps.Clone(w.picks)
+	return &c
 }
