@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -57,6 +58,19 @@ func BenchmarkKernelSync(b *testing.B) {
 				per = append(per, time.Since(t0))
 				prev = next
 			}
+			b.StopTimer()
+			// Five periodic resyncs with nothing changed: what the
+			// process spends checking the kernel while idle.
+			cpu0 := cpuTime(b)
+			for range 5 {
+				if err := p.Sync(context.Background(), prev, model.Diff{}); err != nil {
+					b.Fatal(err)
+				}
+				if s := p.LastSyncStats(); !s.Skipped {
+					b.Fatalf("an idle resync wrote: %+v", s)
+				}
+			}
+			b.ReportMetric((cpuTime(b) - cpu0).Seconds(), "idle-5-cpu-s")
 			b.ReportMetric(full.Seconds(), "full-sync-s")
 			b.ReportMetric(float64(sync.Microseconds())/1000/float64(b.N), "sync-ms/op")
 			slices.Sort(per)
@@ -67,3 +81,12 @@ func BenchmarkKernelSync(b *testing.B) {
 }
 
 func cfgForBench() proxier.Config { return flowspec.Config() }
+
+// cpuTime is the CPU time (user and system) the process has used.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
