@@ -2,6 +2,7 @@ package explain
 
 import (
 	"context"
+	"math"
 	"net/netip"
 	"strings"
 	"testing"
