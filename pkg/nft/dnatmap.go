@@ -40,8 +40,8 @@ func (s DNATMap) compile(c *compiler) error {
 }
 
 func (s DNATMap) eval(x *exec) (step, error) {
-	if !x.natChain || (x.hook != Prerouting && x.hook != Output) {
-		return 0, fmt.Errorf("dnat outside a NAT chain of prerouting or output")
+	if err := x.canDNAT(); err != nil {
+		return 0, err
 	}
 	m := x.t.setOf(x.table, s.Map)
 	if m == nil {
@@ -61,9 +61,7 @@ func (s DNATMap) eval(x *exec) (step, error) {
 	n := x.fl.Choose(s.Mod, cuts...)
 	for _, e := range m.Elements {
 		if k := e.Key[0]; k.num <= n && n <= k.end {
-			x.fl.Redirect(netipAddrPort(e.Data))
-			x.fl.ctDNAT, x.fl.dnatBound = true, true
-			return x.end(Accept)
+			return x.dnat(netipAddrPort(e.Data))
 		}
 	}
 	return stepMiss, nil // no range holds the number: the lookup fails

@@ -48,8 +48,8 @@ func (s DNATPick) compile(c *compiler) error {
 }
 
 func (s DNATPick) eval(x *exec) (step, error) {
-	if !x.natChain || (x.hook != Prerouting && x.hook != Output) {
-		return 0, fmt.Errorf("dnat outside a NAT chain of prerouting or output")
+	if err := x.canDNAT(); err != nil {
+		return 0, err
 	}
 	m := x.t.setOf(x.table, s.Map)
 	if m == nil {
@@ -68,9 +68,7 @@ func (s DNATPick) eval(x *exec) (step, error) {
 	n := x.fl.Choose(s.Mod, cuts...)
 	for _, e := range m.Elements {
 		if e.Key[0].addr == x.fl.Dst.Addr() && e.Key[1].num == uint32(x.fl.Dst.Port()) && e.Key[2].num == n {
-			x.fl.Redirect(netipAddrPort(e.Data))
-			x.fl.ctDNAT, x.fl.dnatBound = true, true
-			return x.end(Accept)
+			return x.dnat(netipAddrPort(e.Data))
 		}
 	}
 	return stepMiss, nil // no element for the number: the lookup fails
