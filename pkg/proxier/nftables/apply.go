@@ -3,7 +3,6 @@ package nftables
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"slices"
 
 	gnft "github.com/google/nftables"
@@ -96,7 +95,7 @@ type kernelChain struct {
 // listTable lists the chains and sets of proxyd's table of family f; nil
 // when there is no such table.
 func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
-	exists, _, err := tableState(conn, f)
+	exists, err := tableExists(conn, f)
 	if err != nil || !exists {
 		return nil, err
 	}
@@ -243,32 +242,24 @@ func (kt *kernelTable) keepsBaseChains(p Plan) bool {
 	return true
 }
 
-// tableState is what the kernel says about proxyd's table, cheaply (one
-// table dump, not a listing of its chains): whether it exists and its use
-// count, the number of chains and sets in it.
-func tableState(conn *nft.Conn, f model.IPFamily) (exists bool, use uint32, err error) {
+// tableExists reports whether proxyd's table of family f exists (one
+// table dump, not a listing of its chains).
+func tableExists(conn *nft.Conn, f model.IPFamily) (bool, error) {
 	tables, err := conn.ListTablesOfFamily(tableFamily(f))
 	if err != nil {
-		return false, 0, fmt.Errorf("list nftables tables: %w", err)
+		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
 		if t.Name == TableName {
-			return true, t.Use, nil
+			return true, nil
 		}
 	}
-	return false, 0, nil
-}
-
-// useMatches compares the kernel's use count with ours. google/nftables
-// v0.3.0 decodes the attribute in the wrong byte order; accept either
-// reading so a fixed library keeps working.
-func useMatches(use uint32, want int) bool {
-	return int(use) == want || int(bits.ReverseBytes32(use)) == want
+	return false, nil
 }
 
 // deleteTable removes proxyd's table of family f if it exists.
 func deleteTable(conn *nft.Conn, f model.IPFamily) error {
-	exists, _, err := tableState(conn, f)
+	exists, err := tableExists(conn, f)
 	if err != nil || !exists {
 		return err
 	}

@@ -32,12 +32,6 @@ func newWritten(base []*nft.Chain, f model.IPFamily) *written {
 		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, picks: map[pickKey]int{}, chains: len(base)}
 }
 
-// objects is how many chains and sets the table holds: what the kernel
-// reports as the table's use count.
-func (w *written) objects() int {
-	return w.chains + len(w.picks) + len(newSets(w.family).all()) + w.svcSets
-}
-
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
 	w.clusterIPs[sr.clusterIP]++
