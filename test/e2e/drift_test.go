@@ -63,6 +63,9 @@ func TestNFTablesDriftIsRepairedWithinASyncPeriod(t *testing.T) {
 				return nil
 			})
 			whole := time.Since(start)
+			if c := e.dispatchChain(t, vip); c != "pick-tcp-3" {
+				t.Errorf("after the repair service-ips sends the VIP to %s, want pick-tcp-3", c)
+			}
 			if after := driftRepairs(t, e.metrics(t)); after <= before {
 				t.Errorf("proxyd_drift_repairs_total{mode=\"nftables\"} %v, then %v: the repair was not counted", before, after)
 			}
