@@ -65,6 +65,10 @@ func (o *Options) proxierConfig() proxier.Config {
 	}
 }
 
+// ProxierConfig is what the backends render with under these options, for
+// tools that render what proxyd should hold (test/soak's final check).
+func (o *Options) ProxierConfig() proxier.Config { return o.proxierConfig() }
+
 // sysctlSet reports whether the sysctl at path (under /proc/sys) is
 // readable and not 0.
 func sysctlSet(path string) bool {
