@@ -105,13 +105,15 @@ func (r *Runner) OnChange(kind string, triggerTime time.Time) {
 
 // Run syncs once at start, then whenever asked (no more often than
 // MinInterval), at least every MaxInterval, and retries failures with
-// backoff, until ctx ends.
+// backoff, until ctx ends. It returns as soon as ctx has ended, also when a
+// sync is due at that moment (syncOnce then does nothing, so the wait would
+// stay at zero).
 func (r *Runner) Run(ctx context.Context) {
 	if h := r.opts.Health; h != nil {
 		h.QueuedUpdate()
 	}
 	r.dirty = true
-	for {
+	for ctx.Err() == nil {
 		wait := r.nextSync().Sub(r.opts.Clock.Now())
 		if wait <= 0 {
 			r.syncOnce(ctx)
