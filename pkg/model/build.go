@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"time"
 )
 
 // Build turns a snapshot into the State the node must program. It never
@@ -50,6 +51,7 @@ func (b *Builder) Build(snap Snapshot) *State {
 	st := &State{Node: snap.Node, Services: make(map[ServicePortKey]*ServicePort, len(snap.Services))}
 	st.ServiceCIDRs = normalPrefixes(snap.ServiceCIDRs)
 	memo := make(map[NamespacedName]memoEntry, len(snap.Services))
+	var ports []*ServicePort
 	for name, svc := range snap.Services {
 		if svc == nil {
 			continue
@@ -60,13 +62,19 @@ func (b *Builder) Build(snap Snapshot) *State {
 			e = memoEntry{svc: svc, slices: list, ports: buildService(name, svc, list, snap.Node)}
 		}
 		memo[name] = e
-		for _, sp := range e.ports {
-			if _, dup := st.Services[sp.Key]; !dup {
-				st.Services[sp.Key] = sp
-			}
-		}
+		ports = append(ports, e.ports...)
 	}
 	b.memo = memo
+	created := func(n NamespacedName) time.Time { return memo[n].svc.Created }
+	rebuild := func(sp *ServicePort, ips []netip.Addr) *ServicePort {
+		e := memo[sp.Key.Service()]
+		return rebuildPort(sp.Key, e.svc, ips, e.slices, snap.Node)
+	}
+	var kept []*ServicePort
+	kept, st.Conflicts = resolve(ports, created, rebuild)
+	for _, sp := range kept {
+		st.Services[sp.Key] = sp
+	}
 	return st
 }
 
@@ -86,26 +94,44 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 			continue
 		}
 		seen[key] = true
-		sp := &ServicePort{
-			Key:                 key,
-			ClusterIPs:          ips,
-			Port:                p.Port,
-			NodePort:            p.NodePort,
-			InternalLocal:       svc.InternalLocal,
-			ExternalLocal:       svc.ExternalLocal,
-			AffinitySeconds:     svc.AffinitySeconds,
-			TrafficDistribution: svc.TrafficDistribution,
-			ExternalIPs:         externalIPs(svc, ips),
-			LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
-			SourceRanges:        sourceRanges(svc, ips, node),
-			HealthCheckNodePort: svc.HealthCheckNodePort,
-		}
-		sp.Endpoints = mergeEndpoints(list, p, families(ips))
-		sp.ClusterEndpoints = SelectEndpoints(sp, node)
-		sp.ExternalEndpoints = SelectExternalEndpoints(sp, node)
-		out = append(out, sp)
+		out = append(out, buildPort(key, svc, p, ips, list, node))
 	}
 	return out
+}
+
+// rebuildPort builds the port key of svc again with only the ClusterIPs
+// ips (some were lost to another Service); nil when none is left.
+func rebuildPort(key ServicePortKey, svc *Service, ips []netip.Addr, list []*EndpointSlice, node Node) *ServicePort {
+	if len(ips) == 0 {
+		return nil
+	}
+	for _, p := range svc.Ports {
+		if p.Name == key.Port && p.Protocol == key.Protocol {
+			return buildPort(key, svc, p, ips, list, node)
+		}
+	}
+	return nil
+}
+
+func buildPort(key ServicePortKey, svc *Service, p ServicePortSpec, ips []netip.Addr, list []*EndpointSlice, node Node) *ServicePort {
+	sp := &ServicePort{
+		Key:                 key,
+		ClusterIPs:          ips,
+		Port:                p.Port,
+		NodePort:            p.NodePort,
+		InternalLocal:       svc.InternalLocal,
+		ExternalLocal:       svc.ExternalLocal,
+		AffinitySeconds:     svc.AffinitySeconds,
+		TrafficDistribution: svc.TrafficDistribution,
+		ExternalIPs:         externalIPs(svc, ips),
+		LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
+		SourceRanges:        sourceRanges(svc, ips, node),
+		HealthCheckNodePort: svc.HealthCheckNodePort,
+	}
+	sp.Endpoints = mergeEndpoints(list, p, families(ips))
+	sp.ClusterEndpoints = SelectEndpoints(sp, node)
+	sp.ExternalEndpoints = SelectExternalEndpoints(sp, node)
+	return sp
 }
 
 // normalPrefixes masks the valid prefixes of in, sorts and deduplicates them.
@@ -130,10 +156,10 @@ func clusterIPs(in []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	seen := map[IPFamily]bool{}
 	for _, ip := range in {
-		if !ip.IsValid() || ip.IsUnspecified() {
+		ip = ip.Unmap()
+		if !usable(ip) {
 			continue
 		}
-		ip = ip.Unmap()
 		f := FamilyOf(ip)
 		if seen[f] {
 			continue
@@ -188,12 +214,19 @@ func familyAddrs(in, clusterIPs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, ip := range in {
 		ip = ip.Unmap()
-		if ip.IsValid() && !ip.IsUnspecified() && !ip.IsLoopback() && fams[FamilyOf(ip)] {
+		if usable(ip) && !ip.IsLoopback() && fams[FamilyOf(ip)] {
 			out = append(out, ip)
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// usable reports whether ip can be written into a rule: valid, not the
+// unspecified address, and without an IPv6 zone (which names an interface
+// of the sender, and means nothing on this node).
+func usable(ip netip.Addr) bool {
+	return ip.IsValid() && !ip.IsUnspecified() && ip.Zone() == ""
 }
 
 func families(ips []netip.Addr) map[IPFamily]bool {
@@ -225,7 +258,7 @@ func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]
 			}
 			// Like kube-proxy, only the first address of an endpoint is used.
 			ip := se.Addresses[0].Unmap()
-			if !ip.IsValid() || FamilyOf(ip) != es.Family {
+			if !usable(ip) || FamilyOf(ip) != es.Family {
 				continue
 			}
 			ep := Endpoint{

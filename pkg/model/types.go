@@ -263,6 +263,9 @@ type State struct {
 	// ServiceCIDRs are the ClusterIP ranges: traffic to an address in them
 	// that no service port claims is rejected.
 	ServiceCIDRs []netip.Prefix
+	// Conflicts are the claims Build settled (see Conflict): Services
+	// contains only the winners' claims. Sorted; for reporting only.
+	Conflicts []Conflict
 }
 
 // ClusterIPs returns every ClusterIP of family f that some port uses,
