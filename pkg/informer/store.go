@@ -4,6 +4,7 @@ import (
 	"maps"
 	"reflect"
 
+	"github.com/proxyd/proxyd/pkg/informer/convert"
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
@@ -30,7 +31,7 @@ func (s source) String() string {
 // whether an object with these labels belongs to this source's informer.
 // The fake clientset, for one, does not apply selectors to watches.
 func (s source) admits(labels map[string]string, proxyName string) bool {
-	v, named := labels[LabelServiceProxyName]
+	v, named := labels[convert.LabelServiceProxyName]
 	if s == sourceNamed {
 		return named && v == proxyName
 	}
@@ -69,6 +70,12 @@ func (s *store[T]) set(src source, name model.NamespacedName, obj *T) bool {
 	if obj == nil {
 		delete(s.bySource[src], name)
 	} else {
+		// An equal value keeps its pointer, so that a relist or an
+		// update that changes nothing proxyd reads looks unchanged to
+		// the model's memo too.
+		if old, ok := s.bySource[src][name]; ok && reflect.DeepEqual(old.obj, obj) {
+			obj = old.obj
+		}
 		s.seq++
 		s.bySource[src][name] = stamped[T]{obj: obj, seq: s.seq}
 	}

@@ -1,12 +1,18 @@
-package informer
+// Package convert turns the API objects proxyd watches into the plain
+// types of pkg/model, once, at the edge: it leaves out what proxyd must
+// ignore and every part no rule can carry, and says what it left out and
+// why (Drop). It depends on the API types only, not on client-go, so its
+// fuzz targets build quickly.
+package convert
 
 import (
+	"fmt"
 	"net/netip"
-	"strings"
+	"strconv"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	"k8s.io/klog/v2"
+	networking "k8s.io/api/networking/v1"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -14,7 +20,7 @@ import (
 // LabelServiceProxyName is the label that hands a Service (and, copied by the
 // EndpointSlice controller, its slices) to a proxy other than the default
 // one. kube-proxy ignores every object carrying it; proxyd ignores it unless
-// its value is Options.ProxyName.
+// its value is the proxy name proxyd was given.
 const LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
 
 // Admitted reports whether an object with these labels is for this proxy:
@@ -29,52 +35,63 @@ func Admitted(labels map[string]string, proxyName string) bool {
 	return !named || (proxyName != "" && v == proxyName)
 }
 
-// ConvertService returns the model view of svc, or nil when proxyd must
+// Service returns the model view of svc, or nil when proxyd must
 // ignore it: another proxy's or a headless-labelled Service, type
 // ExternalName, no cluster IP or clusterIP "None", or no cluster IP that
-// parses. Malformed fields are dropped with a V(2) log line; it never panics.
-func ConvertService(logger klog.Logger, svc *v1.Service, proxyName string) *model.Service {
-	if svc == nil || !Admitted(svc.Labels, proxyName) || svc.Spec.Type == v1.ServiceTypeExternalName {
-		return nil
+// parses. Every part it leaves out of an object it otherwise uses (an
+// address that does not parse, has a zone or is of a family the Service
+// does not have, a port with a bad number or a protocol proxyd does not
+// program), and an ExternalName Service, is returned as a Drop, for the
+// caller to report. It never panics.
+func Service(svc *v1.Service, proxyName string) (*model.Service, []Drop) {
+	if svc == nil || !Admitted(svc.Labels, proxyName) {
+		return nil, nil
+	}
+	if svc.Spec.Type == v1.ServiceTypeExternalName {
+		return nil, []Drop{{Field: "spec.type", Value: string(svc.Spec.Type), Expected: true,
+			Reason: "an ExternalName Service is answered by DNS; there is nothing to proxy"}}
 	}
 	raw := svc.Spec.ClusterIPs
 	if len(raw) == 0 && svc.Spec.ClusterIP != "" {
 		raw = []string{svc.Spec.ClusterIP}
 	}
 	if len(raw) == 0 || svc.Spec.ClusterIP == v1.ClusterIPNone || raw[0] == v1.ClusterIPNone {
-		return nil
+		return nil, nil
 	}
 
-	out := &model.Service{Namespace: svc.Namespace, Name: svc.Name}
-	for _, s := range raw {
-		ip, err := netip.ParseAddr(s)
+	var ds drops
+	out := &model.Service{Namespace: svc.Namespace, Name: svc.Name, UID: string(svc.UID), Created: svc.CreationTimestamp.Time}
+	families := map[model.IPFamily]bool{}
+	for i, s := range raw {
+		ip, err := parseAddr(s)
 		if err != nil {
-			logger.V(2).Info("Dropping invalid cluster IP", "service", klog.KObj(svc), "clusterIP", s)
+			ds.add(fmt.Sprintf("spec.clusterIPs[%d]", i), s, err.Error())
 			continue
 		}
 		out.ClusterIPs = append(out.ClusterIPs, ip)
+		families[model.FamilyOf(ip)] = true
 	}
 	if len(out.ClusterIPs) == 0 {
-		logger.V(2).Info("Ignoring service without a valid cluster IP", "service", klog.KObj(svc))
-		return nil
+		return nil, append(ds, Drop{Reason: "no usable cluster IP: the Service is not proxied"})
 	}
 
-	for _, p := range svc.Spec.Ports {
+	for i, p := range svc.Spec.Ports {
+		field := fmt.Sprintf("spec.ports[%d]", i)
 		port, ok := portNumber(p.Port)
 		if !ok {
-			logger.V(2).Info("Dropping service port with invalid number", "service", klog.KObj(svc), "port", p.Name, "number", p.Port)
+			ds.add(field+".port", strconv.Itoa(int(p.Port)), "not a port number (1-65535): the port is not proxied")
+			continue
+		}
+		proto := protocol(p.Protocol)
+		if !proto.Valid() {
+			ds.add(field+".protocol", string(p.Protocol), "not a protocol proxyd programs (TCP, UDP, SCTP): the port is not proxied")
 			continue
 		}
 		nodePort, ok := portNumber(p.NodePort)
 		if !ok && p.NodePort != 0 {
-			logger.V(2).Info("Ignoring invalid node port", "service", klog.KObj(svc), "port", p.Name, "nodePort", p.NodePort)
+			ds.add(field+".nodePort", strconv.Itoa(int(p.NodePort)), "not a port number (1-65535): no NodePort")
 		}
-		out.Ports = append(out.Ports, model.ServicePortSpec{
-			Name:     p.Name,
-			Protocol: protocol(p.Protocol),
-			Port:     port,
-			NodePort: nodePort,
-		})
+		out.Ports = append(out.Ports, model.ServicePortSpec{Name: p.Name, Protocol: proto, Port: port, NodePort: nodePort})
 	}
 
 	itp := svc.Spec.InternalTrafficPolicy
@@ -88,52 +105,48 @@ func ConvertService(logger klog.Logger, svc *v1.Service, proxyName string) *mode
 	if td := svc.Spec.TrafficDistribution; td != nil {
 		out.TrafficDistribution = *td
 	}
-	out.ExternalIPs = parseIPs(logger, svc, "externalIP", svc.Spec.ExternalIPs)
+	for i, s := range svc.Spec.ExternalIPs {
+		out.ExternalIPs = ds.addr(out.ExternalIPs, fmt.Sprintf("spec.externalIPs[%d]", i), s, families)
+	}
 	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		var lb []string
-		for _, ing := range svc.Status.LoadBalancer.Ingress {
+		for i, ing := range svc.Status.LoadBalancer.Ingress {
 			// An ingress in Proxy mode is reached through the load
 			// balancer, which proxies; only VIP mode is the node's job.
 			if ing.IP != "" && (ing.IPMode == nil || *ing.IPMode == v1.LoadBalancerIPModeVIP) {
-				lb = append(lb, ing.IP)
+				out.LoadBalancerIPs = ds.addr(out.LoadBalancerIPs, fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP, families)
 			}
 		}
-		out.LoadBalancerIPs = parseIPs(logger, svc, "loadBalancerIP", lb)
-		out.LoadBalancerSourceRanges = parsePrefixes(logger, svc, svc.Spec.LoadBalancerSourceRanges)
+		for i, s := range svc.Spec.LoadBalancerSourceRanges {
+			p, err := parsePrefix(s)
+			if err != nil {
+				ds.add(fmt.Sprintf("spec.loadBalancerSourceRanges[%d]", i), s, err.Error())
+				continue
+			}
+			out.LoadBalancerSourceRanges = append(out.LoadBalancerSourceRanges, p)
+		}
 		if out.ExternalLocal {
 			// The apiserver allocates it exactly then; anything else in
 			// the field is ignored, as kube-proxy ignores it.
-			out.HealthCheckNodePort, _ = portNumber(svc.Spec.HealthCheckNodePort)
+			var ok bool
+			if out.HealthCheckNodePort, ok = portNumber(svc.Spec.HealthCheckNodePort); !ok {
+				ds.add("spec.healthCheckNodePort", strconv.Itoa(int(svc.Spec.HealthCheckNodePort)), "not a port number (1-65535): no health check is served")
+			}
 		}
 	}
-	return out
+	return out, ds
 }
 
-// parsePrefixes reads loadBalancerSourceRanges, which validation lets carry
-// surrounding spaces. The apiserver rejects a malformed range; one that
-// still arrives is dropped and logged, as kube-proxy drops it.
-func parsePrefixes(logger klog.Logger, svc *v1.Service, raw []string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range raw {
-		p, err := netip.ParsePrefix(strings.TrimSpace(s))
-		if err != nil {
-			logger.V(2).Info("Dropping invalid address range", "service", klog.KObj(svc), "field", "loadBalancerSourceRanges", "value", s)
-			continue
-		}
-		out = append(out, p)
-	}
-	return out
-}
-
-func parseIPs(logger klog.Logger, svc *v1.Service, what string, raw []string) []netip.Addr {
-	var out []netip.Addr
-	for _, s := range raw {
-		ip, err := netip.ParseAddr(s)
-		if err != nil {
-			logger.V(2).Info("Dropping invalid address", "service", klog.KObj(svc), "field", what, "value", s)
-			continue
-		}
-		out = append(out, ip.Unmap())
+// addr appends the address s of field to out if it parses and is of one of
+// the Service's families; otherwise it records the Drop.
+func (ds *drops) addr(out []netip.Addr, field, s string, families map[model.IPFamily]bool) []netip.Addr {
+	ip, err := parseAddr(s)
+	switch {
+	case err != nil:
+		ds.add(field, s, err.Error())
+	case !families[model.FamilyOf(ip)]:
+		ds.add(field, s, "the Service has no "+model.FamilyOf(ip).String()+" cluster IP")
+	default:
+		out = append(out, ip)
 	}
 	return out
 }
@@ -147,15 +160,22 @@ func affinityTimeout(cfg *v1.SessionAffinityConfig) int32 {
 	return v1.DefaultClientIPServiceAffinitySeconds
 }
 
-// ConvertEndpointSlice returns the model view of es, or nil when proxyd must
-// ignore it: another proxy's or a headless Service's slice, an address type
-// other than IPv4/IPv6, or no kubernetes.io/service-name label. Ports without
-// a number, unparsable addresses, addresses of the wrong family and endpoints
-// left without an address are dropped. The API's defaults for unset
-// conditions are applied: ready true, serving = ready, terminating false.
-func ConvertEndpointSlice(logger klog.Logger, es *discovery.EndpointSlice, proxyName string) *model.EndpointSlice {
+// EndpointSlice returns the model view of es, or nil when proxyd must
+// ignore it: another proxy's or a headless Service's slice, no
+// kubernetes.io/service-name label, or an address type other than
+// IPv4/IPv6 (the last returned as a Drop). Ports without a number, with a
+// bad one or a protocol proxyd does not program, and addresses that do not
+// parse, have a zone or are of the wrong family are left out and returned
+// as Drops; so is an endpoint left without an address. The API's defaults
+// for unset conditions are applied: ready true, serving = ready,
+// terminating false.
+func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.EndpointSlice, []Drop) {
 	if es == nil || !Admitted(es.Labels, proxyName) {
-		return nil
+		return nil, nil
+	}
+	svcName := es.Labels[discovery.LabelServiceName]
+	if svcName == "" {
+		return nil, nil
 	}
 	var family model.IPFamily
 	switch es.AddressType {
@@ -164,21 +184,20 @@ func ConvertEndpointSlice(logger klog.Logger, es *discovery.EndpointSlice, proxy
 	case discovery.AddressTypeIPv6:
 		family = model.IPv6
 	default:
-		return nil
-	}
-	svcName := es.Labels[discovery.LabelServiceName]
-	if svcName == "" {
-		return nil
+		return nil, []Drop{{Field: "addressType", Value: string(es.AddressType), Reason: "only IPv4 and IPv6 slices are proxied"}}
 	}
 
+	var ds drops
 	out := &model.EndpointSlice{Namespace: es.Namespace, Name: es.Name, ServiceName: svcName, Family: family}
-	for _, p := range es.Ports {
+	for i, p := range es.Ports {
+		field := fmt.Sprintf("ports[%d]", i)
 		if p.Port == nil {
+			ds.add(field+".port", "", "no port number: the port is not proxied")
 			continue
 		}
 		port, ok := portNumber(*p.Port)
 		if !ok {
-			logger.V(2).Info("Dropping slice port with invalid number", "endpointSlice", klog.KObj(es), "number", *p.Port)
+			ds.add(field+".port", strconv.Itoa(int(*p.Port)), "not a port number (1-65535): the port is not proxied")
 			continue
 		}
 		sp := model.SlicePort{Protocol: model.TCP, Port: port}
@@ -188,20 +207,29 @@ func ConvertEndpointSlice(logger klog.Logger, es *discovery.EndpointSlice, proxy
 		if p.Protocol != nil {
 			sp.Protocol = protocol(*p.Protocol)
 		}
+		if !sp.Protocol.Valid() {
+			ds.add(field+".protocol", string(sp.Protocol), "not a protocol proxyd programs (TCP, UDP, SCTP): the port is not proxied")
+			continue
+		}
 		out.Ports = append(out.Ports, sp)
 	}
 
-	for _, ep := range es.Endpoints {
+	for i, ep := range es.Endpoints {
 		se := model.SliceEndpoint{}
-		for _, s := range ep.Addresses {
-			ip, err := netip.ParseAddr(s)
-			if err != nil || model.FamilyOf(ip) != family {
-				logger.V(2).Info("Dropping invalid endpoint address", "endpointSlice", klog.KObj(es), "address", s, "addressType", es.AddressType)
-				continue
+		for j, s := range ep.Addresses {
+			ip, err := parseAddr(s)
+			field := fmt.Sprintf("endpoints[%d].addresses[%d]", i, j)
+			switch {
+			case err != nil:
+				ds.add(field, s, err.Error())
+			case model.FamilyOf(ip) != family:
+				ds.add(field, s, "not an address of the slice's type "+string(es.AddressType))
+			default:
+				se.Addresses = append(se.Addresses, ip)
 			}
-			se.Addresses = append(se.Addresses, ip)
 		}
 		if len(se.Addresses) == 0 {
+			ds.add(fmt.Sprintf("endpoints[%d]", i), "", "no usable address: the endpoint is not used")
 			continue
 		}
 		c := ep.Conditions
@@ -231,27 +259,28 @@ func ConvertEndpointSlice(logger klog.Logger, es *discovery.EndpointSlice, proxy
 		}
 		out.Endpoints = append(out.Endpoints, se)
 	}
-	return out
+	return out, ds
 }
 
-// ConvertNode returns the model view of node: its name, its
+// Node returns the model view of node: its name, its
 // topology.kubernetes.io/zone label, its InternalIP then ExternalIP addresses
-// (unparsable and repeated ones dropped) and whether its Ready condition is
-// True.
-func ConvertNode(logger klog.Logger, node *v1.Node) model.Node {
+// (repeated ones dropped; unusable ones dropped and returned as Drops) and
+// whether its Ready condition is True.
+func Node(node *v1.Node) (model.Node, []Drop) {
 	if node == nil {
-		return model.Node{}
+		return model.Node{}, nil
 	}
+	var ds drops
 	out := model.Node{Name: node.Name, Zone: node.Labels[v1.LabelTopologyZone]}
 	seen := map[netip.Addr]bool{}
 	for _, typ := range [...]v1.NodeAddressType{v1.NodeInternalIP, v1.NodeExternalIP} {
-		for _, a := range node.Status.Addresses {
+		for i, a := range node.Status.Addresses {
 			if a.Type != typ {
 				continue
 			}
-			ip, err := netip.ParseAddr(a.Address)
+			ip, err := parseAddr(a.Address)
 			if err != nil {
-				logger.V(2).Info("Dropping invalid node address", "node", klog.KObj(node), "type", a.Type, "address", a.Address)
+				ds.add(fmt.Sprintf("status.addresses[%d]", i), a.Address, err.Error())
 				continue
 			}
 			if !seen[ip] {
@@ -269,7 +298,23 @@ func ConvertNode(logger klog.Logger, node *v1.Node) model.Node {
 	for _, t := range node.Spec.Taints {
 		out.Retiring = out.Retiring || t.Key == ToBeDeletedTaint
 	}
-	return out
+	return out, ds
+}
+
+// ServiceCIDR returns the ranges of a networking.k8s.io/v1 ServiceCIDR,
+// masked; the ones that do not parse are left out and returned as Drops.
+func ServiceCIDR(c *networking.ServiceCIDR) ([]netip.Prefix, []Drop) {
+	var out []netip.Prefix
+	var ds drops
+	for n, s := range c.Spec.CIDRs {
+		p, err := parsePrefix(s)
+		if err != nil {
+			ds.add(fmt.Sprintf("spec.cidrs[%d]", n), s, err.Error())
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, ds
 }
 
 // ToBeDeletedTaint is the cluster autoscaler's taint on a node it is about
@@ -286,7 +331,7 @@ func portNumber(n int32) (uint16, bool) {
 }
 
 // protocol applies the API's default protocol, TCP, to an empty one. Other
-// values are kept as given; the model skips protocols it does not program.
+// values are kept as given, for the caller to check.
 func protocol(p v1.Protocol) model.Protocol {
 	if p == "" {
 		return model.TCP
