@@ -35,6 +35,12 @@ type Metrics struct {
 	NoLocalEndpoints  *prometheus.GaugeVec
 	ConntrackDeleted  *prometheus.CounterVec
 	ConntrackDuration *prometheus.HistogramVec
+	// ServiceConflicts counts the destinations two service ports claim
+	// (see model.Conflict) right now.
+	ServiceConflicts prometheus.Gauge
+	// RefusedPorts counts the service ports whose rules the kernel
+	// refused and that wait for a retry.
+	RefusedPorts prometheus.Gauge
 }
 
 func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
@@ -100,6 +106,10 @@ func New(mode string) *Metrics {
 		ConntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "kubeproxy_conntrack_reconciler_sync_duration_seconds", Help: "ReconcileConntrackFlowsLatency latency in seconds",
 			Buckets: syncBuckets()}, []string{"ip_family"}),
+		ServiceConflicts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyd_service_conflicts", Help: "Claims on one address, port and protocol (or NodePort) that a Service lost to another, now"}),
+		RefusedPorts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyd_sync_refused_service_ports", Help: "Service ports whose rules the kernel refused, retried with backoff, now"}),
 	}
 	if mode == "iptables" {
 		m.PartialFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -110,7 +120,7 @@ func New(mode string) *Metrics {
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
 		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
-		m.ConntrackDuration,
+		m.ConntrackDuration, m.ServiceConflicts, m.RefusedPorts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

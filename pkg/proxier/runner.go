@@ -2,6 +2,8 @@ package proxier
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -28,6 +30,9 @@ type RunnerOptions struct {
 	// AfterSync, if set, runs after every successful sync with what it
 	// wrote (conntrack clean-up consumes the Diff).
 	AfterSync func(*model.State, model.Diff)
+	// Events, if set, receives the Warning Events about Service
+	// conflicts and refused service ports.
+	Events EventSink
 }
 
 // Runner owns time: it turns change notifications into bounded-frequency
@@ -42,11 +47,13 @@ type Runner struct {
 	pending pendingChanges
 
 	// Owned by the Run goroutine.
-	last      *model.State
+	last      *model.State // what the kernel has
 	lastSync  time.Time
 	retryAt   time.Time
 	retryWait time.Duration
 	dirty     bool
+	conflicts conflicts
+	held      held
 }
 
 type pendingChanges struct {
@@ -65,7 +72,7 @@ func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner
 	if opts.MaxInterval <= 0 {
 		opts.MaxInterval = 30 * time.Second
 	}
-	return &Runner{backend: b, build: build, opts: opts, wake: make(chan struct{}, 1)}
+	return &Runner{backend: b, build: build, opts: opts, wake: make(chan struct{}, 1), held: held{}}
 }
 
 // OnChange records a change and asks for a sync; it never blocks. kind is
@@ -137,12 +144,19 @@ func (r *Runner) Run(ctx context.Context) {
 }
 
 // nextSync is when the next sync is due: a retry, a wanted sync no sooner
-// than MinInterval after the last, or the periodic one.
+// than MinInterval after the last, the retry of a refused port, or the
+// periodic one.
 func (r *Runner) nextSync() time.Time {
 	periodic := r.lastSync.Add(r.opts.MaxInterval)
 	next := periodic
 	if !r.retryAt.IsZero() && r.retryAt.Before(next) {
 		next = r.retryAt
+	}
+	if due := r.held.due(); !due.IsZero() && due.Before(next) {
+		next = due
+		if soonest := r.lastSync.Add(r.opts.MinInterval); next.Before(soonest) {
+			next = soonest
+		}
 	}
 	if r.dirty && r.retryAt.IsZero() {
 		soonest := r.lastSync.Add(r.opts.MinInterval)
@@ -163,12 +177,19 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	r.mu.Unlock()
 
 	start := r.opts.Clock.Now()
-	state := r.build()
+	desired := r.build()
+	r.conflicts.report(desired.Conflicts, r.opts.Metrics, r.opts.Events)
+	state, kept := r.held.withHeld(desired, r.last, start)
 	diff := model.Compute(r.last, state)
 	err := r.backend.Sync(ctx, state, diff)
 	elapsed := r.opts.Clock.Since(start)
 	r.lastSync = r.opts.Clock.Now()
 	r.dirty = false
+	var refused *RefusedError
+	if err == nil || errors.As(err, &refused) {
+		state, diff = r.written(state, diff, kept, refused)
+		err = nil
+	}
 
 	var stats SyncStats
 	if sr, ok := r.backend.(StatsReporter); ok {
@@ -233,6 +254,46 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	}
 	klog.V(2).InfoS("Synced", "mode", r.backend.Mode(), "servicePorts", len(state.Services), "full", stats.Full,
 		"kernelObjects", stats.KernelOps, "changed", len(diff.Added)+len(diff.Updated)+len(diff.Removed), "elapsed", elapsed)
+}
+
+// written settles the held ports after a sync of state that the kernel
+// took, but for the ports refused names (nil: all of it), and returns what
+// the kernel now has and how that differs from before.
+func (r *Runner) written(state *model.State, diff model.Diff, kept map[model.ServicePortKey]bool, refused *RefusedError) (*model.State, model.Diff) {
+	var again []model.ServicePortKey
+	if refused != nil {
+		again = refused.Ports
+		state, diff = r.refuse(refused, state)
+	}
+	for _, k := range r.held.settle(kept, again) {
+		klog.InfoS("Programmed a service port the kernel had refused", "servicePort", k.String())
+	}
+	if m := r.opts.Metrics; m != nil {
+		m.RefusedPorts.Set(float64(len(r.held)))
+	}
+	return state, diff
+}
+
+// refuse records the ports the kernel refused in a sync of written, reports
+// those refused for the first time, and returns what the kernel now has
+// and how that differs from before.
+func (r *Runner) refuse(e *RefusedError, written *model.State) (*model.State, model.Diff) {
+	applied, fresh := r.held.refuse(e.Ports, written, r.last, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
+	for _, k := range e.Ports {
+		if hp := r.held[k]; hp != nil {
+			klog.V(2).InfoS("Service port refused by the kernel; retrying later", "servicePort", k.String(), "retryIn", hp.wait)
+		}
+	}
+	for _, k := range fresh {
+		klog.ErrorS(e.Err, "The kernel refused a service port's rules; everything else is programmed, this port is retried with backoff",
+			"servicePort", k.String(), "mode", r.backend.Mode())
+		if r.opts.Events != nil {
+			r.opts.Events.ServiceWarning(k.Service(), ReasonKernelRefused, fmt.Sprintf(
+				"the kernel refused the %s rules of port %s (%v); other ports and Services are programmed, this one is retried with backoff",
+				r.backend.Mode(), k, e.Err))
+		}
+	}
+	return applied, model.Compute(r.last, applied)
 }
 
 // requeue puts changes of a failed sync back so their latency is measured

@@ -99,10 +99,17 @@ func Run(ctx context.Context, o *Options) error {
 	}
 	var inf *informer.Informer
 	var builder model.Builder // only the runner's goroutine builds
+	events := informer.NewEvents(client)
+	go func() {
+		if err := events.Run(ctx); err != nil {
+			klog.ErrorS(err, "Events will not be posted")
+		}
+	}()
 	runner := proxier.NewRunner(backend, func() *model.State { return builder.Build(inf.Snapshot()) }, proxier.RunnerOptions{
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
+		Events: serviceWarnings(func(n model.NamespacedName, reason, note string) { inf.ServiceWarning(n, reason, note) }),
 	})
-	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName}, runner)
+	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName, Events: events}, runner)
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
 	health.QueuedUpdate()
@@ -167,11 +174,19 @@ func (o *Options) client() (*apiClient, error) {
 	}
 	cfg.UserAgent = "proxyd/" + Version
 	cfg.QPS, cfg.Burst = o.KubeAPIQPS, int(o.KubeAPIBurst)
+	informer.HoldDuringOutages(cfg)
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("apiserver client: %w", err)
 	}
 	return &apiClient{Interface: cs, host: cfg.Host}, nil
+}
+
+// serviceWarnings adapts a function to proxier.EventSink.
+type serviceWarnings func(model.NamespacedName, string, string)
+
+func (f serviceWarnings) ServiceWarning(n model.NamespacedName, reason, note string) {
+	f(n, reason, note)
 }
 
 // serve starts the metrics and health endpoints; a port that is taken is
