@@ -101,12 +101,13 @@ type Lab struct {
 	// apiserver took from exec to /readyz 200.
 	StartDuration, ReadyzDuration time.Duration
 
-	logf   func(format string, args ...any)
-	pki    *pki
-	mu     sync.Mutex
-	procs  []*Process
-	rec    ownerRecord
-	closed bool
+	logf      func(format string, args ...any)
+	pki       *pki
+	mu        sync.Mutex
+	procs     []*Process
+	apiserver *Process // the running kube-apiserver
+	rec       ownerRecord
+	closed    bool
 }
 
 // Start builds a lab: namespaces and links, echo Pods, etcd, kube-apiserver,
