@@ -17,7 +17,7 @@ E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit e2e e2e-node images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
+.PHONY: all build test unit fuzz e2e e2e-node images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -27,6 +27,7 @@ help:
 	@echo "make demo    - a real control plane + node lab, proxyd, traffic, metrics"
 	@echo "make bench   - the performance harness against upstream kube-proxy"
 	@echo "make lint    - gofmt, go vet, staticcheck"
+	@echo "make fuzz    - every fuzz target for FUZZTIME (30s) each"
 
 build:
 	$(GO) build -trimpath -o $(BIN)/proxyd ./cmd/proxyd
@@ -55,6 +56,17 @@ lint:
 
 unit:
 	$(GO) test -count=1 ./...
+
+# fuzz runs each fuzz target for FUZZTIME, one after another: the
+# conversions of Services and EndpointSlices, and Build over colliding
+# Services. A failing input lands in the package's testdata/fuzz.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./pkg/informer/convert:FuzzConvertService ./pkg/informer/convert:FuzzConvertEndpointSlice ./pkg/model:FuzzBuild
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo ">>> fuzzing $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
+	done
 
 e2e: build tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd \
@@ -88,7 +100,7 @@ bench: build tools
 bench-smoke: build tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -smoke -proxyd $(BIN)/proxyd -out $(CACHE)/bench-smoke
 
-test: deps lint unit e2e e2e-node ipvs-vm bench-smoke
+test: deps lint unit fuzz e2e e2e-node ipvs-vm bench-smoke
 
 # kind, for users with Docker (not exercised in CI; see deploy/kind/README.md).
 kind-up:
