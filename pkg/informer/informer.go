@@ -13,8 +13,6 @@ import (
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
@@ -98,30 +96,13 @@ func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
 	}
 	for _, src := range srcs {
 		svcSel := selector(src, opts.ProxyName, false)
-		services := client.CoreV1().Services(metav1.NamespaceAll)
-		addFeed(i, client, "services/"+src.String(), &v1.Service{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				o.LabelSelector = svcSel
-				return services.List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				o.LabelSelector = svcSel
-				return services.Watch(ctx, o)
-			},
+		addFeed(i, client, "services/"+src.String(), &v1.Service{}, client.CoreV1().Services(metav1.NamespaceAll),
+			func(o *metav1.ListOptions) { o.LabelSelector = svcSel },
 			func(svc *v1.Service) { i.upsertService(src, svc) },
 			func(n model.NamespacedName) { i.deleteService(src, n) })
-
 		esSel := selector(src, opts.ProxyName, true)
-		slices := client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll)
-		addFeed(i, client, "endpointslices/"+src.String(), &discovery.EndpointSlice{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				o.LabelSelector = esSel
-				return slices.List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				o.LabelSelector = esSel
-				return slices.Watch(ctx, o)
-			},
+		addFeed(i, client, "endpointslices/"+src.String(), &discovery.EndpointSlice{}, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll),
+			func(o *metav1.ListOptions) { o.LabelSelector = esSel },
 			func(es *discovery.EndpointSlice) { i.upsertSlice(src, es) },
 			func(n model.NamespacedName) { i.deleteSlice(src, n) })
 	}
@@ -130,16 +111,8 @@ func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
 		i.logger.Info("No node name given; not watching the Node")
 	} else {
 		nodeSel := fields.OneTermEqualSelector(metav1.ObjectNameField, opts.NodeName).String()
-		nodes := client.CoreV1().Nodes()
-		addFeed(i, client, "node", &v1.Node{},
-			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-				o.FieldSelector = nodeSel
-				return nodes.List(ctx, o)
-			},
-			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-				o.FieldSelector = nodeSel
-				return nodes.Watch(ctx, o)
-			},
+		addFeed(i, client, "node", &v1.Node{}, client.CoreV1().Nodes(),
+			func(o *metav1.ListOptions) { o.FieldSelector = nodeSel },
 			i.upsertNode,
 			func(n model.NamespacedName) { i.deleteNode(n.Name) })
 	}

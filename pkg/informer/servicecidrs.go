@@ -1,15 +1,12 @@
 package informer
 
 import (
-	"context"
 	"net/netip"
 	"slices"
 	"time"
 
 	networking "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/proxyd/proxyd/pkg/informer/convert"
@@ -21,10 +18,8 @@ import (
 // them can be refused. The watch is optional: without it (an RBAC role
 // that lacks servicecidrs) proxyd still programs every Service.
 func (i *Informer) watchServiceCIDRs(client kubernetes.Interface) {
-	cidrs := client.NetworkingV1().ServiceCIDRs()
-	f := addFeed(i, client, "servicecidrs", &networking.ServiceCIDR{},
-		func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) { return cidrs.List(ctx, o) },
-		func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) { return cidrs.Watch(ctx, o) },
+	f := addFeed(i, client, "servicecidrs", &networking.ServiceCIDR{}, client.NetworkingV1().ServiceCIDRs(),
+		func(*metav1.ListOptions) {},
 		i.upsertServiceCIDR,
 		func(n model.NamespacedName) {
 			i.reports.forget(kindServiceCIDR, n)

@@ -58,15 +58,28 @@ func reflectorBackoff() *wait.Backoff {
 	return &wait.Backoff{Duration: 200 * time.Millisecond, Factor: 2, Jitter: 0.5, Steps: 10, Cap: 30 * time.Second}
 }
 
-// addFeed registers a reflector for one resource: list and watch with
-// tweak applied to the options, objects of type example into upsert and
-// remove.
-func addFeed[T object](i *Informer, client kubernetes.Interface, what string, example T,
-	list func(context.Context, metav1.ListOptions) (runtime.Object, error),
-	watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
-	upsert func(T), remove func(model.NamespacedName)) *feed[T] {
+// resource is the typed client of one resource, e.g. v1.ServiceInterface.
+type resource[L runtime.Object] interface {
+	List(context.Context, metav1.ListOptions) (L, error)
+	Watch(context.Context, metav1.ListOptions) (watch.Interface, error)
+}
+
+// addFeed registers a reflector for one resource: lists and watches of r
+// with tweak applied to their options, objects of type example into upsert
+// and remove.
+func addFeed[T object, L runtime.Object](i *Informer, client kubernetes.Interface, what string, example T,
+	r resource[L], tweak func(*metav1.ListOptions), upsert func(T), remove func(model.NamespacedName)) *feed[T] {
 	f := &feed[T]{what: what, upsert: upsert, remove: remove, logger: i.logger, held: map[model.NamespacedName]bool{}}
-	lw := &cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: watchFn}
+	lw := &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			return r.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			return r.Watch(ctx, o)
+		},
+	}
 	f.reflector = cache.NewReflectorWithOptions(cache.ToListWatcherWithWatchListSemantics(lw, client), example, f,
 		cache.ReflectorOptions{Name: what, TypeDescription: what, Backoff: reflectorBackoff()})
 	i.watches = append(i.watches, f)
