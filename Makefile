@@ -58,10 +58,12 @@ unit:
 	$(GO) test -count=1 ./...
 
 # fuzz runs each fuzz target for FUZZTIME, one after another: the
-# conversions of Services and EndpointSlices, and Build over colliding
-# Services. A failing input lands in the package's testdata/fuzz.
+# conversions of Services and EndpointSlices, Build over colliding
+# Services, and the incremental Builder against Build. A failing input
+# lands in the package's testdata/fuzz.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./pkg/informer/convert:FuzzConvertService ./pkg/informer/convert:FuzzConvertEndpointSlice ./pkg/model:FuzzBuild
+FUZZ_TARGETS := ./pkg/informer/convert:FuzzConvertService ./pkg/informer/convert:FuzzConvertEndpointSlice \
+	./pkg/model:FuzzBuild ./pkg/model:FuzzUpdate
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo ">>> fuzzing $${t#*:} for $(FUZZTIME)"; \

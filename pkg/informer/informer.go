@@ -66,6 +66,9 @@ type Informer struct {
 	slices   *store[model.EndpointSlice]
 	node     model.Node
 	cidrs    map[string][]netip.Prefix
+	// nodeDirty and cidrsDirty say whether the node and the ranges
+	// changed since the last Changes.
+	nodeDirty, cidrsDirty bool
 }
 
 // New creates the watches (none runs until Run). h may be nil when nobody
@@ -81,6 +84,9 @@ func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
 		slices:   newStore[model.EndpointSlice](),
 		node:     model.Node{Name: opts.NodeName},
 		cidrs:    map[string][]netip.Prefix{},
+		// The first Changes carries the node and ranges, as it carries
+		// every object.
+		nodeDirty: true, cidrsDirty: true,
 	}
 	i.watchServiceCIDRs(client)
 
@@ -202,6 +208,23 @@ func (i *Informer) Snapshot() model.Snapshot {
 	}
 }
 
+// Changes returns what changed since the previous call (at the first,
+// everything), for model.Builder.Update: its cost follows the number of
+// changes, not of objects.
+func (i *Informer) Changes() model.Changes {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	ch := model.Changes{Services: i.services.take(), Slices: i.slices.take()}
+	if i.nodeDirty {
+		node := i.node
+		ch.Node, i.nodeDirty = &node, false
+	}
+	if i.cidrsDirty {
+		ch.ServiceCIDRs, ch.CIDRsChanged, i.cidrsDirty = i.serviceCIDRs(), true, false
+	}
+	return ch
+}
+
 func (i *Informer) upsertService(src source, svc *v1.Service) {
 	var m *model.Service
 	if src.admits(svc.Labels, i.opts.ProxyName) {
@@ -274,6 +297,7 @@ func (i *Informer) setNode(n model.Node) {
 	i.mu.Lock()
 	changed := !reflect.DeepEqual(i.node, n)
 	i.node = n
+	i.nodeDirty = i.nodeDirty || changed
 	i.mu.Unlock()
 	if changed {
 		i.logger.V(2).Info("Node changed", "node", n.Name, "zone", n.Zone, "ips", n.IPs, "ready", n.Ready, "retiring", n.Retiring)

@@ -418,3 +418,34 @@ func TestServiceCIDRsReachTheSnapshotWithoutGatingSync(t *testing.T) {
 		t.Errorf("ServiceCIDRs = %v, want %v", got, want)
 	}
 }
+
+func TestChangesCarryOnlyWhatChangedSinceTheLastCall(t *testing.T) {
+	client, inf, rec := start(t, Options{NodeName: "node-a"}, service(), namedSlice("web-1"), namedSlice("web-2"), node("node-a", "zone-a"))
+	first := inf.Changes()
+	if len(first.Services) != 1 || len(first.Slices) != 2 || first.Node == nil || first.Node.Zone != "zone-a" || !first.CIDRsChanged {
+		t.Fatalf("the first Changes = %+v, want everything", first)
+	}
+	if again := inf.Changes(); len(again.Services)+len(again.Slices) != 0 || again.Node != nil || again.CIDRsChanged {
+		t.Fatalf("Changes with nothing changed = %+v", again)
+	}
+	rec.drain()
+	es := namedSlice("web-2", func(es *discovery.EndpointSlice) { es.Endpoints[0].Addresses = []string{"10.1.0.9"} })
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(context.Background(), es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	ch := inf.Changes()
+	got, ok := ch.Slices[nn("ns", "web-2")]
+	if len(ch.Slices) != 1 || !ok || got.Endpoints[0].Addresses[0] != netip.MustParseAddr("10.1.0.9") || len(ch.Services) != 0 || ch.Node != nil {
+		t.Errorf("Changes after one slice update = %+v, want only web-2", ch)
+	}
+	if err := client.DiscoveryV1().EndpointSlices("ns").Delete(context.Background(), "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	if ch := inf.Changes(); len(ch.Slices) != 1 || ch.Slices[nn("ns", "web-1")] != nil {
+		t.Errorf("Changes after a delete = %+v, want web-1 as nil", ch)
+	} else if _, ok := ch.Slices[nn("ns", "web-1")]; !ok {
+		t.Errorf("Changes after a delete does not name web-1: %+v", ch)
+	}
+}

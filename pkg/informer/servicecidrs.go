@@ -42,11 +42,12 @@ func (i *Informer) setServiceCIDR(name string, cidrs []netip.Prefix) {
 	} else {
 		i.cidrs[name] = cidrs
 	}
+	changed := had != (cidrs != nil) || !slices.Equal(old, cidrs)
+	i.cidrsDirty = i.cidrsDirty || changed
 	i.mu.Unlock()
-	if had == (cidrs != nil) && slices.Equal(old, cidrs) {
-		return
+	if changed {
+		i.notify(KindService, time.Time{})
 	}
-	i.notify(KindService, time.Time{})
 }
 
 // serviceCIDRs lists every known range; the caller holds i.mu.

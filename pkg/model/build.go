@@ -4,77 +4,15 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
-	"time"
 )
 
 // Build turns a snapshot into the State the node must program. It never
-// fails: objects it cannot use are left out, exactly as kube-proxy would.
-func Build(snap Snapshot) *State { return new(Builder).Build(snap) }
-
-// Builder is Build with memory: a Service whose object, slices and node
-// are the same pointers and values as in the previous call keeps its
-// ServicePorts instead of being rebuilt. Informer objects are immutable,
-// so pointer identity means "unchanged", and a one-endpoint change costs
-// one Service's work plus a walk over the snapshot. The zero value is
-// ready to use; a Builder is not safe for concurrent use.
-type Builder struct {
-	memo map[NamespacedName]memoEntry
-	node Node
-}
-
-type memoEntry struct {
-	svc    *Service
-	slices []*EndpointSlice
-	ports  []*ServicePort
-}
-
-// Build is like the package-level Build.
-func (b *Builder) Build(snap Snapshot) *State {
-	slicesBySvc := map[NamespacedName][]*EndpointSlice{}
-	for _, es := range snap.Slices {
-		if es == nil || es.ServiceName == "" {
-			continue
-		}
-		n := NamespacedName{Namespace: es.Namespace, Name: es.ServiceName}
-		slicesBySvc[n] = append(slicesBySvc[n], es)
-	}
-	for _, list := range slicesBySvc {
-		if len(list) > 1 {
-			slices.SortFunc(list, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-		}
-	}
-	if b.memo == nil || !b.node.equal(snap.Node) {
-		b.memo = map[NamespacedName]memoEntry{}
-		b.node = snap.Node
-	}
-
-	st := &State{Node: snap.Node, Services: make(map[ServicePortKey]*ServicePort, len(snap.Services))}
-	st.ServiceCIDRs = normalPrefixes(snap.ServiceCIDRs)
-	memo := make(map[NamespacedName]memoEntry, len(snap.Services))
-	var ports []*ServicePort
-	for name, svc := range snap.Services {
-		if svc == nil {
-			continue
-		}
-		list := slicesBySvc[name]
-		e, ok := b.memo[name]
-		if !ok || e.svc != svc || !slices.Equal(e.slices, list) {
-			e = memoEntry{svc: svc, slices: list, ports: buildService(name, svc, list, snap.Node)}
-		}
-		memo[name] = e
-		ports = append(ports, e.ports...)
-	}
-	b.memo = memo
-	created := func(n NamespacedName) time.Time { return memo[n].svc.Created }
-	rebuild := func(sp *ServicePort, ips []netip.Addr) *ServicePort {
-		e := memo[sp.Key.Service()]
-		return rebuildPort(sp.Key, e.svc, ips, e.slices, snap.Node)
-	}
-	var kept []*ServicePort
-	kept, st.Conflicts = resolve(ports, created, rebuild)
-	for _, sp := range kept {
-		st.Services[sp.Key] = sp
-	}
+// fails: objects it cannot use are left out, exactly as kube-proxy would,
+// and conflicting claims are settled (see Conflict).
+func Build(snap Snapshot) *State {
+	var b Builder
+	st, _ := b.Update(Changes{Node: &snap.Node, Services: snap.Services, Slices: snap.Slices,
+		ServiceCIDRs: snap.ServiceCIDRs, CIDRsChanged: true})
 	return st
 }
 

@@ -81,115 +81,77 @@ func (c Conflict) Compare(o Conflict) int {
 	return c.Winner.Compare(o.Winner)
 }
 
-// claim is one service port's claim on one destination.
-type claim struct {
+// claimant is one service port's claim on one destination.
+type claimant struct {
+	key     ServicePortKey
 	kind    ClaimKind
-	created time.Time
-	port    *ServicePort
+	created time.Time // the Service's creationTimestamp
 }
 
 // beats reports whether a wins over b under the Conflict rule.
-func (a claim) beats(b claim) bool {
+func (a claimant) beats(b claimant) bool {
 	if a.kind != b.kind {
 		return a.kind < b.kind
 	}
 	if c := a.created.Compare(b.created); c != 0 {
 		return c < 0
 	}
-	return a.port.Key.Compare(b.port.Key) < 0
+	if c := a.key.Compare(b.key); c != 0 {
+		return c < 0
+	}
+	return false
 }
 
-// contest collects claims and names, per destination, the one that wins.
-type contest struct {
-	winners map[Destination]claim
-	losers  map[Destination][]claim
-}
+// contests indexes claims by destination, so that the winner of one is
+// found without looking at any other: what a change costs follows the
+// destinations it touches, not the cluster.
+type contests map[Destination][]claimant
 
-func newContest(n int) *contest {
-	return &contest{winners: make(map[Destination]claim, n), losers: map[Destination][]claim{}}
-}
+func (c contests) add(d Destination, cl claimant) { c[d] = append(c[d], cl) }
 
-func (c *contest) add(d Destination, cl claim) {
-	w, ok := c.winners[d]
-	switch {
-	case !ok:
-		c.winners[d] = cl
-	case cl.beats(w):
-		c.winners[d] = cl
-		c.losers[d] = append(c.losers[d], w)
-	default:
-		c.losers[d] = append(c.losers[d], cl)
+// remove takes back key's claim of kind on d.
+func (c contests) remove(d Destination, key ServicePortKey, kind ClaimKind) {
+	list := slices.DeleteFunc(c[d], func(cl claimant) bool { return cl.key == key && cl.kind == kind })
+	if len(list) == 0 {
+		delete(c, d)
+	} else {
+		c[d] = list
 	}
 }
 
-// conflicts lists every lost claim with the destination's final winner.
-func (c *contest) conflicts() []Conflict {
+// holds reports whether key's claim of kind wins d.
+func (c contests) holds(d Destination, key ServicePortKey, kind ClaimKind) bool {
+	w, ok := c.winner(d)
+	return ok && w.key == key && w.kind == kind
+}
+
+func (c contests) winner(d Destination) (claimant, bool) {
+	list := c[d]
+	if len(list) == 0 {
+		return claimant{}, false
+	}
+	w := list[0]
+	for _, cl := range list[1:] {
+		if cl.beats(w) {
+			w = cl
+		}
+	}
+	return w, true
+}
+
+// conflicts lists every claim on d that loses, with d's winner.
+func (c contests) conflicts(d Destination) []Conflict {
+	w, ok := c.winner(d)
+	if !ok || len(c[d]) == 1 {
+		return nil
+	}
 	var out []Conflict
-	for d, ls := range c.losers {
-		w := c.winners[d]
-		for _, l := range ls {
-			out = append(out, Conflict{Destination: d, Loser: l.port.Key, LoserKind: l.kind, Winner: w.port.Key, WinnerKind: w.kind})
+	for _, cl := range c[d] {
+		if cl != w {
+			out = append(out, Conflict{Destination: d, Loser: cl.key, LoserKind: cl.kind, Winner: w.key, WinnerKind: w.kind})
 		}
 	}
 	return out
-}
-
-// resolve settles every conflict among ports, the service ports of all
-// Services as buildService made them. created gives a Service's
-// creationTimestamp; rebuild makes a port again with fewer ClusterIPs (nil
-// when none is left). It returns the ports to program, each destination
-// claimed by exactly one, and the conflicts, sorted.
-func resolve(ports []*ServicePort, created func(NamespacedName) time.Time,
-	rebuild func(*ServicePort, []netip.Addr) *ServicePort) ([]*ServicePort, []Conflict) {
-	// First ClusterIPs among themselves: what a port keeps of them
-	// decides which families it serves at all.
-	first := newContest(len(ports))
-	for _, sp := range ports {
-		t := created(sp.Key.Service())
-		for _, ip := range sp.ClusterIPs {
-			first.add(Destination{Protocol: sp.Key.Protocol, Addr: netip.AddrPortFrom(ip, sp.Port)}, claim{ClusterIPClaim, t, sp})
-		}
-	}
-	conflicts := first.conflicts()
-	lostIPs := map[*ServicePort][]netip.Addr{}
-	for d, ls := range first.losers {
-		for _, l := range ls {
-			lostIPs[l.port] = append(lostIPs[l.port], d.Addr.Addr())
-		}
-	}
-	kept := ports[:0:0]
-	for _, sp := range ports {
-		if lost, ok := lostIPs[sp]; ok {
-			left := slices.DeleteFunc(slices.Clone(sp.ClusterIPs), func(ip netip.Addr) bool { return slices.Contains(lost, ip) })
-			if sp = rebuild(sp, left); sp == nil {
-				continue
-			}
-		}
-		kept = append(kept, sp)
-	}
-
-	// Then every destination the remaining ports claim.
-	second := newContest(2 * len(kept))
-	for _, sp := range kept {
-		t := created(sp.Key.Service())
-		for _, c := range claims(sp) {
-			second.add(c.dest, claim{c.kind, t, sp})
-		}
-	}
-	conflicts = append(conflicts, second.conflicts()...)
-	lost := map[*ServicePort][]destClaim{}
-	for d, ls := range second.losers {
-		for _, l := range ls {
-			lost[l.port] = append(lost[l.port], destClaim{d, l.kind})
-		}
-	}
-	for i, sp := range kept {
-		if ds, ok := lost[sp]; ok {
-			kept[i] = without(sp, ds)
-		}
-	}
-	slices.SortFunc(conflicts, Conflict.Compare)
-	return kept, conflicts
 }
 
 type destClaim struct {

@@ -2,6 +2,7 @@ package model
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 )
@@ -40,7 +41,7 @@ func (b *fuzzBytes) addrs(max int) []netip.Addr {
 func fuzzSnapshot(data []byte) Snapshot {
 	b := fuzzBytes(data)
 	var svcs []*Service
-	var slices []*EndpointSlice
+	var ess []*EndpointSlice
 	for i := range 1 + b.pick(6) {
 		name := string(rune('a' + i))
 		s := &Service{Namespace: "ns", Name: name, Created: epoch.Add(time.Duration(b.pick(3)) * time.Minute),
@@ -65,9 +66,9 @@ func fuzzSnapshot(data []byte) Snapshot {
 			es.Endpoints = append(es.Endpoints, SliceEndpoint{Addresses: b.addrs(2),
 				Ready: flags&1 != 0, Serving: flags&2 != 0, Terminating: flags&4 != 0, NodeName: []string{"n1", "n2"}[flags>>3&1]})
 		}
-		slices = append(slices, es)
+		ess = append(ess, es)
 	}
-	return snapshot(svcs, slices...)
+	return snapshot(svcs, ess...)
 }
 
 // FuzzBuild feeds Build several Services that collide on addresses and
@@ -101,16 +102,48 @@ func FuzzBuild(f *testing.F) {
 				t.Fatalf("conflict %v: the destination is held by %v", c, claimed[c.Destination])
 			}
 		}
-		again := Build(snap)
-		if d := Compute(st, again); !d.Empty() || len(again.Conflicts) != len(st.Conflicts) {
-			t.Fatalf("Build is not deterministic: %+v", d)
+		sameState(t, "a second Build", st, Build(snap))
+	})
+}
+
+// FuzzUpdate checks the incremental Builder against Build: a Builder at
+// one snapshot, updated with what differs in a second, must hold exactly
+// what Build makes of the second, and name every port that changed.
+func FuzzUpdate(f *testing.F) {
+	f.Add([]byte{1, 0, 1, 0, 1, 3, 0, 0, 0, 1, 0, 0, 1}, []byte{1, 0, 1, 0, 1, 3, 0, 0, 0, 1, 0, 0, 2})
+	f.Add([]byte{5, 2, 2, 4, 7, 2, 3, 7, 1, 10, 1, 1, 2, 0}, []byte{3, 1, 2, 4, 7, 2, 3, 7, 1, 10, 1, 1, 2, 0, 1})
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		a, b := fuzzSnapshot(first), fuzzSnapshot(second)
+		var builder Builder
+		before := builder.Build(a)
+		ch := Changes{Services: map[NamespacedName]*Service{}, Slices: map[NamespacedName]*EndpointSlice{}}
+		diffInto(ch.Services, a.Services, b.Services)
+		diffInto(ch.Slices, a.Slices, b.Slices)
+		if len(first) > 0 && first[0]&8 != 0 { // sometimes the node changes too
+			b.Node = Node{Name: "n2", Zone: "z"}
+			ch.Node = &b.Node
 		}
-		for i := range st.Conflicts {
-			if st.Conflicts[i] != again.Conflicts[i] {
-				t.Fatalf("conflicts differ: %v vs %v", st.Conflicts, again.Conflicts)
+		after, changed := builder.Update(ch)
+		want := Build(b)
+		sameState(t, "an updated Builder", want, after)
+		for _, k := range Compute(before, want).Changed() {
+			if !slices.Contains(changed, k) {
+				t.Fatalf("%v changed but Update did not name it (named %v)", k, changed)
 			}
 		}
 	})
+}
+
+// sameState fails the test unless got programs what want does and has the
+// same conflicts.
+func sameState(t *testing.T, what string, want, got *State) {
+	t.Helper()
+	if d := Compute(want, got); !d.Empty() {
+		t.Fatalf("%s differs: %+v", what, d)
+	}
+	if !slices.Equal(want.Conflicts, got.Conflicts) {
+		t.Fatalf("%s has conflicts %v, want %v", what, got.Conflicts, want.Conflicts)
+	}
 }
 
 func checkEndpoints(t *testing.T, sp *ServicePort) {

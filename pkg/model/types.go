@@ -266,6 +266,27 @@ type State struct {
 	// Conflicts are the claims Build settled (see Conflict): Services
 	// contains only the winners' claims. Sorted; for reporting only.
 	Conflicts []Conflict
+
+	// byService indexes Services by Service name when a Builder made the
+	// State (nil otherwise: PortsOf then scans).
+	byService map[NamespacedName][]ServicePortKey
+}
+
+// PortsOf returns the service ports of the Service n, in no order.
+func (s *State) PortsOf(n NamespacedName) []*ServicePort {
+	var out []*ServicePort
+	if s.byService != nil {
+		for _, k := range s.byService[n] {
+			out = append(out, s.Services[k])
+		}
+		return out
+	}
+	for k, sp := range s.Services {
+		if k.Service() == n {
+			out = append(out, sp)
+		}
+	}
+	return out
 }
 
 // ClusterIPs returns every ClusterIP of family f that some port uses,

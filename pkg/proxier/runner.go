@@ -39,7 +39,7 @@ type RunnerOptions struct {
 // syncs of a Backend and records what they cost.
 type Runner struct {
 	backend Backend
-	build   func() *model.State
+	src     Source
 	opts    RunnerOptions
 	wake    chan struct{}
 
@@ -47,7 +47,8 @@ type Runner struct {
 	pending pendingChanges
 
 	// Owned by the Run goroutine.
-	last      *model.State // what the kernel has
+	applied   *model.State // what the kernel has: the Runner's own map
+	unwritten map[model.ServicePortKey]bool // changed, not yet written
 	lastSync  time.Time
 	retryAt   time.Time
 	retryWait time.Duration
@@ -61,8 +62,8 @@ type pendingChanges struct {
 	triggers            []time.Time
 }
 
-// NewRunner returns a Runner that syncs the State built by build.
-func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner {
+// NewRunner returns a Runner that syncs the States src gives it.
+func NewRunner(b Backend, src Source, opts RunnerOptions) *Runner {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -72,7 +73,8 @@ func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner
 	if opts.MaxInterval <= 0 {
 		opts.MaxInterval = 30 * time.Second
 	}
-	return &Runner{backend: b, build: build, opts: opts, wake: make(chan struct{}, 1), held: held{}}
+	return &Runner{backend: b, src: src, opts: opts, wake: make(chan struct{}, 1), held: held{},
+		applied: &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}, unwritten: map[model.ServicePortKey]bool{}}
 }
 
 // OnChange records a change and asks for a sync; it never blocks. kind is
@@ -177,17 +179,21 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	r.mu.Unlock()
 
 	start := r.opts.Clock.Now()
-	desired := r.build()
+	desired, changed := r.src.Next()
+	for _, k := range changed {
+		r.unwritten[k] = true
+	}
 	r.conflicts.report(desired.Conflicts, r.opts.Metrics, r.opts.Events)
-	state, kept := r.held.withHeld(desired, r.last, start)
-	diff := model.Compute(r.last, state)
+	state, kept := r.held.withHeld(desired, r.applied, start)
+	keys := r.toWrite(kept)
+	diff := model.ComputeKeys(r.applied, state, keys)
 	err := r.backend.Sync(ctx, state, diff)
 	elapsed := r.opts.Clock.Since(start)
 	r.lastSync = r.opts.Clock.Now()
 	r.dirty = false
 	var refused *RefusedError
 	if err == nil || errors.As(err, &refused) {
-		state, diff = r.written(state, diff, kept, refused)
+		state, diff = r.written(state, diff, keys, kept, refused)
 		err = nil
 	}
 
@@ -216,7 +222,6 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		return
 	}
 	r.retryAt, r.retryWait = time.Time{}, 0
-	r.last = state
 	if r.opts.AfterSync != nil {
 		r.opts.AfterSync(state, diff)
 	}
@@ -256,15 +261,40 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		"kernelObjects", stats.KernelOps, "changed", len(diff.Added)+len(diff.Updated)+len(diff.Removed), "elapsed", elapsed)
 }
 
-// written settles the held ports after a sync of state that the kernel
-// took, but for the ports refused names (nil: all of it), and returns what
-// the kernel now has and how that differs from before.
-func (r *Runner) written(state *model.State, diff model.Diff, kept map[model.ServicePortKey]bool, refused *RefusedError) (*model.State, model.Diff) {
+// toWrite lists the ports a sync must look at: those changed since the
+// last successful write, and the held ones it no longer keeps back.
+func (r *Runner) toWrite(kept map[model.ServicePortKey]bool) []model.ServicePortKey {
+	keys := make([]model.ServicePortKey, 0, len(r.unwritten)+len(r.held))
+	for k := range r.unwritten {
+		keys = append(keys, k)
+	}
+	for k := range r.held {
+		if !kept[k] && !r.unwritten[k] {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// written records that the kernel took the ports keys of state, but for
+// those refused names (nil: all of them), settles the held ports, and
+// returns what the kernel now has and how that differs from before.
+func (r *Runner) written(state *model.State, diff model.Diff, keys []model.ServicePortKey, kept map[model.ServicePortKey]bool,
+	refused *RefusedError) (*model.State, model.Diff) {
 	var again []model.ServicePortKey
 	if refused != nil {
 		again = refused.Ports
-		state, diff = r.refuse(refused, state)
+		state = r.refuse(refused, state)
+		diff = model.ComputeKeys(r.applied, state, keys)
 	}
+	for _, k := range keys {
+		if sp := state.Services[k]; sp != nil {
+			r.applied.Services[k] = sp
+		} else {
+			delete(r.applied.Services, k)
+		}
+	}
+	clear(r.unwritten)
 	for _, k := range r.held.settle(kept, again) {
 		klog.InfoS("Programmed a service port the kernel had refused", "servicePort", k.String())
 	}
@@ -274,11 +304,11 @@ func (r *Runner) written(state *model.State, diff model.Diff, kept map[model.Ser
 	return state, diff
 }
 
-// refuse records the ports the kernel refused in a sync of written, reports
-// those refused for the first time, and returns what the kernel now has
-// and how that differs from before.
-func (r *Runner) refuse(e *RefusedError, written *model.State) (*model.State, model.Diff) {
-	applied, fresh := r.held.refuse(e.Ports, written, r.last, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
+// refuse records the ports the kernel refused in a sync of written,
+// reports those refused for the first time, and returns what the kernel
+// now has: written, with the refused ports as they were.
+func (r *Runner) refuse(e *RefusedError, written *model.State) *model.State {
+	applied, fresh := r.held.refuse(e.Ports, written, r.applied, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
 	for _, k := range e.Ports {
 		if hp := r.held[k]; hp != nil {
 			klog.V(2).InfoS("Service port refused by the kernel; retrying later", "servicePort", k.String(), "retryIn", hp.wait)
@@ -293,7 +323,7 @@ func (r *Runner) refuse(e *RefusedError, written *model.State) (*model.State, mo
 				r.backend.Mode(), k, e.Err))
 		}
 	}
-	return applied, model.Compute(r.last, applied)
+	return applied
 }
 
 // requeue puts changes of a failed sync back so their latency is measured

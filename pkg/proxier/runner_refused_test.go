@@ -118,7 +118,7 @@ func TestARefusedPortIsRetriedWithBackoffWhileEverythingElseSyncs(t *testing.T) 
 	}
 	m := metrics.New("picky")
 	events := &warnings{}
-	r := NewRunner(kernel, build, RunnerOptions{MinInterval: 0, MaxInterval: time.Minute, RetryMin: time.Second,
+	r := NewRunner(kernel, Rebuild(build), RunnerOptions{MinInterval: 0, MaxInterval: time.Minute, RetryMin: time.Second,
 		Clock: clock, Metrics: m, Events: events})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

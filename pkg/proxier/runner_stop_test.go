@@ -53,7 +53,7 @@ func TestRunReturnsWhenItsContextEndsWhileASyncIsDue(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := blockingBackend{entered: make(chan struct{}, 1), release: make(chan struct{})}
 			clock := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-			r := NewRunner(b, func() *model.State { return &model.State{} }, RunnerOptions{
+			r := NewRunner(b, Rebuild(func() *model.State { return &model.State{} }), RunnerOptions{
 				MinInterval: 0, MaxInterval: 30 * time.Second, Clock: clock})
 			ctx, cancel := context.WithCancel(context.Background())
 			t.Cleanup(cancel)

@@ -93,23 +93,25 @@ func Run(ctx context.Context, o *Options) error {
 				m.ConntrackDuration.WithLabelValues(family.String()).Observe(r.Took.Seconds())
 			}
 		}
-		m.SetNoLocalEndpoints(s)
-		checks.Sync(s.HealthChecks())
+		changed := d.Changed()
+		m.UpdateNoLocalEndpoints(s, changed)
+		checks.Update(s, changed)
 		health.SetNodeRetiring(s.Node.Retiring)
 	}
 	var inf *informer.Informer
-	var builder model.Builder // only the runner's goroutine builds
 	events := informer.NewEvents(client)
 	go func() {
 		if err := events.Run(ctx); err != nil {
 			klog.ErrorS(err, "Events will not be posted")
 		}
 	}()
-	runner := proxier.NewRunner(backend, func() *model.State { return builder.Build(inf.Snapshot()) }, proxier.RunnerOptions{
+	src := &changes{} // its informer is set below: the informer needs the runner
+	runner := proxier.NewRunner(backend, src, proxier.RunnerOptions{
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
 		Events: serviceWarnings(func(n model.NamespacedName, reason, note string) { inf.ServiceWarning(n, reason, note) }),
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName, Events: events}, runner)
+	src.inf = inf
 	klog.InfoS("Starting proxyd", "version", Version, "mode", o.Mode, "node", nodeName,
 		"syncPeriod", o.SyncPeriod, "minSyncPeriod", o.MinSyncPeriod, "clusterCIDRs", o.ClusterCIDRs)
 	health.QueuedUpdate()
@@ -180,6 +182,17 @@ func (o *Options) client() (*apiClient, error) {
 		return nil, fmt.Errorf("apiserver client: %w", err)
 	}
 	return &apiClient{Interface: cs, host: cfg.Host}, nil
+}
+
+// changes is the runner's Source: the informer's changes, applied by a
+// model.Builder, so a sync's userspace work follows what changed.
+type changes struct {
+	inf     *informer.Informer
+	builder model.Builder // only the runner's goroutine uses it
+}
+
+func (c *changes) Next() (*model.State, []model.ServicePortKey) {
+	return c.builder.Update(c.inf.Changes())
 }
 
 // serviceWarnings adapts a function to proxier.EventSink.
