@@ -180,8 +180,12 @@ func families(ips []netip.Addr) map[IPFamily]bool {
 // family must be one the Service has, and an address seen in several slices
 // counts once (ready wins over not ready, then the first slice by name).
 func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]bool) []Endpoint {
-	byAddr := map[netip.AddrPort]int{}
-	var out []Endpoint
+	n := 0
+	for _, es := range list {
+		n += len(es.Endpoints)
+	}
+	byAddr := make(map[netip.AddrPort]int, n)
+	out := make([]Endpoint, 0, n)
 	for _, es := range list {
 		if !fams[es.Family] {
 			continue
@@ -215,6 +219,9 @@ func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]
 			byAddr[ap] = len(out)
 			out = append(out, ep)
 		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	slices.SortFunc(out, func(a, b Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
 	return out

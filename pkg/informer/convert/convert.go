@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -188,7 +189,15 @@ func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.Endpoi
 	}
 
 	var ds drops
-	out := &model.EndpointSlice{Namespace: es.Namespace, Name: es.Name, ServiceName: svcName, Family: family}
+	out := &model.EndpointSlice{Namespace: es.Namespace, Name: es.Name, ServiceName: svcName, Family: family,
+		Ports: make([]model.SlicePort, 0, len(es.Ports)), Endpoints: make([]model.SliceEndpoint, 0, len(es.Endpoints))}
+	// One array holds every endpoint's addresses, each endpoint a capped
+	// window of it: a slice costs one allocation for them, not one each.
+	n := 0
+	for _, ep := range es.Endpoints {
+		n += len(ep.Addresses)
+	}
+	addrs := make([]netip.Addr, 0, n)
 	for i, p := range es.Ports {
 		field := fmt.Sprintf("ports[%d]", i)
 		if p.Port == nil {
@@ -216,6 +225,7 @@ func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.Endpoi
 
 	for i, ep := range es.Endpoints {
 		se := model.SliceEndpoint{}
+		first := len(addrs)
 		for j, s := range ep.Addresses {
 			ip, err := parseAddr(s)
 			field := fmt.Sprintf("endpoints[%d].addresses[%d]", i, j)
@@ -225,9 +235,10 @@ func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.Endpoi
 			case model.FamilyOf(ip) != family:
 				ds.add(field, s, "not an address of the slice's type "+string(es.AddressType))
 			default:
-				se.Addresses = append(se.Addresses, ip)
+				addrs = append(addrs, ip)
 			}
 		}
+		se.Addresses = addrs[first:len(addrs):len(addrs)]
 		if len(se.Addresses) == 0 {
 			ds.add(fmt.Sprintf("endpoints[%d]", i), "", "no usable address: the endpoint is not used")
 			continue
@@ -240,20 +251,20 @@ func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.Endpoi
 		}
 		se.Terminating = c.Terminating != nil && *c.Terminating
 		if ep.NodeName != nil {
-			se.NodeName = *ep.NodeName
+			se.NodeName = intern(*ep.NodeName)
 		}
 		if ep.Zone != nil {
-			se.Zone = *ep.Zone
+			se.Zone = intern(*ep.Zone)
 		}
 		if h := ep.Hints; h != nil {
 			for _, z := range h.ForZones {
 				if z.Name != "" {
-					se.ZoneHints = append(se.ZoneHints, z.Name)
+					se.ZoneHints = append(se.ZoneHints, intern(z.Name))
 				}
 			}
 			for _, n := range h.ForNodes {
 				if n.Name != "" {
-					se.NodeHints = append(se.NodeHints, n.Name)
+					se.NodeHints = append(se.NodeHints, intern(n.Name))
 				}
 			}
 		}
@@ -320,6 +331,10 @@ func ServiceCIDR(c *networking.ServiceCIDR) ([]netip.Prefix, []Drop) {
 // ToBeDeletedTaint is the cluster autoscaler's taint on a node it is about
 // to remove.
 const ToBeDeletedTaint = "ToBeDeletedByClusterAutoscaler"
+
+// intern returns the one copy of s that every converted object shares:
+// node and zone names repeat across the endpoints of a cluster.
+func intern(s string) string { return unique.Make(s).Value() }
 
 // portNumber converts an API port number, reporting whether it is a usable
 // port (1-65535).
