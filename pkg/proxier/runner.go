@@ -47,7 +47,7 @@ type Runner struct {
 	pending pendingChanges
 
 	// Owned by the Run goroutine.
-	applied   *model.State // what the kernel has: the Runner's own map
+	applied   *model.State                  // what the kernel has: the Runner's own map
 	unwritten map[model.ServicePortKey]bool // changed, not yet written
 	lastSync  time.Time
 	retryAt   time.Time
