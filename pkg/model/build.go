@@ -44,7 +44,9 @@ func rebuildPort(key ServicePortKey, svc *Service, ips []netip.Addr, list []*End
 		return nil
 	}
 	for _, p := range svc.Ports {
-		if p.Name == key.Port && p.Protocol == key.Protocol {
+		// The spec buildService made the port of: the first usable one
+		// with its name and protocol.
+		if p.Name == key.Port && p.Protocol == key.Protocol && p.Protocol.Valid() && p.Port != 0 {
 			return buildPort(key, svc, p, ips, list, node)
 		}
 	}
@@ -206,8 +208,7 @@ func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]
 			ep := Endpoint{
 				IP: ip, Port: port,
 				Ready: se.Ready, Serving: se.Serving, Terminating: se.Terminating,
-				NodeName: se.NodeName, Zone: se.Zone,
-				ZoneHints: sortedCopy(se.ZoneHints), NodeHints: sortedCopy(se.NodeHints),
+				NodeName: se.NodeName, Zone: se.Zone, Hints: se.Hints.normal(),
 			}
 			ap := ep.AddrPort()
 			if i, dup := byAddr[ap]; dup {

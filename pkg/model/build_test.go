@@ -123,8 +123,8 @@ func TestBuild(t *testing.T) {
 }
 
 func TestSelectEndpointsPolicies(t *testing.T) {
-	local := SliceEndpoint{Addresses: []netip.Addr{addr("10.0.0.1")}, Ready: true, Serving: true, NodeName: "n1", ZoneHints: []string{"a"}}
-	remote := SliceEndpoint{Addresses: []netip.Addr{addr("10.0.0.2")}, Ready: true, Serving: true, NodeName: "n2", ZoneHints: []string{"b"}}
+	local := SliceEndpoint{Addresses: []netip.Addr{addr("10.0.0.1")}, Ready: true, Serving: true, NodeName: "n1", Hints: &Hints{Zones: []string{"a"}}}
+	remote := SliceEndpoint{Addresses: []netip.Addr{addr("10.0.0.2")}, Ready: true, Serving: true, NodeName: "n2", Hints: &Hints{Zones: []string{"b"}}}
 	tests := []struct {
 		name string
 		svc  func(*Service)

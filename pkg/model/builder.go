@@ -217,8 +217,10 @@ func (b *Builder) settle(dirty map[NamespacedName]bool) []ServicePortKey {
 // lost, and adds every claimant of one to recheck.
 func settleConflicts(c contests, lost map[Destination][]Conflict, touched map[Destination]bool, recheck map[ServicePortKey]bool) {
 	for d := range touched {
-		for _, cl := range c[d] {
-			recheck[cl.key] = true
+		if s, ok := c[d]; ok {
+			for _, cl := range s.all() {
+				recheck[cl.key] = true
+			}
 		}
 		if cs := c.conflicts(d); len(cs) > 0 {
 			lost[d] = cs

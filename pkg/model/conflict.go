@@ -104,19 +104,51 @@ func (a claimant) beats(b claimant) bool {
 
 // contests indexes claims by destination, so that the winner of one is
 // found without looking at any other: what a change costs follows the
-// destinations it touches, not the cluster.
-type contests map[Destination][]claimant
+// destinations it touches, not the cluster. Nearly every destination has
+// one claimant, kept in the map's value without an allocation of its own.
+type contests map[Destination]claimSet
 
-func (c contests) add(d Destination, cl claimant) { c[d] = append(c[d], cl) }
+// claimSet is the claimants of one destination: first, then more.
+type claimSet struct {
+	first claimant
+	more  []claimant
+}
+
+// all returns the claimants.
+func (s claimSet) all() []claimant {
+	return append([]claimant{s.first}, s.more...)
+}
+
+func (c contests) add(d Destination, cl claimant) {
+	s, ok := c[d]
+	if !ok {
+		c[d] = claimSet{first: cl}
+		return
+	}
+	s.more = append(s.more, cl)
+	c[d] = s
+}
 
 // remove takes back key's claim of kind on d.
 func (c contests) remove(d Destination, key ServicePortKey, kind ClaimKind) {
-	list := slices.DeleteFunc(c[d], func(cl claimant) bool { return cl.key == key && cl.kind == kind })
-	if len(list) == 0 {
-		delete(c, d)
-	} else {
-		c[d] = list
+	s, ok := c[d]
+	if !ok {
+		return
 	}
+	if s.first.key == key && s.first.kind == kind {
+		if len(s.more) == 0 {
+			delete(c, d)
+			return
+		}
+		s.first = s.more[len(s.more)-1]
+		s.more = s.more[:len(s.more)-1]
+	} else {
+		s.more = slices.DeleteFunc(s.more, func(cl claimant) bool { return cl.key == key && cl.kind == kind })
+	}
+	if len(s.more) == 0 {
+		s.more = nil
+	}
+	c[d] = s
 }
 
 // holds reports whether key's claim of kind wins d.
@@ -126,12 +158,12 @@ func (c contests) holds(d Destination, key ServicePortKey, kind ClaimKind) bool 
 }
 
 func (c contests) winner(d Destination) (claimant, bool) {
-	list := c[d]
-	if len(list) == 0 {
+	s, ok := c[d]
+	if !ok {
 		return claimant{}, false
 	}
-	w := list[0]
-	for _, cl := range list[1:] {
+	w := s.first
+	for _, cl := range s.more {
 		if cl.beats(w) {
 			w = cl
 		}
@@ -141,12 +173,13 @@ func (c contests) winner(d Destination) (claimant, bool) {
 
 // conflicts lists every claim on d that loses, with d's winner.
 func (c contests) conflicts(d Destination) []Conflict {
-	w, ok := c.winner(d)
-	if !ok || len(c[d]) == 1 {
+	s, ok := c[d]
+	if !ok || len(s.more) == 0 {
 		return nil
 	}
+	w, _ := c.winner(d)
 	var out []Conflict
-	for _, cl := range c[d] {
+	for _, cl := range s.all() {
 		if cl != w {
 			out = append(out, Conflict{Destination: d, Loser: cl.key, LoserKind: cl.kind, Winner: w.key, WinnerKind: w.kind})
 		}

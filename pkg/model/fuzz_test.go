@@ -63,8 +63,12 @@ func fuzzSnapshot(data []byte) Snapshot {
 		}
 		for range b.pick(4) {
 			flags := b.next()
-			es.Endpoints = append(es.Endpoints, SliceEndpoint{Addresses: b.addrs(2),
-				Ready: flags&1 != 0, Serving: flags&2 != 0, Terminating: flags&4 != 0, NodeName: []string{"n1", "n2"}[flags>>3&1]})
+			se := SliceEndpoint{Addresses: b.addrs(2),
+				Ready: flags&1 != 0, Serving: flags&2 != 0, Terminating: flags&4 != 0, NodeName: []string{"n1", "n2"}[flags>>3&1]}
+			if flags&16 != 0 { // unsorted, repeated hints, as a careless source could give them
+				se.Hints = &Hints{Zones: []string{"z2", "z1", "z2"}[b.pick(3):], Nodes: []string{"n2", "n1"}[b.pick(2):]}
+			}
+			es.Endpoints = append(es.Endpoints, se)
 		}
 		ess = append(ess, es)
 	}
@@ -154,6 +158,11 @@ func checkEndpoints(t *testing.T, sp *ServicePort) {
 			t.Fatalf("%v: duplicate or unusable endpoint %v", sp.Key, e)
 		}
 		seen[e.AddrPort()] = true
+	}
+	for _, e := range sp.Endpoints {
+		if h := e.Hints; h != nil && (!sortedSet(h.Zones) || !sortedSet(h.Nodes)) {
+			t.Fatalf("%v: hints %+v are not sorted sets", sp.Key, *h)
+		}
 	}
 	for _, e := range sp.ClusterEndpoints {
 		if !seen[e.AddrPort()] {

@@ -67,8 +67,7 @@ type SliceEndpoint struct {
 	Terminating bool
 	NodeName    string
 	Zone        string
-	ZoneHints   []string
-	NodeHints   []string
+	Hints       *Hints
 }
 
 // Snapshot is the informers' view at one instant, keyed by object name.

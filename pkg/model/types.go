@@ -104,8 +104,55 @@ type Endpoint struct {
 	Terminating bool
 	NodeName    string
 	Zone        string
-	ZoneHints   []string // hints.forZones: zones this endpoint should serve
-	NodeHints   []string // hints.forNodes: nodes this endpoint should serve
+	Hints       *Hints // nil: no hints
+}
+
+// Hints are an endpoint's topology hints: the zones (hints.forZones) and
+// the nodes (hints.forNodes) it should serve, each sorted, without
+// repeats. Endpoints hold a pointer, shared by every port of one
+// endpoint: most have none, and 8 bytes cost less than two slices.
+type Hints struct {
+	Zones []string
+	Nodes []string
+}
+
+func (h *Hints) zones() []string {
+	if h == nil {
+		return nil
+	}
+	return h.Zones
+}
+
+func (h *Hints) nodes() []string {
+	if h == nil {
+		return nil
+	}
+	return h.Nodes
+}
+
+func (h *Hints) equal(o *Hints) bool {
+	return h == o || slices.Equal(h.zones(), o.zones()) && slices.Equal(h.nodes(), o.nodes())
+}
+
+// normal returns h if it is sorted without repeats, else a copy that is;
+// nil when it holds nothing.
+func (h *Hints) normal() *Hints {
+	if len(h.zones()) == 0 && len(h.nodes()) == 0 {
+		return nil
+	}
+	if sortedSet(h.Zones) && sortedSet(h.Nodes) {
+		return h
+	}
+	return &Hints{Zones: sortedCopy(h.Zones), Nodes: sortedCopy(h.Nodes)}
+}
+
+func sortedSet(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // AddrPort is the endpoint's destination.
@@ -117,8 +164,7 @@ func (e Endpoint) String() string { return e.AddrPort().String() }
 // Equal reports whether e and o are the same endpoint in the same condition.
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.IP == o.IP && e.Port == o.Port && e.Ready == o.Ready && e.Serving == o.Serving &&
-		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone &&
-		slices.Equal(e.ZoneHints, o.ZoneHints) && slices.Equal(e.NodeHints, o.NodeHints)
+		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone && e.Hints.equal(o.Hints)
 }
 
 // ServicePort is everything the node must program for one port of a Service.

@@ -8,6 +8,7 @@ package convert
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"unique"
 
@@ -257,15 +258,21 @@ func EndpointSlice(es *discovery.EndpointSlice, proxyName string) (*model.Endpoi
 			se.Zone = intern(*ep.Zone)
 		}
 		if h := ep.Hints; h != nil {
+			var zones, nodes []string
 			for _, z := range h.ForZones {
 				if z.Name != "" {
-					se.ZoneHints = append(se.ZoneHints, intern(z.Name))
+					zones = append(zones, intern(z.Name))
 				}
 			}
 			for _, n := range h.ForNodes {
 				if n.Name != "" {
-					se.NodeHints = append(se.NodeHints, intern(n.Name))
+					nodes = append(nodes, intern(n.Name))
 				}
+			}
+			if len(zones)+len(nodes) > 0 {
+				slices.Sort(zones)
+				slices.Sort(nodes)
+				se.Hints = &model.Hints{Zones: slices.Compact(zones), Nodes: slices.Compact(nodes)}
 			}
 		}
 		out.Endpoints = append(out.Endpoints, se)

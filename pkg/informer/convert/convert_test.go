@@ -359,8 +359,7 @@ func TestConvertEndpointSlice(t *testing.T) {
 				}
 			}),
 			want: modelSlice(func(m *model.EndpointSlice) {
-				m.Endpoints[0].ZoneHints = []string{"zone-a", "zone-b"}
-				m.Endpoints[0].NodeHints = []string{"node-a"}
+				m.Endpoints[0].Hints = &model.Hints{Zones: []string{"zone-a", "zone-b"}, Nodes: []string{"node-a"}}
 			})},
 		{name: "malformed and wrong-family addresses are dropped",
 			in: slice(func(es *discovery.EndpointSlice) {
