@@ -33,8 +33,9 @@ type Builder struct {
 	// raw are each Service's ports as buildService made them.
 	raw map[NamespacedName][]*ServicePort
 	// first holds the raw ports' ClusterIP claims; eff are the ports once
-	// the ClusterIPs they lost are gone (see Conflict); second holds every
-	// claim of eff. lost1 and lost2 are the conflicts of each.
+	// the ClusterIPs they lost are gone (see Conflict); second holds the
+	// other claims of eff (a ClusterIP an eff port has is its own, and
+	// beats them all). lost1 and lost2 are the conflicts of each.
 	first, second contests
 	eff           map[ServicePortKey]*ServicePort
 	lost1, lost2  map[Destination][]Conflict
@@ -158,8 +159,8 @@ func (b *Builder) settle(dirty map[NamespacedName]bool) []ServicePortKey {
 	}
 	settleConflicts(b.first, b.lost1, touched, recheck)
 
-	// The ports without the ClusterIPs they lost, and all their claims.
-	touched = map[Destination]bool{}
+	// The ports without the ClusterIPs they lost, and their other claims;
+	// a destination whose ClusterIP claims changed is settled again.
 	final := map[ServicePortKey]bool{}
 	for k := range recheck {
 		old, now := b.eff[k], b.effective(k)
@@ -172,7 +173,7 @@ func (b *Builder) settle(dirty map[NamespacedName]bool) []ServicePortKey {
 			now = old
 		}
 		if old != nil {
-			for _, c := range claims(old) {
+			for _, c := range otherClaims(old) {
 				b.second.remove(c.dest, k, c.kind)
 				touched[c.dest] = true
 			}
@@ -180,7 +181,7 @@ func (b *Builder) settle(dirty map[NamespacedName]bool) []ServicePortKey {
 		}
 		if now != nil {
 			created := b.services[k.Service()].Created
-			for _, c := range claims(now) {
+			for _, c := range otherClaims(now) {
 				b.second.add(c.dest, claimant{k, c.kind, created})
 				touched[c.dest] = true
 			}
@@ -188,7 +189,18 @@ func (b *Builder) settle(dirty map[NamespacedName]bool) []ServicePortKey {
 		}
 		final[k] = true
 	}
-	settleConflicts(b.second, b.lost2, touched, final)
+	for d := range touched {
+		if s, ok := b.second[d]; ok {
+			for _, cl := range s.all() {
+				final[cl.key] = true
+			}
+		}
+		if cs := b.otherConflicts(d); len(cs) > 0 {
+			b.lost2[d] = cs
+		} else {
+			delete(b.lost2, d)
+		}
+	}
 
 	var changed []ServicePortKey
 	for k := range final {
@@ -286,6 +298,33 @@ func (b *Builder) effective(k ServicePortKey) *ServicePort {
 	return rebuildPort(k, b.services[n], left, b.bySvc[n], b.node)
 }
 
+// otherHolds reports whether k's claim of kind (not a ClusterIP) on d
+// wins: no ClusterIP is at d, and it beats the other such claims.
+func (b *Builder) otherHolds(d Destination, k ServicePortKey, kind ClaimKind) bool {
+	if _, taken := b.first[d]; taken {
+		return false
+	}
+	return b.second.holds(d, k, kind)
+}
+
+// otherConflicts lists the claims on d other than ClusterIPs that lose:
+// all of them to a ClusterIP there, else all but the best.
+func (b *Builder) otherConflicts(d Destination) []Conflict {
+	w, taken := b.first.winner(d)
+	if !taken {
+		return b.second.conflicts(d)
+	}
+	s, ok := b.second[d]
+	if !ok {
+		return nil
+	}
+	var out []Conflict
+	for _, cl := range s.all() {
+		out = append(out, Conflict{Destination: d, Loser: cl.key, LoserKind: cl.kind, Winner: w.key, WinnerKind: w.kind})
+	}
+	return out
+}
+
 // final is the effective port k without the other destinations it lost.
 func (b *Builder) final(k ServicePortKey) *ServicePort {
 	sp := b.eff[k]
@@ -293,8 +332,8 @@ func (b *Builder) final(k ServicePortKey) *ServicePort {
 		return nil
 	}
 	var lost []destClaim
-	for _, c := range claims(sp) {
-		if !b.second.holds(c.dest, k, c.kind) {
+	for _, c := range otherClaims(sp) {
+		if !b.otherHolds(c.dest, k, c.kind) {
 			lost = append(lost, c)
 		}
 	}

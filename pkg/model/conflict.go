@@ -215,6 +215,12 @@ func claims(sp *ServicePort) []destClaim {
 	return out
 }
 
+// otherClaims are the claims of sp other than its ClusterIPs.
+func otherClaims(sp *ServicePort) []destClaim {
+	all := claims(sp)
+	return slices.DeleteFunc(all, func(c destClaim) bool { return c.kind == ClusterIPClaim })
+}
+
 // without returns a copy of sp without the claims it lost.
 func without(sp *ServicePort, lost []destClaim) *ServicePort {
 	out := *sp

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -256,6 +257,19 @@ func saveHeap(ctx context.Context, l *lab.Lab, path string, logf func(string, ..
 		return
 	}
 	logf("heap profile in %s", path)
+	// The runtime's own account, to tell live objects from the heap's
+	// headroom and what was returned to the OS.
+	if code, text, err := l.HTTPGet(ctx, l.NodeNS, "http://127.0.0.1:10249/debug/pprof/heap?debug=1"); err == nil && code == 200 {
+		var stats []string
+		for _, line := range strings.Split(text, "\n") {
+			for _, k := range []string{"# HeapAlloc", "# HeapInuse", "# HeapIdle", "# HeapReleased", "# Sys", "# NextGC", "# Stack", "# NumGC"} {
+				if strings.HasPrefix(line, k+" ") {
+					stats = append(stats, strings.TrimPrefix(line, "# "))
+				}
+			}
+		}
+		logf("runtime memory: %s", strings.Join(stats, ", "))
+	}
 }
 
 // programmingLatency makes p.k single-endpoint changes one after another,
