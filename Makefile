@@ -17,7 +17,7 @@ E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit fuzz e2e e2e-node images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
+.PHONY: all build test unit fuzz lab e2e e2e-node e2e-cluster e2e-upstream e2e-tools e2e-images images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -26,6 +26,7 @@ help:
 	@echo "make test    - lint, unit, kernel and e2e tests (what CI runs; needs root)"
 	@echo "make demo    - a real control plane + node lab, proxyd, traffic, metrics"
 	@echo "make bench   - the performance harness against upstream kube-proxy"
+	@echo "make e2e-upstream - the upstream e2e Service tests, proxyd and kube-proxy side by side (hours)"
 	@echo "make lint    - gofmt, go vet, staticcheck"
 	@echo "make fuzz    - every fuzz target for FUZZTIME (30s) each"
 
@@ -54,8 +55,16 @@ lint:
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
+# unit runs every package's tests but the lab's, which need the upstream
+# binaries (see lab). With CI set, a test that lacks a tool or root fails
+# instead of skipping (internal/testenv).
 unit:
-	$(GO) test -count=1 ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v '/test/e2e/lab$$')
+
+# lab runs test/e2e/lab's own tests (the lab topology, its sweep, upstream
+# kube-proxy carrying Service traffic in it) against the built binaries.
+lab: tools
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./test/e2e/lab/
 
 # fuzz runs each fuzz target for FUZZTIME, one after another: the
 # conversions of Services and EndpointSlices, Build over colliding
@@ -87,6 +96,42 @@ e2e-node: build tools images
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd PROXYD_NODE_IMAGES=$(BIN)/images \
 		$(GO) test -count=1 -tags e2enode -timeout $(E2E_TIMEOUT) -v ./test/e2e/node/
 
+# e2e-tools builds what the cluster lab and the upstream suite need from
+# source: e2e.test, agnhost, regression-issue-74839 and the ginkgo CLI
+# (hack/e2e-tools, k8s.io/kubernetes v1.37.2) and CoreDNS (hack/coredns),
+# cached under $(CACHE) like `make tools`.
+e2e-tools:
+	@mkdir -p $(CACHE)
+	@hack/build-tools.sh $(CACHE) ginkgo agnhost regression-issue-74839 e2e.test > $(CACHE)/.e2e-bin-path
+	@hack/build-tools.sh $(CACHE) coredns > $(CACHE)/.coredns-bin-path
+
+# e2e-images writes every image the cluster lab imports into its nodes
+# (bin/images): proxyd, pause, echo, and under their upstream names the
+# e2e test images, CoreDNS and kube-proxy. Unchanged images are not rewritten.
+E2E_IMAGES := proxyd,pause,echo,agnhost,busybox,distroless-iptables,regression-issue-74839,coredns,kube-proxy
+e2e-images: build tools e2e-tools
+	E=$$(cat $(CACHE)/.e2e-bin-path); $(GO) run ./hack/image -out $(BIN)/images -only $(E2E_IMAGES) -proxyd $(BIN)/proxyd \
+		-agnhost $$E/agnhost -regression-issue-74839 $$E/regression-issue-74839 \
+		-coredns $$(cat $(CACHE)/.coredns-bin-path)/coredns -kube-proxy $$(cat $(CACHE)/.bin-path)/kube-proxy
+
+UPSTREAM_ENV = PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_E2E_BIN=$$(cat $(CACHE)/.e2e-bin-path)
+
+# e2e-cluster (CI) runs the cross-node paths on a two-node cluster lab with
+# proxyd as its DaemonSet, then the upstream [Conformance] Services tests
+# against it (results under $(CACHE), not docs/).
+e2e-cluster: e2e-images
+	$(UPSTREAM_ENV) PROXYD_CLUSTER_IMAGES=$(BIN)/images \
+		$(GO) test -count=1 -tags e2ecluster -timeout $(E2E_TIMEOUT) -v ./test/e2e/cluster/
+	$(UPSTREAM_ENV) $(GO) run ./test/e2e/upstream -contenders proxyd-nftables -nodes 2 -images $(BIN)/images \
+		-focus '\[sig-network\] Services .*\[Conformance\]' -out $(CACHE)/e2e-conformance -check
+
+# e2e-upstream runs the upstream Service-proxy selection against every
+# contender (proxyd-nftables three times, for flakes) and writes docs/e2e.
+# Several hours on two cores; CONTENDERS= narrows it.
+CONTENDERS ?= proxyd-nftables,proxyd-iptables,proxyd-ipvs,kube-proxy-nftables,kube-proxy-iptables
+e2e-upstream: e2e-images
+	$(UPSTREAM_ENV) $(GO) run ./test/e2e/upstream -contenders $(CONTENDERS) -repeat proxyd-nftables=3 -images $(BIN)/images -out docs/e2e
+
 # bench measures proxyd against upstream kube-proxy in the same lab and
 # writes docs/bench (table, CSV, plots): every contender at 1k Services, the
 # nftables ones at 10k (iptables-nft-restore alone takes many minutes
@@ -102,7 +147,10 @@ bench: build tools
 bench-smoke: build tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -smoke -proxyd $(BIN)/proxyd -out $(CACHE)/bench-smoke
 
-test: deps lint unit fuzz e2e e2e-node ipvs-vm bench-smoke
+# make test is what CI runs, so it sets CI itself: a test that lacks a tool
+# or root then fails instead of skipping (internal/testenv), whoever runs it.
+test: export CI ?= 1
+test: deps lint unit fuzz lab e2e e2e-node e2e-cluster ipvs-vm bench-smoke
 
 # kind, for users with Docker (not exercised in CI; see deploy/kind/README.md).
 kind-up:

@@ -5,6 +5,11 @@
 //	pause.tar   proxyd.local/pause:dev  a static pause binary (sandbox_image)
 //	echo.tar    proxyd.local/echo:dev   test/e2e/echo (static)
 //
+// and, with -only naming them, the cluster lab's images under their
+// upstream names (upstream.go): agnhost, busybox, distroless-iptables,
+// regression-issue-74839 (the e2e test images), coredns and kube-proxy,
+// from the prebuilt binaries the flags of those names give.
+//
 // Usage (as root or anyone who may run apt-get download):
 //
 //	go run ./hack/image -out DIR [-proxyd bin/proxyd] [-debs ~/.cache/proxyd/debs]
@@ -41,6 +46,8 @@ const (
 	ProxydRef = "proxyd:dev"
 	PauseRef  = "proxyd.local/pause:dev"
 	EchoRef   = "proxyd.local/echo:dev"
+	// UpstreamPauseRef is the pause image test/utils/image names at v1.37.2.
+	UpstreamPauseRef = "registry.k8s.io/pause:3.10.2"
 )
 
 const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -55,7 +62,11 @@ func main() {
 	out := flag.String("out", "", "directory for proxyd.tar, pause.tar, echo.tar (required)")
 	proxyd := flag.String("proxyd", "", "a prebuilt static proxyd binary (default: build ./cmd/proxyd)")
 	debDir := flag.String("debs", filepath.Join(os.Getenv("HOME"), ".cache", "proxyd", "debs"), "cache of downloaded .debs")
-	only := flag.String("only", "proxyd,pause,echo", "comma-separated images to write")
+	only := flag.String("only", "proxyd,pause,echo", "comma-separated images to write (also: "+upstreamNames()+")")
+	binFlags := map[string]string{}
+	for _, b := range []string{"agnhost", "regression-issue-74839", "coredns", "kube-proxy"} {
+		flag.Func(b, "a prebuilt static "+b+" binary (for the image of that name)", func(v string) error { binFlags[b] = v; return nil })
+	}
 	rootfs := flag.String("rootfs", "", "only stage the proxyd image's file tree into this directory (the Dockerfile uses it)")
 	flag.Parse()
 	if *rootfs != "" {
@@ -71,12 +82,12 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(*out, *proxyd, *debDir, strings.Split(*only, ",")); err != nil {
+	if err := run(*out, *proxyd, *debDir, strings.Split(*only, ","), binFlags); err != nil {
 		log.Fatalf("image: %v", err)
 	}
 }
 
-func run(out, proxydBin, debDir string, only []string) error {
+func run(out, proxydBin, debDir string, only []string, binFlags map[string]string) error {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -90,7 +101,8 @@ func run(out, proxydBin, debDir string, only []string) error {
 		want[strings.TrimSpace(o)] = true
 	}
 	if want["pause"] {
-		if err := goImage(work, out, "pause", "./hack/image/pause", "", PauseRef); err != nil {
+		// Also the upstream pause tag: e2e tests and kubelets ask for it.
+		if err := goImage(work, out, "pause", "./hack/image/pause", "", PauseRef, UpstreamPauseRef); err != nil {
 			return err
 		}
 	}
@@ -104,11 +116,19 @@ func run(out, proxydBin, debDir string, only []string) error {
 			return err
 		}
 	}
-	return nil
+	return buildUpstream(work, out, debDir, want, binFlags)
+}
+
+func upstreamNames() string {
+	var names []string
+	for _, im := range upstreamImages {
+		names = append(names, im.name)
+	}
+	return strings.Join(names, ",")
 }
 
 // goImage builds pkg statically and writes an image holding only /NAME.
-func goImage(work, out, nm, pkg, prebuilt, ref string) error {
+func goImage(work, out, nm, pkg, prebuilt string, refs ...string) error {
 	root := filepath.Join(work, nm+"-root")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return err
@@ -117,7 +137,7 @@ func goImage(work, out, nm, pkg, prebuilt, ref string) error {
 	if err := goBuild(pkg, prebuilt, bin); err != nil {
 		return err
 	}
-	return writeImage(root, filepath.Join(out, nm+".tar"), ref, []string{"/" + nm}, nil)
+	return writeImage(root, filepath.Join(out, nm+".tar"), refs, []string{"/" + nm}, nil, nil)
 }
 
 // proxydImage stages /proxyd plus the iptables userspace and writes proxyd.tar.
@@ -131,7 +151,7 @@ func proxydImage(work, out, prebuilt, debDir string) error {
 		return err
 	}
 	labels := map[string]string{"org.proxyd.debs": strings.Join(versions, " ")}
-	return writeImage(root, filepath.Join(out, "proxyd.tar"), ProxydRef, []string{"/proxyd"}, labels)
+	return writeImage(root, filepath.Join(out, "proxyd.tar"), []string{ProxydRef}, []string{"/proxyd"}, nil, labels)
 }
 
 // stageProxyd fills root with the proxyd image's files and returns the
@@ -184,8 +204,8 @@ func goBuild(pkg, prebuilt, dst string) error {
 	return nil
 }
 
-// writeImage writes root as a single-layer image tarball tagged ref.
-func writeImage(root, path, ref string, entrypoint []string, labels map[string]string) error {
+// writeImage writes root as a single-layer image tarball tagged refs.
+func writeImage(root, path string, refs, entrypoint, cmd []string, labels map[string]string) error {
 	layerTar, err := tarDir(root)
 	if err != nil {
 		return fmt.Errorf("layer of %s: %w", root, err)
@@ -207,6 +227,7 @@ func writeImage(root, path, ref string, entrypoint []string, labels map[string]s
 	cf.Created = v1.Time{Time: time.Unix(0, 0).UTC()}
 	cf.Config = v1.Config{
 		Entrypoint: entrypoint,
+		Cmd:        cmd,
 		Env:        []string{"PATH=" + defaultPath},
 		WorkingDir: "/",
 		Labels:     labels,
@@ -215,15 +236,23 @@ func writeImage(root, path, ref string, entrypoint []string, labels map[string]s
 	if err != nil {
 		return err
 	}
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return err
+	tags := map[name.Reference]v1.Image{}
+	for _, ref := range refs {
+		tag, err := name.NewTag(ref)
+		if err != nil {
+			return err
+		}
+		tags[tag] = img
 	}
-	if err := tarball.WriteToFile(path, tag, img); err != nil {
+	// Write aside and rename: a cluster lab may be importing the old file.
+	if err := tarball.MultiRefWriteToFile(path+".tmp", tags); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return err
 	}
 	d, _ := img.Digest()
 	fi, _ := os.Stat(path)
-	log.Printf("wrote %s (%s, %d KiB, %s)", path, ref, fi.Size()/1024, d)
+	log.Printf("wrote %s (%s, %d KiB, %s)", path, strings.Join(refs, " "), fi.Size()/1024, d)
 	return nil
 }

@@ -27,13 +27,14 @@ func fetchDebs(dir string, pkgs []string) ([]Deb, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	vers, err := candidates(pkgs)
+	if err != nil {
+		return nil, err
+	}
 	var debs []Deb
 	var missing []string
 	for _, p := range pkgs {
-		ver, err := candidate(p)
-		if err != nil {
-			return nil, err
-		}
+		ver := vers[p]
 		d := Deb{Pkg: p, Version: ver, Path: debPath(dir, p, ver)}
 		if d.Path == "" {
 			missing = append(missing, p+"="+ver)
@@ -58,23 +59,32 @@ func fetchDebs(dir string, pkgs []string) ([]Deb, error) {
 	return debs, nil
 }
 
-// candidate returns apt's candidate version of pkg.
-func candidate(pkg string) (string, error) {
-	b, err := exec.Command("apt-cache", "policy", pkg).Output()
+// candidates returns apt's candidate version of each package, from one
+// apt-cache call (each call reads the whole cache: seconds on a busy machine).
+func candidates(pkgs []string) (map[string]string, error) {
+	b, err := exec.Command("apt-cache", append([]string{"policy"}, pkgs...)...).Output()
 	if err != nil {
-		return "", fmt.Errorf("apt-cache policy %s: %w", pkg, err)
+		return nil, fmt.Errorf("apt-cache policy: %w", err)
 	}
+	vers := map[string]string{}
+	cur := ""
 	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "Candidate:"); ok {
-			v = strings.TrimSpace(v)
-			if v == "" || v == "(none)" {
-				break
+		if name, ok := strings.CutSuffix(line, ":"); ok && !strings.HasPrefix(line, " ") {
+			cur = name
+			continue
+		}
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "Candidate:"); ok && cur != "" {
+			if v = strings.TrimSpace(v); v != "" && v != "(none)" {
+				vers[cur] = v
 			}
-			return v, nil
 		}
 	}
-	return "", fmt.Errorf("apt-cache policy %s: no candidate version (apt-get update?)", pkg)
+	for _, p := range pkgs {
+		if vers[p] == "" {
+			return nil, fmt.Errorf("apt-cache policy %s: no candidate version (apt-get update?)", p)
+		}
+	}
+	return vers, nil
 }
 
 // debPath finds PKG_VERSION_*.deb in dir (apt escapes ':' in an epoch as %3a).
@@ -176,7 +186,17 @@ func finishRootfs(root string) error {
 			return fmt.Errorf("rootfs lacks %s: %w", need, err)
 		}
 	}
-	for _, d := range []string{"tmp", "run", "etc", "proc", "sys", "dev", "var/run"} {
+	// The nft backend and getpwnam-free tools are happy without more /etc.
+	return skeleton(root, map[string]string{
+		"etc/passwd": "root:x:0:0:root:/:/proxyd\n",
+		"etc/group":  "root:x:0:\n",
+	})
+}
+
+// skeleton adds the directories a container expects (/tmp sticky),
+// /etc/nsswitch.conf and the files in etc (path → content).
+func skeleton(root string, etc map[string]string) error {
+	for _, d := range []string{"tmp", "run", "etc", "proc", "sys", "dev", "var/run", "root"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return err
 		}
@@ -184,12 +204,8 @@ func finishRootfs(root string) error {
 	if err := os.Chmod(filepath.Join(root, "tmp"), 0o1777|fs.ModeSticky); err != nil {
 		return err
 	}
-	// The nft backend and getpwnam-free tools are happy without more /etc.
-	for name, content := range map[string]string{
-		"etc/passwd":        "root:x:0:0:root:/:/proxyd\n",
-		"etc/group":         "root:x:0:\n",
-		"etc/nsswitch.conf": "hosts: files dns\n",
-	} {
+	etc["etc/nsswitch.conf"] = "hosts: files dns\n"
+	for name, content := range etc {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {
 			return err
 		}

@@ -80,7 +80,7 @@ MODDIR=$KDIR/lib/modules/$KVER
 # --- 2. the modules, in dependency order -----------------------------------
 # ip_vs_mh is left out on purpose: the test shows the error for a scheduler
 # the kernel cannot load.
-WANT="ip_vs ip_vs_rr ip_vs_sh ip_vs_wrr ip_vs_lc ip_vs_wlc dummy veth nf_tables nft_ct nft_chain_nat nft_masq nft_reject_inet nft_nat nft_fib_inet"
+WANT="ip_vs ip_vs_rr ip_vs_sh ip_vs_wrr ip_vs_lc ip_vs_wlc dummy veth nf_tables nft_ct nft_chain_nat nft_masq nft_reject_inet nft_nat nft_fib_inet nf_conntrack_netlink"
 declare -A MODPATH=() SEEN=()
 while IFS= read -r f; do
 	n=${f##*/}

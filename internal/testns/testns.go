@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/proxyd/proxyd/internal/testenv"
 )
 
 // NS is a named network namespace created for one test.
@@ -23,9 +25,7 @@ type NS struct {
 // running as root.
 func New(t testing.TB, prefix string) *NS {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
-	}
+	testenv.NeedRoot(t)
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	name := "pxd-" + prefix + "-" + hex.EncodeToString(b)

@@ -41,6 +41,8 @@ type Metrics struct {
 	// RefusedPorts counts the service ports whose rules the kernel
 	// refused and that wait for a retry.
 	RefusedPorts prometheus.Gauge
+	// DriftRepairs counts repairs of rules someone else changed, by mode.
+	DriftRepairs *prometheus.CounterVec
 
 	// What each port counts in NoLocalEndpoints, and the totals.
 	noLocal       map[model.ServicePortKey][]noLocalKey
@@ -60,14 +62,16 @@ func programmingBuckets() []float64 {
 }
 
 // New registers the metrics in a fresh registry. mode selects the name of
-// the failure counter kube-proxy uses for that mode.
+// the failure counter kube-proxy uses for that mode: nftables mode has its
+// own; iptables and ipvs mode both count failed syncs as
+// kubeproxy_sync_proxy_rules_iptables_restore_failures_total, the only
+// failure counter kube-proxy's ipvs mode registers (it counts the
+// iptables-restore of its filter and NAT rules there), so that name is
+// also what any other mode gets.
 func New(mode string) *Metrics {
-	failureName := map[string]string{
-		"iptables": "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
-		"nftables": "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-	}[mode]
-	if failureName == "" {
-		failureName = "kubeproxy_sync_proxy_rules_" + mode + "_sync_failures_total"
+	failureName := "kubeproxy_sync_proxy_rules_iptables_restore_failures_total"
+	if mode == "nftables" {
+		failureName = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total"
 	}
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -114,6 +118,8 @@ func New(mode string) *Metrics {
 			Name: "proxyd_service_conflicts", Help: "Claims on one address, port and protocol (or NodePort) that a Service lost to another, now"}),
 		RefusedPorts: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "proxyd_sync_refused_service_ports", Help: "Service ports whose rules the kernel refused, retried with backoff, now"}),
+		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "proxyd_drift_repairs_total", Help: "Repairs of proxyd's kernel rules after someone else changed them"}, []string{"mode"}),
 	}
 	if mode == "iptables" {
 		m.PartialFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -124,7 +130,7 @@ func New(mode string) *Metrics {
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
 		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
-		m.ConntrackDuration, m.ServiceConflicts, m.RefusedPorts,
+		m.ConntrackDuration, m.ServiceConflicts, m.RefusedPorts, m.DriftRepairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

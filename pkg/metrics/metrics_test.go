@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,6 +44,33 @@ func TestNoLocalEndpointsCountsWhatKubeProxyCounts(t *testing.T) {
 	m.SetNoLocalEndpoints(&model.State{})
 	if got := value(t, m.NoLocalEndpoints.WithLabelValues("external", "IPv4")); got != 0 {
 		t.Errorf("after the ports are gone: %v, want 0", got)
+	}
+}
+
+func TestEveryModeCountsFailuresUnderAKubeProxyName(t *testing.T) {
+	for mode, want := range map[string]string{
+		"nftables": "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+		"iptables": "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+		// kube-proxy's ipvs mode registers only this failure counter.
+		"ipvs": "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+	} {
+		m := metrics.New(mode)
+		m.SyncFailures.WithLabelValues("IPv4").Inc()
+		families, err := m.Registry.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, f := range families {
+			name := f.GetName()
+			if strings.Contains(name, "failures_total") && !strings.Contains(name, "partial") && name != want {
+				t.Errorf("%s mode exports %s, a failure counter kube-proxy does not have in that mode", mode, name)
+			}
+			found = found || name == want
+		}
+		if !found {
+			t.Errorf("%s mode does not export %s", mode, want)
+		}
 	}
 }
 

@@ -34,6 +34,30 @@ func (p Protocol) Lower() string {
 	return string(p)
 }
 
+// Number is the protocol's IANA number, as packet headers and the kernel
+// carry it (0 for an invalid protocol).
+func (p Protocol) Number() uint8 {
+	switch p {
+	case TCP:
+		return 6
+	case UDP:
+		return 17
+	case SCTP:
+		return 132
+	}
+	return 0
+}
+
+// ProtocolOf returns the protocol with IANA number n.
+func ProtocolOf(n uint8) (Protocol, bool) {
+	for _, p := range []Protocol{TCP, UDP, SCTP} {
+		if p.Number() == n {
+			return p, true
+		}
+	}
+	return "", false
+}
+
 // IPFamily is an IP address family.
 type IPFamily uint8
 

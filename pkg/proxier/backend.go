@@ -34,6 +34,9 @@ type SyncStats struct {
 	Skipped    bool // nothing differed, so nothing was written
 	RuleCount  int
 	ChainCount int
+	// DriftRepairs counts what this sync repaired that someone else had
+	// changed (proxyd_drift_repairs_total).
+	DriftRepairs int
 }
 
 // StatsReporter is implemented by backends that can describe their last Sync.

@@ -10,7 +10,7 @@ import (
 // EventSink posts Warning Events on Services; the informer implements it
 // (client-go stops there).
 type EventSink interface {
-	ServiceWarning(svc model.NamespacedName, reason, note string)
+	Warn(svc model.NamespacedName, reason, note string)
 }
 
 // Event reasons the runner uses.
@@ -42,7 +42,7 @@ func (c *conflicts) report(now []model.Conflict, m *metrics.Metrics, events Even
 		klog.InfoS("Service conflict settled; the loser's contested part is left out", "conflict", cf.String(),
 			"service", cf.Loser.Service().String(), "winner", cf.Winner.Service().String())
 		if events != nil {
-			events.ServiceWarning(cf.Loser.Service(), ReasonServiceConflict,
+			events.Warn(cf.Loser.Service(), ReasonServiceConflict,
 				cf.String()+": it is not programmed for this Service ("+conflictRule+")")
 		}
 	}

@@ -10,8 +10,11 @@ import (
 
 // held are the service ports whose rules the kernel refused (see
 // RefusedError). Until its retry is due, a held port is kept back from the
-// backend: the State a sync writes has the port as the kernel still has
-// it, so a refusal does not make every later sync fail and bisect again.
+// backend: the State a sync writes has the port as it was in the last
+// State the backend took (or no port), so a refusal does not make every
+// later sync fail and bisect again. (A backend that left the port out
+// entirely has no rules for it; it tells by its own record of what it
+// wrote, which the backends plan from, not by the Diff.)
 // A held port is retried when its backoff expires (RetryMin doubling to
 // MaxInterval), and at once when its desired value changes (the Service was
 // fixed).

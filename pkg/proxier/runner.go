@@ -239,6 +239,9 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		}
 		m.Syncs.WithLabelValues(result).Inc()
 		m.KernelObjects.Add(float64(stats.KernelOps))
+		if stats.DriftRepairs > 0 {
+			m.DriftRepairs.WithLabelValues(r.backend.Mode()).Add(float64(stats.DriftRepairs))
+		}
 		m.LastSync.SetToCurrentTime()
 		m.ServicesPending.Set(0)
 		m.EndpointsPending.Set(0)
@@ -318,7 +321,7 @@ func (r *Runner) refuse(e *RefusedError, written *model.State) *model.State {
 		klog.ErrorS(e.Err, "The kernel refused a service port's rules; everything else is programmed, this port is retried with backoff",
 			"servicePort", k.String(), "mode", r.backend.Mode())
 		if r.opts.Events != nil {
-			r.opts.Events.ServiceWarning(k.Service(), ReasonKernelRefused, fmt.Sprintf(
+			r.opts.Events.Warn(k.Service(), ReasonKernelRefused, fmt.Sprintf(
 				"the kernel refused the %s rules of port %s (%v); other ports and Services are programmed, this one is retried with backoff",
 				r.backend.Mode(), k, e.Err))
 		}

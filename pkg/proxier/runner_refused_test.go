@@ -79,7 +79,7 @@ type warnings struct {
 	list []string
 }
 
-func (w *warnings) ServiceWarning(svc model.NamespacedName, reason, _ string) {
+func (w *warnings) Warn(svc model.NamespacedName, reason, _ string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.list = append(w.list, svc.String()+" "+reason)

@@ -13,7 +13,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/proxyd/proxyd/pkg/proxier/nftables"
+	"github.com/proxyd/proxyd/pkg/nft"
 )
 
 // dataplane is one way of running proxyd that every e2e assertion covers.
@@ -198,7 +198,7 @@ func (e *env) assertNftGolden(t *testing.T) {
 			t.Errorf("listing contains %q:\n%s", bad, out)
 		}
 	}
-	got := nftables.CanonicalListing(out)
+	got := nft.CanonicalListing(out)
 	golden := filepath.Join("testdata", "nftables-clusterip.golden")
 	if os.Getenv("UPDATE_GOLDEN") != "" {
 		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {

@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/test/e2e/lab"
 )
 
@@ -44,9 +45,7 @@ func TestMain(m *testing.M) {
 
 func needEnv(t *testing.T) *env {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("e2e needs root")
-	}
+	testenv.NeedRoot(t)
 	if os.Getenv("PROXYD_LAB_BIN") == "" || os.Getenv("PROXYD_BIN") == "" {
 		t.Fatal("PROXYD_LAB_BIN and PROXYD_BIN must be set (run `make e2e`)")
 	}
@@ -55,7 +54,9 @@ func needEnv(t *testing.T) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Logf: log.Printf})
+	// Six Pods: most tests use the first three, the balance test scales
+	// a Service from three to six.
+	l, err := lab.Start(ctx, lab.Config{Pods: 6, Logf: log.Printf})
 	if err != nil {
 		t.Fatalf("start lab: %v", err)
 	}
@@ -243,6 +244,14 @@ func (e *env) createSlice(t *testing.T, es *discovery.EndpointSlice) *discovery.
 		_ = e.cs.DiscoveryV1().EndpointSlices("default").Delete(context.Background(), es.Name, metav1.DeleteOptions{})
 	})
 	return out
+}
+
+// updateSlice writes es over the slice of its name.
+func (e *env) updateSlice(t *testing.T, es *discovery.EndpointSlice) {
+	t.Helper()
+	if _, err := e.cs.DiscoveryV1().EndpointSlices("default").Update(context.Background(), es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // traffic sends count connections and fails the test on a lab error.

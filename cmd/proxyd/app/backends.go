@@ -21,9 +21,14 @@ const routeLocalnet = "/proc/sys/net/ipv4/conf/all/route_localnet"
 
 // prepareNode sets what the mode needs of the node's sysctls: packets to
 // 127.0.0.1 are only routed off the loopback device with route_localnet,
-// which localhost NodePorts need, as kube-proxy sets it.
+// which localhost NodePorts need, as kube-proxy sets it. A value already
+// set (by the manifest's privileged init container) is left alone: the
+// unprivileged container cannot write it, and need not.
 func prepareNode(o *Options) error {
 	if o.Mode != "iptables" || !o.LocalhostNodePorts {
+		return nil
+	}
+	if sysctlSet(strings.TrimPrefix(routeLocalnet, procSys+"/")) {
 		return nil
 	}
 	if err := os.WriteFile(routeLocalnet, []byte("1"), 0o644); err != nil {

@@ -17,6 +17,9 @@ var Version = "dev"
 // Main runs proxyd with args and returns the process exit code: 0 after a
 // clean stop, 1 when running failed, 2 for a bad command line.
 func Main(args []string) int {
+	if len(args) > 0 && args[0] == "explain" {
+		return explainMain(args[1:], os.Stdout, os.Stderr)
+	}
 	o, err := Parse(args)
 	if errors.Is(err, ErrHelp) {
 		return 0

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/klog/v2"
 
+	"github.com/proxyd/proxyd/pkg/balance"
 	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
 )
@@ -56,6 +57,9 @@ type Options struct {
 	// proxier.Config).
 	NodePortAddresses []netip.Prefix
 	NodePortPrimary   bool
+	// Balance configures the connection-balance collector; its Interval
+	// 0 turns it off.
+	Balance balance.Config
 
 	nodePortAddressesFromConfig []string
 }
@@ -135,6 +139,11 @@ func Parse(args []string) (*Options, error) {
 	fs.BoolVar(&o.InitOnly, "init-only", false, "do the node setup that needs full privileges (conntrack timeouts, route_localnet for localhost NodePorts), then exit")
 	fs.StringVar(&o.WriteConfigTo, "write-config-to", "", "write the effective configuration as a KubeProxyConfiguration to this file and exit")
 	fs.BoolVar(&o.Profiling, "profiling", false, "serve /debug/pprof on the metrics address, as kube-proxy does")
+	fs.DurationVar(&o.Balance.Interval, "balance-interval", 30*time.Second, "how often the connection-balance collector walks the conntrack table; 0 turns it off")
+	fs.DurationVar(&o.Balance.PinnedAfter, "balance-pinned-after", 5*time.Minute, "a Service is reported pinned when an endpoint ready this long holds no connection while most connections predate it")
+	fs.BoolVar(&o.Balance.EndpointSeries, "balance-endpoint-metrics", false, "export established connections per endpoint for every Service (default: only the most imbalanced, see --balance-top-k)")
+	fs.IntVar(&o.Balance.TopK, "balance-top-k", 5, "how many of the most imbalanced Services get per-endpoint connection series (0: none)")
+	fs.DurationVar(&o.Balance.EventEvery, "balance-event-interval", 30*time.Minute, "least time between two ConnectionsPinned Events on one Service")
 
 	klogFlags := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(klogFlags)
@@ -188,6 +197,9 @@ func (o *Options) Validate() error {
 	}
 	if o.SyncPeriod > 0 && o.MinSyncPeriod > o.SyncPeriod {
 		errs = append(errs, fmt.Errorf("--min-sync-period %v: must not exceed --sync-period %v", o.MinSyncPeriod, o.SyncPeriod))
+	}
+	if o.Balance.Interval < 0 || o.Balance.PinnedAfter <= 0 || o.Balance.EventEvery <= 0 {
+		errs = append(errs, errors.New("--balance-interval must not be negative, --balance-pinned-after and --balance-event-interval must be positive"))
 	}
 	if o.MasqueradeBit < 0 || o.MasqueradeBit > 31 {
 		errs = append(errs, fmt.Errorf("--iptables-masquerade-bit %d: must be within 0-31", o.MasqueradeBit))

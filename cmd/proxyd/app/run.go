@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -60,6 +61,21 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	m := metrics.New(o.Mode)
+	programmed := &lastState{}
+	var inf *informer.Informer // set below: the informer needs the runner
+	events := informer.NewEvents(client)
+	go func() {
+		if err := events.Run(ctx); err != nil {
+			klog.ErrorS(err, "Events will not be posted")
+		}
+	}()
+	warn := serviceWarnings(func(n model.NamespacedName, reason, note string) { inf.ServiceWarning(n, reason, note) })
+	collector, explainer, closeExplain := newDiagnostics(o, backend, warn, programmed)
+	defer closeExplain()
+	if collector != nil {
+		m.Registry.MustRegister(collector)
+		go collector.Run(ctx)
+	}
 	health := healthz.New(clock.RealClock{}, 2*o.SyncPeriod)
 	health.Observe(func(path string, code int) {
 		counter := m.HealthzTotal
@@ -68,7 +84,7 @@ func Run(ctx context.Context, o *Options) error {
 		}
 		counter.WithLabelValues(strconv.Itoa(code)).Inc()
 	})
-	servers, err := serve(o, m, health)
+	servers, err := serve(o, m, health, explainer)
 	if err != nil {
 		return err
 	}
@@ -96,19 +112,16 @@ func Run(ctx context.Context, o *Options) error {
 		changed := d.Changed()
 		m.UpdateNoLocalEndpoints(s, changed)
 		checks.Update(s, changed)
+		programmed.set(s)
+		if collector != nil {
+			collector.Programmed(s, d)
+		}
 		health.SetNodeRetiring(s.Node.Retiring)
 	}
-	var inf *informer.Informer
-	events := informer.NewEvents(client)
-	go func() {
-		if err := events.Run(ctx); err != nil {
-			klog.ErrorS(err, "Events will not be posted")
-		}
-	}()
-	src := &changes{} // its informer is set below: the informer needs the runner
+	src := &changes{} // its informer is set below
 	runner := proxier.NewRunner(backend, src, proxier.RunnerOptions{
 		MinInterval: o.MinSyncPeriod, MaxInterval: o.SyncPeriod, Metrics: m, Health: health, AfterSync: afterSync,
-		Events: serviceWarnings(func(n model.NamespacedName, reason, note string) { inf.ServiceWarning(n, reason, note) }),
+		Events: warn,
 	})
 	inf = informer.New(client, informer.Options{NodeName: nodeName, ProxyName: o.ProxyName, Events: events}, runner)
 	src.inf = inf
@@ -195,16 +208,17 @@ func (c *changes) Next() (*model.State, []model.ServicePortKey) {
 	return c.builder.Update(c.inf.Changes())
 }
 
-// serviceWarnings adapts a function to proxier.EventSink.
+// serviceWarnings adapts a function to proxier.EventSink and
+// balance.Recorder.
 type serviceWarnings func(model.NamespacedName, string, string)
 
-func (f serviceWarnings) ServiceWarning(n model.NamespacedName, reason, note string) {
+func (f serviceWarnings) Warn(n model.NamespacedName, reason, note string) {
 	f(n, reason, note)
 }
 
 // serve starts the metrics and health endpoints; a port that is taken is
 // an error at start, not a silent absence.
-func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, error) {
+func serve(o *Options, m *metrics.Metrics, h *healthz.Health, explainer http.Handler) ([]*http.Server, error) {
 	var servers []*http.Server
 	start := func(addr string, handler http.Handler, what string) error {
 		if addr == "" || strings.HasSuffix(addr, ":0") {
@@ -223,18 +237,8 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, e
 		}()
 		return nil
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	if o.Profiling {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	}
 	hh := h.Handler()
-	mux.Handle("/healthz", hh)
-	mux.Handle("/livez", hh)
-	if err := start(o.MetricsBindAddress, mux, "metrics"); err != nil {
+	if err := start(o.MetricsBindAddress, metricsHandler(o, m, hh, explainer), "metrics"); err != nil {
 		return nil, err
 	}
 	if err := start(o.HealthzBindAddress, hh, "healthz"); err != nil {
@@ -244,4 +248,30 @@ func serve(o *Options, m *metrics.Metrics, h *healthz.Health) ([]*http.Server, e
 		return nil, err
 	}
 	return servers, nil
+}
+
+// metricsHandler serves the metrics address as kube-proxy does: /metrics,
+// /healthz and /livez, /proxyMode (the mode's name as plain text, which the
+// upstream e2e suite reads to decide what to expect), and /debug/pprof with
+// --profiling.
+func metricsHandler(o *Options, m *metrics.Metrics, health, explainer http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
+	if o.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	if explainer != nil {
+		mux.Handle("/debug/explain", explainer)
+	}
+	mux.Handle("/healthz", health)
+	mux.Handle("/livez", health)
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		_, _ = io.WriteString(w, o.Mode)
+	})
+	return mux
 }

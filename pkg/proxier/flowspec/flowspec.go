@@ -47,6 +47,10 @@ type Result struct {
 	Verdict    Verdict
 	Endpoint   netip.AddrPort // the DNAT target, when Verdict == DNAT
 	Masquerade bool           // the source is rewritten on the way out
+	// Err is set when the tracer met a rule it does not understand (an
+	// unknown match, option or target): the packet's fate is unknown and
+	// the rest of Result means nothing. A case with an Err fails.
+	Err error
 }
 
 // Tracer evaluates a backend's rendered rules for one packet. rnd returns a

@@ -49,7 +49,7 @@ func BenchmarkRenderPartial(b *testing.B) {
 		b.Run(fmt.Sprintf("services=%d/%s", n, tc.name), func(b *testing.B) {
 			r := newRenderer(cfg, model.IPv4)
 			var t0 restoreText
-			w := r.fullState(&t0, base.Sorted(), base.ServiceCIDRs, nil)
+			w := r.plan(&t0, base, nil, planOptions{sorted: base.Sorted})
 			states := [2]*model.State{tc.next, base}
 			b.ReportAllocs()
 			i, size := 0, 0
@@ -57,7 +57,7 @@ func BenchmarkRenderPartial(b *testing.B) {
 				s := states[i%2]
 				i++
 				var t restoreText
-				r.partial(&t, s, w, s.Sorted, false)
+				r.plan(&t, s, w, planOptions{sorted: s.Sorted})
 				size = len(t.bytes())
 			}
 			b.ReportMetric(float64(size), "bytes/text")

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -51,9 +52,7 @@ func runInNetns(t *testing.T, run string) {
 	if os.Getenv(envNetns) != "" {
 		t.Skip("already inside the test namespace")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("the kernel tests need root")
-	}
+	testenv.NeedRoot(t)
 	ip, err := exec.LookPath("ip")
 	if err != nil {
 		t.Fatalf("running as root, but iproute2 is missing: %v", err)
@@ -294,6 +293,18 @@ func TestKernelInNetns(t *testing.T) {
 		if len(seen) != 2 || seen[netip.AddrPortFrom(flowspec.Pod2, flowspec.EchoPort)] {
 			t.Errorf("after the change web reaches %v, want Pod1 and Pod3", seen)
 		}
+	})
+
+	t.Run("the kernel's rules for the traffic-policy spec satisfy it", func(t *testing.T) {
+		ps := flowspec.PolicyState()
+		if err := p.Sync(ctx, ps, model.Diff{}); err != nil {
+			t.Fatalf("Sync: %v", err)
+		}
+		tr, err := NewTracer(saveAll(t, v, model.IPv4), saveAll(t, v, model.IPv6))
+		if err != nil {
+			t.Fatal(err)
+		}
+		flowspec.RunPolicy(t, tr)
 	})
 
 	t.Run("Cleanup leaves no PROXYD string and the foreign rules in place", func(t *testing.T) {

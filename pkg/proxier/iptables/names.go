@@ -47,6 +47,7 @@ const (
 
 	svcChainPrefix = "PROXYD-SVC-"
 	svlChainPrefix = "PROXYD-SVL-"
+	svxChainPrefix = "PROXYD-SVX-"
 	extChainPrefix = "PROXYD-EXT-"
 	fwChainPrefix  = "PROXYD-FW-"
 	sepChainPrefix = "PROXYD-SEP-"
@@ -96,6 +97,15 @@ func extChain(k model.ServicePortKey) string {
 // Local: this node's own).
 func svlChain(k model.ServicePortKey) string {
 	return chainName(svlChainPrefix, k.String(), k.Protocol.Lower())
+}
+
+// svxChain is the choice short-circuited traffic (the node's own and its
+// Pods', to an externalTrafficPolicy Local port) makes when it is neither
+// the service chain's nor svlChain's: with internalTrafficPolicy Local
+// too, the service chain has only this node's endpoints, and the short
+// circuit uses the whole Service's.
+func svxChain(k model.ServicePortKey) string {
+	return chainName(svxChainPrefix, k.String(), k.Protocol.Lower())
 }
 
 // sepChain is the chain of one endpoint of one service port: the DNAT.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os/exec"
+	"slices"
 	"sync"
 	"time"
 
@@ -161,6 +163,9 @@ func (p *Proxier) Mode() string { return Mode }
 // Variant is the iptables variant in use.
 func (p *Proxier) Variant() Variant { return p.variant }
 
+// Config is the configuration the Proxier renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
 // RequestFullSync makes the next Sync rewrite everything.
 func (p *Proxier) RequestFullSync() {
 	p.mu.Lock()
@@ -204,8 +209,8 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, _ model.Diff) error 
 			stats.Skipped = false
 		}
 		stats.KernelOps += n
-		stats.RuleCount += f.w.ruleCount()
-		stats.ChainCount += f.w.chainCount()
+		stats.RuleCount += f.w.rules
+		stats.ChainCount += f.w.chains
 	}
 	if full {
 		p.needFull = false
@@ -223,15 +228,17 @@ func (p *Proxier) syncFamily(ctx context.Context, f *family, s *model.State, ful
 	var t restoreText
 	w := f.w
 	f.r.forNode(s.Node)
+	o := planOptions{sorted: sorted, alwaysServices: p.alwaysServices}
 	if full || w == nil {
 		owned, err := f.owned(ctx)
 		if err != nil {
 			return 0, err
 		}
 		f.w = nil
-		w = f.r.fullState(&t, sorted(), s.ServiceCIDRs, owned)
+		o.stale = owned
+		w = f.r.plan(&t, s, nil, o)
 	} else {
-		f.r.partial(&t, s, w, sorted, p.alwaysServices)
+		f.r.plan(&t, s, w, o)
 		if t.empty() {
 			return 0, nil
 		}
@@ -301,7 +308,7 @@ func (f *family) cleanup(ctx context.Context) error {
 	}
 	var t restoreText
 	for _, table := range []string{tableFilter, tableNAT} {
-		for _, c := range sortedKeys(owned[table]) {
+		for _, c := range slices.Sorted(maps.Keys(owned[table])) {
 			t.deleteChain(table, c)
 		}
 	}

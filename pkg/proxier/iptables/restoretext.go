@@ -1,41 +1,70 @@
 package iptables
 
+import "hash/maphash"
+
 // restoreText collects a restore input the way iptables-restore wants it:
 // per table, every chain line first (which creates or, with --noflush,
-// flushes the chain), then the rules, then the deletions.
+// flushes the chain), then the rules, then the deletions; the base and
+// shared chains come before the service ports' own, so that a full write
+// reads from the dispatch down.
 type restoreText struct {
-	natChains, natRules, natDelete       chunkBuf
-	filterChains, filterRules, filterDel chunkBuf
-	rules                                int // -A lines written
-	chains                               int // chain lines written
-	deleted                              int // -X lines written
+	tables  [2]tableText // tableFilter, tableNAT: the order they are written in
+	chains  int          // chain lines written for chains that stay
+	deleted int          // -X lines written
 }
 
-func (t *restoreText) natChain(name string) { t.chainLine(&t.natChains, name) }
+type tableText struct {
+	chains, ownChains, rules, own, deletes chunkBuf
+}
 
-func (t *restoreText) filterChain(name string) { t.chainLine(&t.filterChains, name) }
+// tableIndex is where a table's text goes in restoreText.tables.
+func tableIndex(table string) int {
+	if table == tableFilter {
+		return 0
+	}
+	return 1
+}
 
-func (t *restoreText) chainLine(b *chunkBuf, name string) {
+var tableNames = [2]string{tableFilter, tableNAT}
+
+// chain writes a whole chain: its chain line and its rules (restore lines
+// "-A name ..."), into the base and dispatch rules, or with own into the
+// service ports' rules.
+func (t *restoreText) chain(table, name string, rules []byte, own bool) {
+	tt := &t.tables[tableIndex(table)]
+	if own {
+		chainLine(&tt.ownChains, name)
+		tt.own.write(rules)
+	} else {
+		chainLine(&tt.chains, name)
+		tt.rules.write(rules)
+	}
+	t.chains++
+}
+
+// open writes the chain line of a base or shared chain and returns the
+// buffer its rules go to.
+func (t *restoreText) open(table, name string) *chunkBuf {
+	tt := &t.tables[tableIndex(table)]
+	chainLine(&tt.chains, name)
+	t.chains++
+	return &tt.rules
+}
+
+func chainLine(b *chunkBuf, name string) {
 	b.writeByte(':')
 	b.writeString(name)
 	b.writeString(" - [0:0]\n")
-	t.chains++
 }
 
 // deleteChain flushes and deletes a chain proxyd no longer wants; the
 // chain line flushes it, so the -X after every rule finds it empty.
 func (t *restoreText) deleteChain(table, name string) {
-	del := &t.natDelete
-	if table == tableFilter {
-		t.filterChain(name)
-		del = &t.filterDel
-	} else {
-		t.natChain(name)
-	}
-	del.writeString("-X ")
-	del.writeString(name)
-	del.writeByte('\n')
-	t.chains--
+	tt := &t.tables[tableIndex(table)]
+	chainLine(&tt.ownChains, name)
+	tt.deletes.writeString("-X ")
+	tt.deletes.writeString(name)
+	tt.deletes.writeByte('\n')
 	t.deleted++
 }
 
@@ -44,37 +73,76 @@ func (t *restoreText) empty() bool { return t.chains == 0 && t.deleted == 0 }
 
 // bytes is the restore input; a table with nothing to do is left out.
 func (t *restoreText) bytes() []byte {
-	out := make([]byte, 0, t.natChains.Len()+t.natRules.Len()+t.natDelete.Len()+
-		t.filterChains.Len()+t.filterRules.Len()+t.filterDel.Len()+32)
-	out = appendTable(out, "filter", &t.filterChains, &t.filterRules, &t.filterDel)
-	out = appendTable(out, "nat", &t.natChains, &t.natRules, &t.natDelete)
+	n := 32
+	for i := range t.tables {
+		tt := &t.tables[i]
+		n += tt.chains.Len() + tt.ownChains.Len() + tt.rules.Len() + tt.own.Len() + tt.deletes.Len()
+	}
+	out := make([]byte, 0, n)
+	for i := range t.tables {
+		tt := &t.tables[i]
+		if tt.chains.Len()+tt.ownChains.Len() == 0 {
+			continue
+		}
+		out = append(out, "*"+tableNames[i]+"\n"...)
+		out = tt.chains.appendTo(out)
+		out = tt.ownChains.appendTo(out)
+		out = tt.rules.appendTo(out)
+		out = tt.own.appendTo(out)
+		out = tt.deletes.appendTo(out)
+		out = append(out, "COMMIT\n"...)
+	}
 	return out
 }
 
-// appendTable appends one table's section (chain lines, rules, deletes,
-// COMMIT) to out, unless it declares no chain.
-func appendTable(out []byte, name string, chains, rules, deletes *chunkBuf) []byte {
-	if chains.Len() == 0 {
-		return out
-	}
-	out = append(out, "*"+name+"\n"...)
-	out = chains.appendTo(out)
-	out = rules.appendTo(out)
-	out = deletes.appendTo(out)
-	return append(out, "COMMIT\n"...)
+// text is rendered rules, span after span: each span is the rules of one
+// chain (or of one service port's part of a shared chain), as restore
+// lines "-A chain words...".
+type text struct {
+	b     []byte
+	spans []span
 }
 
-// rule appends "-A chain words..." to b.
-func (t *restoreText) rule(b *chunkBuf, chain string, words ...string) {
-	b.writeString("-A ")
-	b.writeString(chain)
-	for _, w := range words {
-		b.writeByte(' ')
-		b.writeString(w)
-	}
-	b.writeByte('\n')
-	t.rules++
+type span struct {
+	chain      string
+	start, end int
+	rules      int
 }
+
+func (t *text) reset() {
+	t.b = t.b[:0]
+	t.spans = t.spans[:0]
+}
+
+// begin starts a span of rules of chain.
+func (t *text) begin(chain string) {
+	t.spans = append(t.spans, span{chain: chain, start: len(t.b), end: len(t.b)})
+}
+
+// rule appends "-A chain words..." to the current span.
+func (t *text) rule(words ...string) {
+	s := &t.spans[len(t.spans)-1]
+	t.b = append(t.b, "-A "...)
+	t.b = append(t.b, s.chain...)
+	for _, w := range words {
+		t.b = append(t.b, ' ')
+		t.b = append(t.b, w...)
+	}
+	t.b = append(t.b, '\n')
+	s.end = len(t.b)
+	s.rules++
+}
+
+// bytes is a span's text.
+func (t *text) bytes(s span) []byte { return t.b[s.start:s.end] }
+
+// digestSeed keys the digests of written chains; they are compared only
+// within this process.
+var digestSeed = maphash.MakeSeed()
+
+// digest identifies a chain's rendered text, so that what was written
+// can be remembered in 8 bytes a chain and compared with a new rendering.
+func digest(b []byte) uint64 { return maphash.Bytes(digestSeed, b) }
 
 // chunkBuf is an append-only byte buffer made of fixed-size chunks, so
 // that writing tens of megabytes never copies what was already written.
@@ -98,6 +166,17 @@ func (c *chunkBuf) last() *[]byte {
 		c.chunks = append(c.chunks, make([]byte, 0, min(2*cap(l), maxChunk)))
 	}
 	return &c.chunks[len(c.chunks)-1]
+}
+
+// write appends b.
+func (c *chunkBuf) write(b []byte) {
+	c.n += len(b)
+	for len(b) > 0 {
+		l := c.last()
+		k := min(len(b), cap(*l)-len(*l))
+		*l = append(*l, b[:k]...)
+		b = b[k:]
+	}
 }
 
 // writeString appends s.

@@ -263,3 +263,68 @@ COMMIT
 		t.Errorf("a NodePort on an address that is not the node's gives %+v, want untouched", r)
 	}
 }
+
+// TestFlowSpecFailsOnRulesTheTracerDoesNotUnderstand feeds the tracer the
+// flow spec's rendering with one deliberate mistake each: the spec must
+// fail, saying the tracer could not follow the rules, instead of taking
+// the unknown word as "no match" or "no effect". The tracer before this
+// test passed the whole spec with the misspelt --ctstate, the interface
+// match and the unknown conntrack state, and failed the others only for
+// their side effects ("endpoint never chosen", "masquerade false").
+func TestFlowSpecFailsOnRulesTheTracerDoesNotUnderstand(t *testing.T) {
+	cfg := flowspec.Config()
+	v4 := string(Render(flowspec.State(), cfg, model.IPv4))
+	v6 := Render(flowspec.State(), cfg, model.IPv6)
+	cases := slices.Concat(flowspec.Cases(), flowspec.ExternalCases(), flowspec.AffinityCases())
+	tr, err := NewTracer([]byte(v4), v6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := flowspec.Check(tr, cases); len(f) != 0 {
+		t.Fatalf("the unchanged rendering fails the spec: %v", f)
+	}
+	for _, tc := range []struct{ name, old, new string }{
+		{"a misspelt match module", "-m statistic", "-m statistc"},
+		{"a misspelt option of a known match", "--ctstate INVALID", "--ctstat INVALID"},
+		{"an option of another match", "-m tcp --dport 80", "-m tcp --sport 80"},
+		{"an interface match, which the tracer cannot know", "-A PROXYD-FORWARD -m mark", "-A PROXYD-FORWARD -i eth0 -m mark"},
+		{"a target the kernel knows and the tracer does not model", "-A PROXYD-MARK-MASQ -j MARK --or-mark", "-A PROXYD-MARK-MASQ -j CONNMARK --set-mark"},
+		{"a misspelt target option", "--to-destination", "--to-destinaton"},
+		{"a conntrack state the tracer does not know", "RELATED,ESTABLISHED -j ACCEPT", "RELATED,ESTABLISHD -j ACCEPT"},
+	} {
+		t.Run(tc.name+" fails the flow spec", func(t *testing.T) {
+			if !strings.Contains(v4, tc.old) {
+				t.Fatalf("the rendering has no %q", tc.old)
+			}
+			tr, err := NewTracer([]byte(strings.ReplaceAll(v4, tc.old, tc.new)), v6)
+			if err != nil {
+				t.Fatalf("the fake kernel refused the text, so the tracer is not tested: %v", err)
+			}
+			failures := flowspec.Check(tr, cases)
+			if len(failures) == 0 {
+				t.Fatal("the flow spec passed")
+			}
+			for _, f := range failures {
+				if !strings.Contains(f.Msg, "cannot follow the rules") {
+					t.Errorf("%s: failed for another reason than the unknown word: %s", f.Case, f.Msg)
+				}
+			}
+			t.Logf("%d of %d cases failed, e.g. %s", len(failures), len(cases), failures[0])
+		})
+	}
+}
+
+func TestATypoedTargetIsRefusedLikeTheKernelRefusesIt(t *testing.T) {
+	v4 := strings.Replace(string(Render(flowspec.State(), flowspec.Config(), model.IPv4)), "-j RETURN", "-j RETRUN", 1)
+	if _, err := NewTracer([]byte(v4), nil); err == nil || !strings.Contains(err.Error(), "RETRUN") {
+		t.Errorf("NewTracer = %v, want the unknown target refused", err)
+	}
+}
+
+func TestFlowSpecOfTrafficPolicies(t *testing.T) {
+	tr, err := TracerFor(flowspec.PolicyState(), flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowspec.RunPolicy(t, tr)
+}

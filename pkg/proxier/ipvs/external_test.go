@@ -3,6 +3,7 @@ package ipvs
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -116,7 +117,7 @@ func TestExternalUpdatesAreIncremental(t *testing.T) {
 	if !strings.Contains(r.dump(), "TCP  10.88.0.2:30082 rr\n  -> 10.244.1.11:8080 Masq 1\n") {
 		t.Fatalf("kernel:\n%s", r.dump())
 	}
-	if rs := r.fw.Current(); has(rs.ExternalDrop, Tuple{flowspec.NodeIP, model.TCP, 30082}) {
+	if rs := r.fw.Current(); slices.Contains(rs.ExternalDrop, Tuple{flowspec.NodeIP, model.TCP, 30082}) {
 		t.Fatal("still dropping")
 	}
 	tr := TracerFor(Render(s2, "rr"), r.fw.Current())

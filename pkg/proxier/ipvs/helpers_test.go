@@ -84,33 +84,18 @@ func (r *rig) syncErr(s *model.State) error {
 // and connection counters, so tests assert the kernel's state.
 func (r *rig) dump() string { return dumpHandle(r.t, r.h) }
 
-func dumpHandle(t *testing.T, h Handle) string {
+func dumpHandle(t *testing.T, h Handle) string { return readHandle(t, h, nil).String() }
+
+// readHandle reads the IPVS table h holds, with weights; the virtual
+// servers on nodeIPs are marked OnNode (the kernel does not say), so that
+// the table's VIPs are the addresses proxyd binds.
+func readHandle(t *testing.T, h Handle, nodeIPs []netip.Addr) *Table {
 	t.Helper()
-	svcs, err := h.GetServices()
+	tab, err := ReadTable(h, nodeIPs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tab := &Table{Servers: map[VSKey]*VirtualServer{}}
-	for _, s := range svcs {
-		k, ok := keyOf(s)
-		if !ok {
-			continue
-		}
-		vs := &VirtualServer{VSKey: k, Scheduler: s.SchedName}
-		if s.Flags&flagPersistent != 0 {
-			vs.Timeout = s.Timeout
-		}
-		ds, err := h.GetDestinations(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range ds {
-			vs.RealServers = append(vs.RealServers, RealServer{Addr: destAddr(d), Weight: d.Weight})
-		}
-		slices.SortFunc(vs.RealServers, func(a, b RealServer) int { return a.Addr.Compare(b.Addr) })
-		tab.Servers[k] = vs
-	}
-	return tab.String()
+	return tab
 }
 
 var testConfig = proxier.Config{ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}}

@@ -1,10 +1,8 @@
 package ipvs
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -98,34 +96,13 @@ type Ruleset struct {
 	Mark uint32
 }
 
-// Equal reports whether r and o program the same table.
+// Equal reports whether r and o program the same table: whether their
+// tables print the same, so a field added to Ruleset cannot be forgotten.
 func (r *Ruleset) Equal(o *Ruleset) bool {
 	if r == nil || o == nil {
 		return r == o
 	}
-	return slices.Equal(r.ClusterIPs, o.ClusterIPs) && slices.Equal(r.ServiceCIDRs, o.ServiceCIDRs) &&
-		slices.Equal(r.ExternalMasq, o.ExternalMasq) && slices.Equal(r.ExternalDrop, o.ExternalDrop) &&
-		slices.Equal(r.InternalDrop, o.InternalDrop) &&
-		slices.Equal(r.ShortCircuits, o.ShortCircuits) && slices.Equal(r.NodeServers, o.NodeServers) &&
-		slices.Equal(r.Hairpin, o.Hairpin) && r.ClusterCIDR4 == o.ClusterCIDR4 && r.ClusterCIDR6 == o.ClusterCIDR6 &&
-		r.MasqueradeAll == o.MasqueradeAll && r.Mark == o.Mark &&
-		slices.EqualFunc(r.SourceGuards, o.SourceGuards, func(a, b SourceGuard) bool {
-			return a.LB == b.LB && slices.Equal(a.Sources, b.Sources)
-		})
-}
-
-// guardDrops reports whether a new connection from src to t is dropped by
-// a SourceGuard: t is guarded and no source range of t admits src (the
-// lb-guarded and lb-sources sets).
-func (r *Ruleset) guardDrops(t Tuple, src netip.Addr) bool {
-	guarded, admitted := false, false
-	for _, g := range r.SourceGuards {
-		if g.LB == t {
-			guarded = true
-			admitted = admitted || slices.ContainsFunc(g.Sources, func(p netip.Prefix) bool { return p.Contains(src) })
-		}
-	}
-	return guarded && !admitted
+	return r.String() == o.String()
 }
 
 // vips returns the distinct ClusterIPs, sorted.
@@ -138,72 +115,5 @@ func (r *Ruleset) vips() []netip.Addr {
 	return slices.Compact(out)
 }
 
-// inServiceCIDR reports whether a is in one of the service ranges.
-func (r *Ruleset) inServiceCIDR(a netip.Addr) bool {
-	return slices.ContainsFunc(r.ServiceCIDRs, func(p netip.Prefix) bool { return p.Contains(a) })
-}
-
-// has reports whether t is in list.
-func has(list []Tuple, t Tuple) bool { return slices.Contains(list, t) }
-
-// marks reports whether a new connection from src to a ClusterIP is
-// marked for masquerade.
-func (r *Ruleset) marks(src netip.Addr) bool {
-	if r.MasqueradeAll {
-		return true
-	}
-	cidr := r.clusterCIDR(src)
-	return cidr.IsValid() && !cidr.Contains(src)
-}
-
-func (r *Ruleset) clusterCIDR(a netip.Addr) netip.Prefix {
-	if a.Is4() {
-		return r.ClusterCIDR4
-	}
-	return r.ClusterCIDR6
-}
-
-// shortCircuit returns where a new connection to t from a Pod or the node
-// is sent instead, if anywhere.
-func (r *Ruleset) shortCircuit(t Tuple) (netip.AddrPort, bool) {
-	for _, sc := range r.ShortCircuits {
-		if sc.From == t {
-			return sc.To, true
-		}
-	}
-	return netip.AddrPort{}, false
-}
-
-func (r *Ruleset) String() string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "table inet %s {\n", TableName)
-	for _, s := range r.sets() {
-		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.name, s.keyType.Name)
-		if s.interval {
-			b.WriteString("\t\tflags interval\n")
-		}
-		if len(s.elements) > 0 {
-			b.WriteString("\t\telements = {\n")
-			for _, e := range s.elements {
-				fmt.Fprintf(&b, "\t\t\t%s,\n", e.text)
-			}
-			b.WriteString("\t\t}\n")
-		}
-		b.WriteString("\t}\n")
-	}
-	rules := r.rules()
-	for _, c := range chains {
-		fmt.Fprintf(&b, "\tchain %s {\n", c.name)
-		if c.hook != "" {
-			fmt.Fprintf(&b, "\t\ttype %s hook %s priority %s; policy accept;\n", c.kind, c.hook, c.priorityText)
-		}
-		for _, rl := range rules {
-			if rl.chain == c.name {
-				fmt.Fprintf(&b, "\t\t%s\n", rl.text)
-			}
-		}
-		b.WriteString("\t}\n")
-	}
-	b.WriteString("}\n")
-	return b.String()
-}
+// String is the table as `nft list table` prints it.
+func (r *Ruleset) String() string { return r.Table().String() }

@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"reflect"
 	"slices"
-	"strings"
 	"testing"
 
+	"github.com/proxyd/proxyd/internal/testenv"
+	"github.com/proxyd/proxyd/internal/testns"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
@@ -16,15 +19,11 @@ import (
 // never touched. It skips unless running as root with ip(8) available.
 func testNetns(t *testing.T, name string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8)")
-	}
+	testenv.NeedRoot(t)
+	testenv.NeedTool(t, "ip")
 	ns := fmt.Sprintf("pxd-ipvs-%d-%s", os.Getpid(), name)
 	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Skipf("cannot create netns %s: %v: %s", ns, err, out)
+		testenv.Skipf(t, "cannot create netns %s: %v: %s", ns, err, out)
 	}
 	t.Cleanup(func() {
 		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
@@ -40,40 +39,8 @@ func nftList(t *testing.T, ns string) (string, error) {
 	return string(out), err
 }
 
-// normalise makes nft's listing and Ruleset.String comparable: nft lists
-// set elements several to a line, in hash order.
-func normalise(s string) string {
-	var out, run []string
-	flush := func() {
-		slices.Sort(run)
-		out = append(out, run...)
-		run = nil
-	}
-	for _, l := range strings.Split(s, "\n") {
-		l = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(l), ","))
-		l = strings.TrimPrefix(l, "elements = { ")
-		l = strings.TrimSuffix(l, " }")
-		if l == "" || l == "elements = {" || l == "}" {
-			continue
-		}
-		for _, e := range strings.Split(l, ", ") {
-			e = strings.TrimSpace(e)
-			if strings.Contains(e, " . ") && !strings.Contains(e, "@") && !strings.HasPrefix(e, "type ") {
-				run = append(run, e)
-				continue
-			}
-			flush()
-			out = append(out, e)
-		}
-	}
-	flush()
-	return strings.Join(out, "\n")
-}
-
 func TestNftablesTableInANetns(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) to read the table back")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nft")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	if err := fw.Delete(); err != nil {
@@ -87,6 +54,17 @@ func TestNftablesTableInANetns(t *testing.T) {
 		}
 	}
 	wantKernelLists(t, ns, r)
+	// The flow spec holds on the table the kernel holds, read back, with
+	// the rendered IPVS table (this kernel has no ip_vs; the VM test runs
+	// the same on the IPVS table read back too).
+	back, err := fw.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := TracerOver(tab, back)
+	flowspec.Run(t, tr)
+	flowspec.RunExternal(t, tr)
+	flowspec.RunAffinity(t, tr)
 	// The dual-stack external state: IPv6 DNAT, fib and drop rules.
 	ext := Render(extState(), "rr")
 	r = RenderNetfilter(ext, flowspec.Config())
@@ -103,9 +81,7 @@ func TestNftablesTableInANetns(t *testing.T) {
 }
 
 func TestNftablesNodeServersReadBack(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) for the test namespace's tooling")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nftnode")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	if got, err := fw.NodeServers(); err != nil || len(got) != 0 {
@@ -134,9 +110,7 @@ func TestNftablesNodeServersReadBack(t *testing.T) {
 // single-address element (the load-balancer IP the node uses) and ranges
 // that nested in the model, and lists them as rendered.
 func TestNftablesSourceGuardsInANetns(t *testing.T) {
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs nft(8) to read the table back")
-	}
+	testenv.NeedTool(t, "nft")
 	ns := testNetns(t, "nftguard")
 	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
 	p := lbPort(prefixes("10.88.0.0/16", "10.88.1.0/24", "192.0.2.0/28", "2001:db8:1::/48", "2001:db8:1:2::/64"), "192.0.2.20", "2001:db8::20")
@@ -157,14 +131,29 @@ func TestNftablesSourceGuardsInANetns(t *testing.T) {
 }
 
 // wantKernelLists checks that nft lists the table in ns exactly as r
-// renders it.
+// prints it, that nft itself loads that text into the same listing, and
+// that the table reads back over netlink as r renders it.
 func wantKernelLists(t *testing.T, ns string, r *Ruleset) {
 	t.Helper()
 	got, err := nftList(t, ns)
 	if err != nil {
 		t.Fatalf("nft list: %v: %s", err, got)
 	}
-	if g, w := normalise(got), normalise(r.String()); g != w {
+	if nft.CanonicalListing(got) != nft.CanonicalListing(r.String()) {
 		t.Errorf("kernel table differs from the rendered text\nkernel:\n%s\nrendered:\n%s", got, r.String())
+	}
+	ref := testns.New(t, "ipvsref")
+	if out, err := ref.Try("sh", "-c", "nft -f - <<'EOF'\n"+r.String()+"EOF\n"); err != nil {
+		t.Fatalf("nft -f of the rendering: %v: %s", err, out)
+	}
+	if byNft := ref.Run(t, "nft", "list", "table", "inet", TableName); nft.CanonicalListing(byNft) != nft.CanonicalListing(got) {
+		t.Errorf("the netlink-written table lists differently from the nft-written one\nnetlink:\n%s\nnft:\n%s", got, byNft)
+	}
+	back, err := (&nftFirewall{netnsPath: "/run/netns/" + ns}).Read()
+	if err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if !reflect.DeepEqual(back.Canonical(), r.Table().Canonical()) {
+		t.Errorf("read back\n%s\nrendered\n%s", back.Canonical(), r.Table().Canonical())
 	}
 }

@@ -8,7 +8,9 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/google/nftables"
+	gnft "github.com/google/nftables"
+
+	"github.com/proxyd/proxyd/pkg/nft"
 )
 
 // Firewall writes the netfilter side of the backend.
@@ -18,6 +20,9 @@ type Firewall interface {
 	// Delete removes the table; a missing table (or no nf_tables at all)
 	// is not an error.
 	Delete() error
+	// Read returns the table in place (nil if none), as the kernel holds
+	// it: what explain and drift checks trace.
+	Read() (*nft.Table, error)
 	// NodeServers reads back the NodeServers of the table in place; a
 	// missing table has none.
 	NodeServers() ([]Tuple, error)
@@ -28,119 +33,101 @@ type nftFirewall struct {
 	netnsPath string
 }
 
-func (n *nftFirewall) conn() (*nftables.Conn, func(), error) {
+// withNetns runs fn with an open descriptor of the firewall's network
+// namespace (0: the caller's).
+func (n *nftFirewall) withNetns(fn func(fd int) error) error {
 	if n.netnsPath == "" {
-		c, err := nftables.New()
-		return c, func() {}, err
+		return fn(0)
 	}
 	f, err := os.Open(n.netnsPath)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open netns %s: %w", n.netnsPath, err)
+		return fmt.Errorf("open netns %s: %w", n.netnsPath, err)
 	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return c, func() { f.Close() }, nil
+	defer f.Close()
+	return fn(int(f.Fd()))
 }
 
-var nftTable = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+// conn opens a google/nftables connection in the namespace open at fd.
+func conn(fd int) (*gnft.Conn, error) {
+	var opts []gnft.ConnOption
+	if fd > 0 {
+		opts = append(opts, gnft.WithNetNSFd(fd))
+	}
+	c, err := gnft.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return c, nil
+}
 
 // Apply writes the whole table in one netlink batch: add (so that the
 // delete cannot fail), delete, then create everything anew. The kernel
 // commits the batch atomically, so packets see the old table or the new.
 func (n *nftFirewall) Apply(r *Ruleset) error {
-	c, done, err := n.conn()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer done()
-	c.AddTable(nftTable)
-	c.DelTable(nftTable)
-	t := c.AddTable(nftTable)
-	for _, s := range r.sets() {
-		set := &nftables.Set{Table: t, Name: s.name, KeyType: s.keyType, Concatenation: len(nftables.ConcatSetTypeElements(s.keyType)) > 1, Interval: s.interval}
-		elems := make([]nftables.SetElement, 0, len(s.elements))
-		for _, e := range s.elements {
-			elems = append(elems, nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd})
+	return n.withNetns(func(fd int) error {
+		c, err := conn(fd)
+		if err != nil {
+			return err
 		}
-		if err := c.AddSet(set, elems); err != nil {
-			return fmt.Errorf("nftables: set %s: %w", s.name, err)
+		t := nft.GTable(nft.INet, TableName)
+		c.AddTable(t)
+		c.DelTable(t)
+		if err := nft.Queue(c, r.Table()); err != nil {
+			return fmt.Errorf("nftables: %w", err)
 		}
-	}
-	byName := map[string]*nftables.Chain{}
-	for _, cs := range chains {
-		ch := &nftables.Chain{Name: cs.name, Table: t}
-		if cs.hook != "" {
-			accept := nftables.ChainPolicyAccept
-			ch.Type, ch.Hooknum, ch.Priority, ch.Policy = nftables.ChainType(cs.kind), cs.hooknum, cs.priority, &accept
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("nftables: write table inet %s: %w", TableName, err)
 		}
-		byName[cs.name] = c.AddChain(ch)
-	}
-	for _, rl := range r.rules() {
-		c.AddRule(&nftables.Rule{Table: t, Chain: byName[rl.chain], Exprs: rl.exprs})
-	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("nftables: write table inet %s: %w", TableName, err)
-	}
-	return nil
+		return nil
+	})
 }
 
 // Delete removes the table if it exists.
 func (n *nftFirewall) Delete() error {
-	c, done, err := n.conn()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer done()
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-		if notPresent(err) {
-			return nil
+	return n.withNetns(func(fd int) error {
+		c, err := conn(fd)
+		if err != nil {
+			return err
 		}
-		return fmt.Errorf("nftables: look up table inet %s: %w", TableName, err)
+		if _, err := c.ListTableOfFamily(TableName, gnft.TableFamilyINet); err != nil {
+			if notPresent(err) {
+				return nil
+			}
+			return fmt.Errorf("nftables: look up table inet %s: %w", TableName, err)
+		}
+		c.DelTable(nft.GTable(nft.INet, TableName))
+		if err := c.Flush(); err != nil && !notPresent(err) {
+			return fmt.Errorf("nftables: delete table inet %s: %w", TableName, err)
+		}
+		return nil
+	})
+}
+
+// Read reads the table back over netlink.
+func (n *nftFirewall) Read() (*nft.Table, error) {
+	var t *nft.Table
+	err := n.withNetns(func(fd int) error {
+		r, err := nft.NewReader(fd)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		t, err = r.Table(nft.INet, TableName)
+		return err
+	})
+	if err != nil && notPresent(err) {
+		return nil, nil
 	}
-	c.DelTable(nftTable)
-	if err := c.Flush(); err != nil && !notPresent(err) {
-		return fmt.Errorf("nftables: delete table inet %s: %w", TableName, err)
-	}
-	return nil
+	return t, err
 }
 
 // NodeServers reads the node-servers sets of the table in place.
 func (n *nftFirewall) NodeServers() ([]Tuple, error) {
-	c, done, err := n.conn()
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
+	t, err := n.Read()
+	if err != nil || t == nil {
+		return nil, err
 	}
-	defer done()
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-		if notPresent(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("nftables: look up table inet %s: %w", TableName, err)
-	}
-	var out []Tuple
-	for _, f := range families {
-		name := nodeServersSet + "-" + f.suffix
-		set, err := c.GetSetByName(nftTable, name)
-		if err != nil {
-			if notPresent(err) {
-				continue
-			}
-			return nil, fmt.Errorf("nftables: set %s: %w", name, err)
-		}
-		elems, err := c.GetSetElements(set)
-		if err != nil {
-			return nil, fmt.Errorf("nftables: elements of set %s: %w", name, err)
-		}
-		for _, e := range elems {
-			if t, ok := f.parseTuple(e.Key); ok {
-				out = append(out, t)
-			}
-		}
-	}
-	return out, nil
+	return nodeServers(t), nil
 }
 
 // notPresent covers a missing table and a kernel without nf_tables.
@@ -180,6 +167,16 @@ func (f *FakeFirewall) Delete() error {
 	defer f.mu.Unlock()
 	f.current = nil
 	return nil
+}
+
+// Read returns the table in place, nil if none.
+func (f *FakeFirewall) Read() (*nft.Table, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.current == nil {
+		return nil, nil
+	}
+	return f.current.Table(), nil
 }
 
 // NodeServers returns the NodeServers of the table in place.

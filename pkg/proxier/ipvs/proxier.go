@@ -176,6 +176,9 @@ func Cleanup(ctx context.Context, opts ...Option) error {
 // Mode returns "ipvs".
 func (p *Proxier) Mode() string { return Mode }
 
+// Config returns the configuration the backend renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
 // Scheduler returns the IPVS scheduler in use.
 func (p *Proxier) Scheduler() string { return p.scheduler }
 
@@ -220,7 +223,11 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	for _, vs := range desired.Servers {
 		reals += len(vs.RealServers)
 	}
-	p.stats = proxier.SyncStats{Full: full, KernelOps: ops, Skipped: ops == 0, RuleCount: len(rules.rules()), ChainCount: len(chains)}
+	nrules, tab := 0, rules.Table()
+	for _, c := range tab.Chains {
+		nrules += len(c.Rules)
+	}
+	p.stats = proxier.SyncStats{Full: full, KernelOps: ops, Skipped: ops == 0, RuleCount: nrules, ChainCount: len(tab.Chains)}
 	p.log.Info("synced", "full", full, "kernelOps", ops, "virtualServers", len(desired.Servers),
 		"realServers", reals, "draining", len(p.draining), "duration", p.clock.Since(start))
 	return nil

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -61,10 +62,8 @@ func TestRulesetHasNoMasqueradeMarkWithoutClusterCIDR(t *testing.T) {
 // ruleText lists the nft text of a chain's rules.
 func (r *Ruleset) ruleText(chain string) []string {
 	var out []string
-	for _, rl := range r.rules() {
-		if rl.chain == chain {
-			out = append(out, rl.text)
-		}
+	for _, rl := range r.Table().Chain(chain).Rules {
+		out = append(out, rl.Text(nft.INet))
 	}
 	return out
 }

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -161,26 +160,13 @@ func (t *Table) String() string {
 	return b.String()
 }
 
-func protoNumber(p model.Protocol) uint16 {
-	switch p {
-	case model.UDP:
-		return syscall.IPPROTO_UDP
-	case model.SCTP:
-		return syscall.IPPROTO_SCTP
-	}
-	return syscall.IPPROTO_TCP
-}
+func protoNumber(p model.Protocol) uint16 { return uint16(p.Number()) }
 
 func protoOf(n uint16) (model.Protocol, bool) {
-	switch n {
-	case syscall.IPPROTO_TCP:
-		return model.TCP, true
-	case syscall.IPPROTO_UDP:
-		return model.UDP, true
-	case syscall.IPPROTO_SCTP:
-		return model.SCTP, true
+	if n > 0xff {
+		return "", false
 	}
-	return "", false
+	return model.ProtocolOf(uint8(n))
 }
 
 func protoName(n uint16) string {

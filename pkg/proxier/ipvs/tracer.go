@@ -1,44 +1,27 @@
 package ipvs
 
 import (
+	"fmt"
 	"hash/fnv"
 	"net/netip"
-	"sync"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
 
-// Tracer evaluates a rendered IPVS table and its netfilter side for the
-// first packet of a new connection, in the kernel's order:
-//
-//  0. guard-prerouting/-output drop a new connection, forwarded or from
-//     the node, before anything below rewrites the destination: to a
-//     ClusterIP virtual server in InternalDrop (internalTrafficPolicy
-//     Local, endpoints only on other nodes), and to a load-balancer virtual
-//     server that loadBalancerSourceRanges guard when no range of it
-//     admits the source;
-//  1. nat prerouting/output mark traffic to a ClusterIP from outside the
-//     cluster CIDR (or all, with MasqueradeAll) and all traffic to an
-//     external virtual server of externalTrafficPolicy Cluster; for one of
-//     policy Local, Pods and the node itself are DNATed to the ClusterIP
-//     (marked when from the node), so they get the whole Service;
-//  2. drop-input drops what is left for a Local virtual server without
-//     local endpoints (forwarded packets only: the node's own never pass
-//     input);
-//  3. IPVS takes packets to a virtual server whose address is local (bound
-//     to proxyd-ipvs0, or one of the node's addresses for a NodePort) —
-//     forwarded ones — or any locally originated packet to it (IPVS hooks
-//     LOCAL_OUT too);
-//  4. the scheduler picks a real server of weight > 0; with none, IPVS
-//     answers ICMP port unreachable (Reject), persistent or not, forwarded
-//     or from the node: what the VM test sees on a real kernel;
-//  5. postrouting masquerades hairpin connections and marked ones;
-//  6. what IPVS did not take is rejected by reject-input/-output when it is
-//     addressed to a ClusterIP (a port or protocol no virtual server has),
-//     and by reject-output/-forward when it is addressed to the service
-//     ranges; anything else is untouched.
+// Tracer traces the first packet of a new connection through the
+// proxyd-ipvs nftables table and the IPVS table the way the kernel runs
+// them: pkg/nft's tracer walks the hooks and runs the table's base chains
+// by their priority, and the IPVS table is a pseudo-chain where IPVS
+// schedules new connections (ip_vs_core.c): LOCAL_IN at 99 for packets
+// addressed to the node (a VIP bound to proxyd-ipvs0 or a node address),
+// LOCAL_OUT at -98 for the node's own. What it schedules it sends on
+// itself, through output and postrouting, where the table masquerades; a
+// virtual server without a real server of weight > 0 answers ICMP port
+// unreachable (Reject), persistent or not, forwarded or from the node:
+// what the VM test sees on a real kernel.
 //
 // Each traced packet is a new connection: for rr, wrr, lc, wlc, sed and nq
 // every real server of equal weight is then equally likely, which rnd
@@ -52,21 +35,16 @@ import (
 // do). The tracer has no clock, so templates never time out. A Tracer is
 // safe for concurrent use.
 type Tracer struct {
-	table   *Table
-	rules   *Ruleset
-	bound   map[netip.Addr]bool
-	nodeIPs map[netip.Addr]bool
-
-	mu        sync.Mutex
-	templates map[template]netip.AddrPort
+	t *nft.Tracer
 }
 
-// template is an IPVS persistence template: client address to one
-// virtual server (port-specific persistence, as proxyd programs it).
-type template struct {
-	vs     VSKey
-	client netip.Addr
-}
+// IPVS's hook priorities for new connections: NF_IP_PRI_NAT_SRC - 1 at
+// LOCAL_IN and NF_IP_PRI_NAT_DST + 2 at LOCAL_OUT. (Its reply hooks, at 98
+// and -99, see only replies.)
+const (
+	ipvsInputPriority  = 99
+	ipvsOutputPriority = -98
+)
 
 // NewTracer renders s the way Sync would and traces against that.
 func NewTracer(s *model.State, cfg proxier.Config, scheduler string) (*Tracer, error) {
@@ -78,100 +56,115 @@ func NewTracer(s *model.State, cfg proxier.Config, scheduler string) (*Tracer, e
 	return TracerFor(t, RenderNetfilter(t, cfg)), nil
 }
 
-// TracerFor traces against an already rendered table and ruleset.
-func TracerFor(t *Table, r *Ruleset) *Tracer {
-	bound := map[netip.Addr]bool{}
+// TracerFor traces against an already rendered IPVS table and ruleset.
+func TracerFor(t *Table, r *Ruleset) *Tracer { return TracerOver(t, r.Table()) }
+
+// TracerOver traces against the IPVS table t and an nftables table nt —
+// rendered, or read back from the kernel. The node's addresses are t's
+// VIPs and NodeIPs.
+func TracerOver(t *Table, nt *nft.Table) *Tracer {
+	local := map[netip.Addr]bool{}
 	for _, a := range t.VIPs() {
-		bound[a] = true
+		local[a] = true
 	}
-	nodeIPs := map[netip.Addr]bool{}
 	for _, a := range t.NodeIPs {
-		nodeIPs[a] = true
+		local[a] = true
 	}
-	return &Tracer{table: t, rules: r, bound: bound, nodeIPs: nodeIPs, templates: map[template]netip.AddrPort{}}
+	return KernelTracer(t, nt, func(a netip.Addr) bool { return local[a.Unmap()] || a.IsLoopback() }, nil)
+}
+
+// KernelTracer traces against what a kernel holds: its IPVS table t, its
+// proxyd-ipvs table nt (nil: none), local telling the node's addresses
+// (the VIPs bound to proxyd-ipvs0 among them) and IPVS's persistence
+// templates, which a persistent virtual server follows for their clients
+// as IPVS does.
+func KernelTracer(t *Table, nt *nft.Table, local func(netip.Addr) bool, templates []Template) *Tracer {
+	v := &ipvsHook{t: t, templates: map[string]netip.AddrPort{}}
+	for _, tp := range templates {
+		v.templates[templateKey(tp.VS, tp.Client)] = tp.RealServer
+	}
+	var tables []*nft.Table
+	if nt != nil {
+		tables = append(tables, nt)
+	}
+	return &Tracer{t: nft.NewTracer(local, tables,
+		nft.Pseudo{Name: "ipvs", Hook: nft.Input, Priority: ipvsInputPriority, Run: v.run},
+		nft.Pseudo{Name: "ipvs", Hook: nft.Output, Priority: ipvsOutputPriority, Run: v.run})}
 }
 
 // Trace implements flowspec.Tracer.
 func (t *Tracer) Trace(p flowspec.Packet, rnd func(n uint32) uint32) flowspec.Result {
-	dst := netip.AddrPortFrom(p.Dst.Addr().Unmap(), p.Dst.Port())
-	src := p.Src.Unmap()
-	tu := Tuple{Addr: dst.Addr(), Protocol: p.Proto, Port: dst.Port()}
-	// filter prerouting / output at -110: the source-range guard.
-	if has(t.rules.InternalDrop, tu) || t.rules.guardDrops(tu, src) {
-		return flowspec.Result{Verdict: flowspec.Drop}
-	}
-	// nat prerouting / output: mark-masq, then external-local.
-	masq := (has(t.rules.ClusterIPs, tu) && t.rules.marks(src)) || has(t.rules.ExternalMasq, tu)
-	srcLocal := p.FromNode || t.nodeIPs[src] || t.bound[src] || src.IsLoopback()
-	if to, ok := t.rules.shortCircuit(tu); ok {
-		cidr := t.rules.clusterCIDR(src)
-		switch {
-		case srcLocal:
-			masq = true
-		case cidr.IsValid() && cidr.Contains(src):
-			masq = masq || t.rules.MasqueradeAll
-		default:
-			ok = false
-		}
-		if ok {
-			dst = to
-			tu = Tuple{Addr: dst.Addr(), Protocol: p.Proto, Port: dst.Port()}
-		}
-	}
-	if !p.FromNode && has(t.rules.ExternalDrop, tu) {
-		return flowspec.Result{Verdict: flowspec.Drop}
-	}
-	local := p.FromNode || t.bound[dst.Addr()] || t.nodeIPs[dst.Addr()]
-	vs := t.table.Servers[VSKey(tu)]
-	if vs == nil || !local {
-		if t.bound[dst.Addr()] || t.rules.inServiceCIDR(dst.Addr()) {
-			return flowspec.Result{Verdict: flowspec.Reject}
-		}
-		return flowspec.Result{Verdict: flowspec.Untouched}
-	}
-	rs, ok := t.schedule(vs, src, rnd)
-	if !ok {
-		return flowspec.Result{Verdict: flowspec.Reject}
-	}
-	if rs.Addr() == src {
-		for _, h := range t.rules.Hairpin {
-			if h.Endpoint == rs && h.Protocol == p.Proto {
-				masq = true
-			}
-		}
-	}
-	return flowspec.Result{Verdict: flowspec.DNAT, Endpoint: rs, Masquerade: masq}
+	return flowspec.NFT{T: t.t}.Trace(p, rnd)
 }
 
-// schedule picks vs's real server for a new connection from src: the
-// client's persistence template's when vs is persistent and the template's
-// real server still takes connections, else what the scheduler picks
-// (which a persistent vs then remembers).
-func (t *Tracer) schedule(vs *VirtualServer, src netip.Addr, rnd func(n uint32) uint32) (netip.AddrPort, bool) {
-	if !vs.Persistent() {
-		return schedule(vs, src, rnd)
+// NFT is the underlying tracer: paths and enumerated choices.
+func (t *Tracer) NFT() *nft.Tracer { return t.t }
+
+// ipvsHook is the IPVS table as a pseudo-chain; templates are the
+// kernel's persistence templates by templateKey.
+type ipvsHook struct {
+	t         *Table
+	templates map[string]netip.AddrPort
+}
+
+// templateKey names a client's persistence template of a virtual server.
+func templateKey(vs VSKey, client netip.Addr) string {
+	return fmt.Sprintf("ipvs template %s %s", vs, client)
+}
+
+func (v *ipvsHook) run(fl *nft.Flow) (bool, error) {
+	proto, ok := model.ProtocolOf(fl.Proto)
+	if !ok {
+		return false, nil
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	k := template{vs: vs.VSKey, client: src}
-	if prev, ok := t.templates[k]; ok {
+	vs := v.t.Servers[VSKey{Addr: fl.Dst.Addr().Unmap(), Protocol: proto, Port: fl.Dst.Port()}]
+	if vs == nil {
+		return false, nil
+	}
+	rs, ok := v.schedulePersistent(fl, vs)
+	if !ok {
+		fl.Note("ipvs", "%s has no real server that takes new connections: ICMP port unreachable", vs.VSKey)
+		fl.Reject()
+		return false, nil
+	}
+	fl.Note("ipvs", "%s %s scheduled %s", vs.VSKey, vs.Scheduler, rs)
+	fl.Redirect(rs)
+	return true, nil
+}
+
+// schedulePersistent picks vs's real server for a new connection: the
+// client's persistence template's (one a trace made, or else the
+// kernel's) when vs is persistent and the template's real server still
+// takes connections, else what the scheduler picks (which a persistent vs
+// then remembers).
+func (v *ipvsHook) schedulePersistent(fl *nft.Flow, vs *VirtualServer) (netip.AddrPort, bool) {
+	if !vs.Persistent() {
+		return schedule(vs, fl.Src, fl.Choose)
+	}
+	key := templateKey(vs.VSKey, fl.Src)
+	prev, ok := fl.Recall(key)
+	if !ok {
+		prev, ok = v.templates[key]
+	}
+	if ok {
 		for _, rs := range vs.RealServers {
 			if rs.Addr == prev && rs.Weight > 0 {
-				return prev, true
+				return rs.Addr, true
 			}
 		}
-		delete(t.templates, k)
+		fl.Forget(key)
 	}
-	rs, ok := schedule(vs, src, rnd)
+	rs, ok := schedule(vs, fl.Src, fl.Choose)
 	if ok {
-		t.templates[k] = rs
+		fl.Remember(key, rs)
 	}
 	return rs, ok
 }
 
 // schedule picks a real server of weight > 0 the way vs's scheduler would
-// for a new connection on an idle table.
-func schedule(vs *VirtualServer, src netip.Addr, rnd func(n uint32) uint32) (netip.AddrPort, bool) {
+// for a new connection on an idle table; choose(n, cuts...) draws the
+// random number, cut where the real servers' weights end.
+func schedule(vs *VirtualServer, src netip.Addr, choose func(n uint32, cuts ...uint32) uint32) (netip.AddrPort, bool) {
 	var alive []RealServer
 	total := 0
 	for _, rs := range vs.RealServers {
@@ -189,7 +182,13 @@ func schedule(vs *VirtualServer, src netip.Addr, rnd func(n uint32) uint32) (net
 	case "dh":
 		return alive[hashAddr(vs.Addr, vs.Scheduler)%uint32(len(alive))].Addr, true
 	}
-	n := int(rnd(uint32(total)))
+	var cuts []uint32
+	sum := 0
+	for _, rs := range alive {
+		sum += rs.Weight
+		cuts = append(cuts, uint32(sum))
+	}
+	n := int(choose(uint32(total), cuts...))
 	for _, rs := range alive {
 		if n < rs.Weight {
 			return rs.Addr, true

@@ -6,76 +6,21 @@ import (
 	"math/bits"
 	"slices"
 
-	nft "github.com/google/nftables"
-	"github.com/google/nftables/expr"
+	gnft "github.com/google/nftables"
 	"golang.org/x/sys/unix"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 )
 
-func tableFamily(f model.IPFamily) nft.TableFamily {
-	if f == model.IPv6 {
-		return nft.TableFamilyIPv6
-	}
-	return nft.TableFamilyIPv4
-}
+func tableFamily(f model.IPFamily) gnft.TableFamily { return gnft.TableFamily(nftFamily(f)) }
 
-func table(f model.IPFamily) *nft.Table {
-	return &nft.Table{Name: TableName, Family: tableFamily(f)}
-}
-
-var hooks = map[string]nft.ChainHook{
-	"prerouting":  *nft.ChainHookPrerouting,
-	"input":       *nft.ChainHookInput,
-	"forward":     *nft.ChainHookForward,
-	"output":      *nft.ChainHookOutput,
-	"postrouting": *nft.ChainHookPostrouting,
-}
-
-func nftChain(t *nft.Table, c *Chain) *nft.Chain {
-	ch := &nft.Chain{Name: c.Name, Table: t}
-	if b := c.Base; b != nil {
-		hook := hooks[b.Hook]
-		prio := nft.ChainPriority(b.Priority)
-		policy := nft.ChainPolicyAccept
-		ch.Hooknum, ch.Priority, ch.Policy = &hook, &prio, &policy
-		ch.Type = nft.ChainType(b.Type)
-	}
-	return ch
-}
-
-func nftSet(t *nft.Table, f model.IPFamily, s *Set) *nft.Set {
-	set := &nft.Set{Table: t, Name: s.Name, KeyType: setKeyType(f, s.Fields), Concatenation: len(s.Fields) > 1}
-	if s.Verdicts {
-		set.IsMap, set.DataType = true, nft.TypeVerdict
-	}
-	if s.Timeout > 0 {
-		set.Dynamic, set.HasTimeout, set.Timeout, set.Size = true, true, s.Timeout, affinitySetSize
-	}
-	return set
-}
-
-func nftElements(s *Set, elems []Element) []nft.SetElement {
-	out := make([]nft.SetElement, len(elems))
-	for i, e := range elems {
-		out[i] = nft.SetElement{Key: elementBytes(s.Fields, e.Fields)}
-		if s.Verdicts {
-			out[i].VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: e.Goto}
-		}
-	}
-	return out
-}
-
-// elementsPerMessage keeps each element message's nested element list
-// under netlink's 64 KiB attribute length: a longer list overflows the
-// 16-bit nla_len and the kernel misreads the batch (seen as ENOENT).
-// Several messages in one batch are still one transaction.
-const elementsPerMessage = 256
+func table(f model.IPFamily) *gnft.Table { return nft.GTable(nftFamily(f), TableName) }
 
 // queue adds the plan's operations to conn's pending batch; nothing reaches
 // the kernel until conn.Flush, which commits them all or none. old is the
 // table a full plan replaces, as listed just before (nil: none, or unknown).
-func queue(conn *nft.Conn, p Plan, old *kernelTable) error {
+func queue(conn *gnft.Conn, p Plan, old *kernelTable) error {
 	t := table(p.Family)
 	for _, op := range p.Ops {
 		switch op.Kind {
@@ -92,33 +37,28 @@ func queue(conn *nft.Conn, p Plan, old *kernelTable) error {
 			conn.DelTable(t)
 			conn.AddTable(t)
 		case OpAddSet:
-			if err := conn.AddSet(nftSet(t, p.Family, op.Set), nil); err != nil {
-				return fmt.Errorf("set %s: %w", op.Set.Name, err)
+			if err := nft.AddSet(conn, t, op.Set); err != nil {
+				return err
 			}
 		case OpAddChain:
-			conn.AddChain(nftChain(t, op.Chain))
+			conn.AddChain(nft.GChain(t, op.Chain))
 		case OpFlushChain:
-			conn.FlushChain(nftChain(t, op.Chain))
+			conn.FlushChain(nft.GChain(t, op.Chain))
 		case OpDelChain:
-			conn.DelChain(nftChain(t, op.Chain))
+			conn.DelChain(nft.GChain(t, op.Chain))
 		case OpDelSet:
-			conn.DelSet(nftSet(t, p.Family, op.Set))
+			conn.DelSet(&gnft.Set{Table: t, Name: op.Set.Name})
 		case OpAddRule:
-			exprs, err := (&compiler{f: p.Family}).rule(op.Rule)
-			if err != nil {
-				return fmt.Errorf("rule in chain %s: %w", op.Chain.Name, err)
+			if err := nft.AddRule(conn, t, op.Chain, op.Rule); err != nil {
+				return err
 			}
-			conn.AddRule(&nft.Rule{Table: t, Chain: nftChain(t, op.Chain), Exprs: exprs})
-		case OpAddElements, OpDelElements:
-			write := conn.SetAddElements
-			if op.Kind == OpDelElements {
-				write = conn.SetDeleteElements
+		case OpAddElements:
+			if err := nft.AddElements(conn, t, op.Set, op.Elements); err != nil {
+				return err
 			}
-			set := nftSet(t, p.Family, op.Set)
-			for chunk := range slices.Chunk(op.Elements, elementsPerMessage) {
-				if err := write(set, nftElements(op.Set, chunk)); err != nil {
-					return fmt.Errorf("elements of %s: %w", op.Set.Name, err)
-				}
+		case OpDelElements:
+			if err := nft.DelElements(conn, t, op.Set, op.Elements); err != nil {
+				return err
 			}
 		}
 	}
@@ -142,20 +82,20 @@ func queue(conn *nft.Conn, p Plan, old *kernelTable) error {
 // in neither, and the packet is not NATed either.
 type kernelTable struct {
 	chains []kernelChain
-	sets   map[string][]nft.SetElement
+	sets   map[string][]gnft.SetElement
 }
 
 type kernelChain struct {
 	name string
 	base bool
-	hook nft.ChainHook
-	prio nft.ChainPriority
-	typ  nft.ChainType
+	hook gnft.ChainHook
+	prio gnft.ChainPriority
+	typ  gnft.ChainType
 }
 
 // listTable lists the chains and sets of proxyd's table of family f; nil
 // when there is no such table.
-func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
+func listTable(conn *gnft.Conn, f model.IPFamily) (*kernelTable, error) {
 	exists, _, err := tableState(conn, f)
 	if err != nil || !exists {
 		return nil, err
@@ -168,7 +108,7 @@ func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list nftables sets: %w", err)
 	}
-	kt := &kernelTable{sets: map[string][]nft.SetElement{}}
+	kt := &kernelTable{sets: map[string][]gnft.SetElement{}}
 	for _, c := range chains {
 		if c.Table == nil || c.Table.Name != TableName {
 			continue
@@ -201,9 +141,9 @@ func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
 // not write again are deleted (p's add of an element already there with the
 // same verdict changes nothing). A set whose definition differs makes the
 // kernel refuse p's add, and the caller recreates the table instead.
-func queueInPlace(conn *nft.Conn, t *nft.Table, p Plan, old *kernelTable) error {
+func queueInPlace(conn *gnft.Conn, t *gnft.Table, p Plan, old *kernelTable) error {
 	wantChain := map[string]bool{}
-	wantSet := map[string]*Set{}
+	wantSet := map[string]*nft.Set{}
 	wantElems := map[string]map[string]string{} // set: key: goto
 	for _, op := range p.Ops {
 		switch op.Kind {
@@ -217,7 +157,11 @@ func queueInPlace(conn *nft.Conn, t *nft.Table, p Plan, old *kernelTable) error 
 				m = map[string]string{}
 				wantElems[op.Set.Name] = m
 			}
-			for _, e := range nftElements(op.Set, op.Elements) {
+			enc, err := nft.GElements(op.Set, op.Elements)
+			if err != nil {
+				return err
+			}
+			for _, e := range enc {
 				m[string(e.Key)] = gotoOf(e)
 			}
 		}
@@ -227,20 +171,23 @@ func queueInPlace(conn *nft.Conn, t *nft.Table, p Plan, old *kernelTable) error 
 	for name, elems := range old.sets {
 		s, ok := wantSet[name]
 		if !ok {
-			conn.DelSet(&nft.Set{Table: t, Name: name})
+			conn.DelSet(&gnft.Set{Table: t, Name: name})
 			continue
 		}
 		if s.Timeout > 0 {
 			continue // affinity entries expire on their own
 		}
-		var stale []nft.SetElement
+		var stale []gnft.SetElement
 		for _, e := range elems {
 			if g, ok := wantElems[name][string(e.Key)]; !ok || g != gotoOf(e) {
-				stale = append(stale, nft.SetElement{Key: e.Key})
+				stale = append(stale, gnft.SetElement{Key: e.Key})
 			}
 		}
-		set := nftSet(t, p.Family, s)
-		for chunk := range slices.Chunk(stale, elementsPerMessage) {
+		set, err := nft.GSet(t, s)
+		if err != nil {
+			return err
+		}
+		for chunk := range slices.Chunk(stale, nft.ElementsPerMessage) {
 			if err := conn.SetDeleteElements(set, chunk); err != nil {
 				return fmt.Errorf("elements of %s: %w", name, err)
 			}
@@ -248,13 +195,13 @@ func queueInPlace(conn *nft.Conn, t *nft.Table, p Plan, old *kernelTable) error 
 	}
 	for _, c := range old.chains {
 		if !wantChain[c.name] {
-			conn.DelChain(&nft.Chain{Table: t, Name: c.name})
+			conn.DelChain(&gnft.Chain{Table: t, Name: c.name})
 		}
 	}
 	return nil
 }
 
-func gotoOf(e nft.SetElement) string {
+func gotoOf(e gnft.SetElement) string {
 	if e.VerdictData == nil {
 		return ""
 	}
@@ -268,7 +215,7 @@ func (kt *kernelTable) keepsBaseChains(p Plan) bool {
 	if kt == nil {
 		return false
 	}
-	want := map[string]*BaseChain{}
+	want := map[string]*nft.Base{}
 	for _, op := range p.Ops {
 		if op.Kind == OpAddChain && op.Chain.Base != nil {
 			want[op.Chain.Name] = op.Chain.Base
@@ -279,7 +226,7 @@ func (kt *kernelTable) keepsBaseChains(p Plan) bool {
 			continue
 		}
 		b, ok := want[c.name]
-		if !ok || hooks[b.Hook] != c.hook || nft.ChainPriority(b.Priority) != c.prio || nft.ChainType(b.Type) != c.typ {
+		if !ok || gnft.ChainHook(b.Hook) != c.hook || gnft.ChainPriority(b.Priority) != c.prio || gnft.ChainType(b.Type) != c.typ {
 			return false
 		}
 	}
@@ -289,7 +236,7 @@ func (kt *kernelTable) keepsBaseChains(p Plan) bool {
 // tableState is what the kernel says about proxyd's table, cheaply (one
 // table dump, not a listing of its chains): whether it exists and its use
 // count, the number of chains and sets in it.
-func tableState(conn *nft.Conn, f model.IPFamily) (exists bool, use uint32, err error) {
+func tableState(conn *gnft.Conn, f model.IPFamily) (exists bool, use uint32, err error) {
 	tables, err := conn.ListTablesOfFamily(tableFamily(f))
 	if err != nil {
 		return false, 0, fmt.Errorf("list nftables tables: %w", err)
@@ -310,14 +257,14 @@ func useMatches(use uint32, want int) bool {
 }
 
 // deleteTable removes proxyd's table of family f if it exists.
-func deleteTable(conn *nft.Conn, f model.IPFamily) error {
+func deleteTable(conn *gnft.Conn, f model.IPFamily) error {
 	exists, _, err := tableState(conn, f)
 	if err != nil || !exists {
 		return err
 	}
 	conn.DelTable(table(f))
 	if err := conn.Flush(); err != nil && !isNotExist(err) {
-		return fmt.Errorf("delete table %s %s: %w", familyWord(f), TableName, err)
+		return fmt.Errorf("delete table %s %s: %w", nftFamily(f), TableName, err)
 	}
 	return nil
 }

@@ -7,6 +7,9 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 )
 
 // fakeTable applies plans the way the kernel applies a transaction: all
@@ -17,15 +20,14 @@ import (
 type fakeTable struct {
 	chains map[string][]string          // chain → rule texts
 	sets   map[string]map[string]string // set → element key → goto
-	fields map[string][]FieldType
 }
 
 func newFakeTable() *fakeTable {
-	return &fakeTable{chains: map[string][]string{}, sets: map[string]map[string]string{}, fields: map[string][]FieldType{}}
+	return &fakeTable{chains: map[string][]string{}, sets: map[string]map[string]string{}}
 }
 
 func (t *fakeTable) clone() *fakeTable {
-	c := &fakeTable{chains: maps.Clone(t.chains), sets: map[string]map[string]string{}, fields: maps.Clone(t.fields)}
+	c := &fakeTable{chains: maps.Clone(t.chains), sets: map[string]map[string]string{}}
 	for k, v := range t.sets {
 		c.sets[k] = maps.Clone(v)
 	}
@@ -50,7 +52,6 @@ func (t *fakeTable) op(p Plan, op Op) error {
 	case OpAddSet:
 		if _, ok := t.sets[op.Set.Name]; !ok {
 			t.sets[op.Set.Name] = map[string]string{}
-			t.fields[op.Set.Name] = op.Set.Fields
 		}
 	case OpDelSet:
 		if _, ok := t.sets[op.Set.Name]; !ok {
@@ -64,7 +65,6 @@ func (t *fakeTable) op(p Plan, op Op) error {
 			}
 		}
 		delete(t.sets, op.Set.Name)
-		delete(t.fields, op.Set.Name)
 	case OpAddChain:
 		if _, ok := t.chains[op.Chain.Name]; !ok {
 			t.chains[op.Chain.Name] = nil
@@ -90,36 +90,38 @@ func (t *fakeTable) op(p Plan, op Op) error {
 		for _, st := range op.Rule {
 			var set string
 			switch st := st.(type) {
-			case MatchSourceInSet:
+			case nft.Lookup:
 				set = st.Set
-			case UpdateSource:
+			case nft.Vmap:
+				set = st.Map
+			case nft.Update:
 				set = st.Set
 			}
 			if _, ok := t.sets[set]; set != "" && !ok {
 				return fmt.Errorf("rule uses missing set %s: %w", set, syscall.ENOENT)
 			}
 		}
-		t.chains[op.Chain.Name] = append(t.chains[op.Chain.Name], op.Rule.text(p.Family))
+		t.chains[op.Chain.Name] = append(t.chains[op.Chain.Name], op.Rule.Text(nftFamily(p.Family)))
 	case OpAddElements, OpDelElements:
 		set, ok := t.sets[op.Set.Name]
 		if !ok {
 			return syscall.ENOENT
 		}
 		for _, e := range op.Elements {
-			key := e.Key(op.Set.Fields)
+			key := e.KeyText(op.Set)
 			old, exists := set[key]
 			switch {
 			case op.Kind == OpDelElements && !exists:
 				return fmt.Errorf("element %s: %w", key, syscall.ENOENT)
 			case op.Kind == OpDelElements:
 				delete(set, key)
-			case exists && old != e.Goto:
+			case exists && old != e.Verdict.Chain:
 				return fmt.Errorf("element %s: %w", key, syscall.EBUSY)
 			default:
-				if _, ok := t.chains[e.Goto]; e.Goto != "" && !ok {
-					return fmt.Errorf("goto %s: %w", e.Goto, syscall.ENOENT)
+				if _, ok := t.chains[e.Verdict.Chain]; e.Verdict.Chain != "" && !ok {
+					return fmt.Errorf("goto %s: %w", e.Verdict.Chain, syscall.ENOENT)
 				}
-				set[key] = e.Goto
+				set[key] = e.Verdict.Chain
 			}
 		}
 	default:
@@ -165,9 +167,13 @@ func (t *fakeTable) String() string {
 }
 
 // tableOf is the fake table holding exactly r.
-func tableOf(r *Ruleset) *fakeTable {
+func tableOf(r *nft.Table) *fakeTable {
 	t := newFakeTable()
-	if err := t.apply(FullPlan(r)); err != nil {
+	f := model.IPv4
+	if r.Family == nft.IP6 {
+		f = model.IPv6
+	}
+	if err := t.apply(FullPlan(f, r)); err != nil {
 		panic(err)
 	}
 	return t

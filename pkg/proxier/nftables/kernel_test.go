@@ -2,11 +2,13 @@ package nftables
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/proxyd/proxyd/internal/testns"
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -48,22 +50,50 @@ func kernelListingMatches(t *testing.T, cfg proxier.Config) {
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(st, cfg, f).String()
-		got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if CanonicalListing(got) != CanonicalListing(want) {
+		got := ns.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName)
+		if nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: kernel listing differs from rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 		ref := testns.New(t, "nftref")
 		if out, err := ref.Try("sh", "-c", "nft -f - <<'EOF'\n"+want+"EOF\n"); err != nil {
 			t.Fatalf("nft -f of the rendering: %v\n%s", err, out)
 		}
-		byNft := ref.Run(t, "nft", "list", "table", familyWord(f), TableName)
-		if CanonicalListing(byNft) != CanonicalListing(got) {
+		byNft := ref.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName)
+		if nft.CanonicalListing(byNft) != nft.CanonicalListing(got) {
 			t.Errorf("%v: netlink-written table lists differently from the nft-written one\n--- proxyd\n%s\n--- nft\n%s", f, got, byNft)
 		}
 		if strings.Contains(got, "unknown") || strings.Contains(got, "invalid") {
 			t.Errorf("listing has unknown expressions:\n%s", got)
 		}
 	}
+	// The flow spec holds on what the kernel holds, read back.
+	tracer := newTracer(readBackMatches(t, ns, st, cfg)...)
+	flowspec.Run(t, tracer)
+	flowspec.RunExternal(t, tracer)
+	flowspec.RunAffinity(t, tracer)
+}
+
+// readBackMatches reads both families' tables back from the kernel,
+// checks that they are the rendering, and returns them.
+func readBackMatches(t *testing.T, ns *testns.NS, st *model.State, cfg proxier.Config) []*nft.Table {
+	t.Helper()
+	r, err := nft.NewReader(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var tables []*nft.Table
+	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+		back, err := r.Table(nftFamily(f), TableName)
+		if err != nil {
+			t.Fatalf("%v: read back: %v", f, err)
+		}
+		if want := Render(st, cfg, f); !reflect.DeepEqual(back.Canonical(), want.Canonical()) {
+			t.Errorf("%v: read back\n%s\nrendered\n%s", f, back.Canonical(), want.Canonical())
+		}
+		tables = append(tables, back)
+	}
+	return tables
 }
 
 // A large full sync is one batch: it must fit the socket (buffers forced
@@ -114,7 +144,7 @@ func TestKernelResyncRepairsATableChangedOutsideProxyd(t *testing.T) {
 		if got := p.LastSyncStats(); !got.Full {
 			t.Errorf("after %v the resync was not a full rewrite: %+v", tamper, got)
 		}
-		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); CanonicalListing(got) != CanonicalListing(want) {
+		if got := ns.Run(t, "nft", "list", "table", "ip", TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("after %v the table was not restored:\n%s", tamper, got)
 		}
 	}
@@ -163,8 +193,9 @@ func TestKernelRestartRewritesTheTableInPlace(t *testing.T) {
 	}
 	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
 		want := Render(after, flowspec.Config(), f).String()
-		if got := ns.Run(t, "nft", "list", "table", familyWord(f), TableName); CanonicalListing(got) != CanonicalListing(want) {
+		if got := ns.Run(t, "nft", "list", "table", nftFamily(f).String(), TableName); nft.CanonicalListing(got) != nft.CanonicalListing(want) {
 			t.Errorf("%v: the rewritten table differs from the rendering\n--- kernel\n%s\n--- rendering\n%s", f, got, want)
 		}
 	}
+	readBackMatches(t, ns, after, flowspec.Config())
 }

@@ -5,10 +5,11 @@ import (
 	"strings"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 )
 
 // Plan is one transaction: the operations that turn the kernel's table from
-// what proxyd last wrote into the desired Ruleset. Plans are pure values;
+// what proxyd last wrote into the desired table. Plans are pure values;
 // String prints them for logs and golden tests.
 type Plan struct {
 	Family model.IPFamily
@@ -35,18 +36,18 @@ const (
 // Op is one operation of a plan.
 type Op struct {
 	Kind     OpKind
-	Chain    *Chain
-	Rule     Rule
-	Set      *Set
-	Elements []Element
+	Chain    *nft.Chain
+	Rule     nft.Rule
+	Set      *nft.Set
+	Elements []nft.Element
 }
 
 // Empty reports whether the plan writes nothing.
 func (p Plan) Empty() bool { return len(p.Ops) == 0 }
 
 // FullPlan writes desired from scratch in one transaction.
-func FullPlan(desired *Ruleset) Plan {
-	p := Plan{Family: desired.Family, Full: true, Ops: []Op{{Kind: OpRecreateTable}}}
+func FullPlan(f model.IPFamily, desired *nft.Table) Plan {
+	p := Plan{Family: f, Full: true, Ops: []Op{{Kind: OpRecreateTable}}}
 	for _, s := range desired.Sets {
 		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: s})
 	}
@@ -66,19 +67,22 @@ func FullPlan(desired *Ruleset) Plan {
 	return p
 }
 
-func sameRules(a, b *Chain, f model.IPFamily) bool {
+// sameRules compares two chains' rules by their text: a field added to a
+// statement cannot be forgotten here.
+func sameRules(a, b *nft.Chain, f model.IPFamily) bool {
 	if len(a.Rules) != len(b.Rules) {
 		return false
 	}
 	for i := range a.Rules {
-		if a.Rules[i].text(f) != b.Rules[i].text(f) {
+		if a.Rules[i].Text(nftFamily(f)) != b.Rules[i].Text(nftFamily(f)) {
 			return false
 		}
 	}
 	return true
 }
 
-func elementID(types []FieldType, e Element) string { return e.Key(types) + " : " + e.Goto }
+// elementID is an element as nft prints it: key and verdict.
+func elementID(s *nft.Set, e nft.Element) string { return e.Text(s) }
 
 // String prints the plan one operation a line, nft-style.
 func (p Plan) String() string {
@@ -98,18 +102,14 @@ func (p Plan) String() string {
 		case OpDelSet:
 			fmt.Fprintf(&b, "delete set %s\n", op.Set.Name)
 		case OpAddRule:
-			fmt.Fprintf(&b, "add rule %s %s\n", op.Chain.Name, op.Rule.text(p.Family))
+			fmt.Fprintf(&b, "add rule %s %s\n", op.Chain.Name, op.Rule.Text(nftFamily(p.Family)))
 		case OpAddElements, OpDelElements:
 			verb := "add"
 			if op.Kind == OpDelElements {
 				verb = "delete"
 			}
 			for _, e := range op.Elements {
-				elem := e.Key(op.Set.Fields)
-				if op.Set.Verdicts {
-					elem += " : goto " + e.Goto
-				}
-				fmt.Fprintf(&b, "%s element %s { %s }\n", verb, op.Set.Name, elem)
+				fmt.Fprintf(&b, "%s element %s { %s }\n", verb, op.Set.Name, e.Text(op.Set))
 			}
 		}
 	}

@@ -8,7 +8,7 @@ import (
 	"runtime/debug"
 	"time"
 
-	nft "github.com/google/nftables"
+	gnft "github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	"k8s.io/klog/v2"
 
@@ -20,7 +20,7 @@ import (
 type Proxier struct {
 	cfg      proxier.Config
 	families []model.IPFamily
-	conn     *nft.Conn
+	conn     *gnft.Conn
 	sock     *netlink.Conn // conn's socket, for deadlines
 	// written is what the kernel holds per family as proxyd last wrote it;
 	// none means "don't trust the kernel's view, rewrite in full".
@@ -50,18 +50,18 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		opt(&o)
 	}
 	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
-	connOpts := []nft.ConnOption{nft.AsLasting(), nft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
+	connOpts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
 		p.sock = c // set again should the library ever redial
 		return nil
 	})}
 	if o.netnsFD > 0 {
-		connOpts = append(connOpts, nft.WithNetNSFd(o.netnsFD))
+		connOpts = append(connOpts, gnft.WithNetNSFd(o.netnsFD))
 	}
-	conn, err := nft.New(connOpts...)
+	conn, err := gnft.New(connOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
 	}
-	if _, err := conn.ListTablesOfFamily(nft.TableFamilyIPv4); err != nil {
+	if _, err := conn.ListTablesOfFamily(gnft.TableFamilyIPv4); err != nil {
 		_ = conn.CloseLasting()
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("nftables mode needs CAP_NET_ADMIN: %w", err)
@@ -74,6 +74,12 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 
 // Mode implements proxier.Backend.
 func (p *Proxier) Mode() string { return "nftables" }
+
+// Config returns the configuration the backend renders with.
+func (p *Proxier) Config() proxier.Config { return p.cfg }
+
+// Families returns the IP families the backend programs.
+func (p *Proxier) Families() []model.IPFamily { return p.families }
 
 // LastSyncStats implements proxier.StatsReporter.
 func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
@@ -146,10 +152,10 @@ func (p *Proxier) syncFamily(ctx context.Context, s *model.State, changed []mode
 func (p *Proxier) write(plan Plan, old *kernelTable) error {
 	f := plan.Family
 	if err := queue(p.conn, plan, old); err != nil {
-		return fmt.Errorf("sync nftables table %s %s: %w", familyWord(f), TableName, err)
+		return fmt.Errorf("sync nftables table %s %s: %w", nftFamily(f), TableName, err)
 	}
 	if err := p.flush(plan.Size()); err != nil {
-		return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", familyWord(f), TableName, plan.Size(), plan.Full, err)
+		return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", nftFamily(f), TableName, plan.Size(), plan.Full, err)
 	}
 	return nil
 }
@@ -186,13 +192,13 @@ func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.I
 	}
 	if w == nil {
 		desired, fresh := renderAll(s, p.cfg, f)
-		return FullPlan(desired), fresh, nil
+		return FullPlan(f, desired), fresh, nil
 	}
 	delete(p.written, f) // w is updated in place; only a success puts it back
 	plan := w.update(s, changed, p.cfg, f)
 	if w.needFull {
 		desired, fresh := renderAll(s, p.cfg, f)
-		return FullPlan(desired), fresh, nil
+		return FullPlan(f, desired), fresh, nil
 	}
 	return plan, w, nil
 }

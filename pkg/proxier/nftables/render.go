@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
@@ -53,40 +54,40 @@ func FirewallChain(k model.ServicePortKey) string {
 // tableSets are the sets every table has; their elements come from the
 // service ports.
 type tableSets struct {
-	serviceIPs, noEndpoints, clusterIPs, hairpin, nodePorts, noEndpointNodePorts *Set
+	serviceIPs, noEndpoints, clusterIPs, hairpin, nodePorts, noEndpointNodePorts *nft.Set
 }
 
-func newSets() tableSets {
-	tuple := []FieldType{FieldAddr, FieldProto, FieldPort}
-	protoPort := []FieldType{FieldProto, FieldPort}
+func newSets(f model.IPFamily) tableSets {
+	addr := nft.AddrType(nftFamily(f))
+	verdict := []nft.Type{nft.TypeVerdict}
 	return tableSets{
-		serviceIPs:          &Set{Name: ServiceIPsMap, Fields: tuple, Verdicts: true},
-		noEndpoints:         &Set{Name: NoEndpointsSet, Fields: tuple},
-		clusterIPs:          &Set{Name: ClusterIPsSet, Fields: []FieldType{FieldAddr}},
-		hairpin:             &Set{Name: HairpinSet, Fields: []FieldType{FieldAddr, FieldAddr}},
-		nodePorts:           &Set{Name: NodePortsMap, Fields: protoPort, Verdicts: true},
-		noEndpointNodePorts: &Set{Name: NoEndpointNodePorts, Fields: protoPort},
+		serviceIPs:          &nft.Set{Name: ServiceIPsMap, Key: nft.KeyTypes(tuple(f)...), Data: verdict},
+		noEndpoints:         &nft.Set{Name: NoEndpointsSet, Key: nft.KeyTypes(tuple(f)...)},
+		clusterIPs:          &nft.Set{Name: ClusterIPsSet, Key: []nft.Type{addr}},
+		hairpin:             &nft.Set{Name: HairpinSet, Key: []nft.Type{addr, addr}},
+		nodePorts:           &nft.Set{Name: NodePortsMap, Key: nft.KeyTypes(protoPort...), Data: verdict},
+		noEndpointNodePorts: &nft.Set{Name: NoEndpointNodePorts, Key: nft.KeyTypes(protoPort...)},
 	}
 }
 
 // all lists the sets in the order the table prints them.
-func (t tableSets) all() []*Set {
-	return []*Set{t.serviceIPs, t.nodePorts, t.noEndpoints, t.noEndpointNodePorts, t.clusterIPs, t.hairpin}
+func (t tableSets) all() []*nft.Set {
+	return []*nft.Set{t.serviceIPs, t.nodePorts, t.noEndpoints, t.noEndpointNodePorts, t.clusterIPs, t.hairpin}
 }
 
 // serviceRules is everything one service port contributes to a family's
 // table: its chains and its elements. The shared sets (cluster-ips,
 // hairpin) may get the same element from several ports.
 type serviceRules struct {
-	chains             []*Chain  // the service chain, then the external one
-	dispatch           []Element // in service-ips: the ClusterIP, external IPs
-	nodePort           []Element // in service-nodeports
-	noEndpoint         []Element // in no-endpoint-services
-	noEndpointNodePort []Element // in no-endpoint-nodeports
+	chains             []*nft.Chain  // the service chain, then the external one
+	dispatch           []nft.Element // in service-ips: the ClusterIP, external IPs
+	nodePort           []nft.Element // in service-nodeports
+	noEndpoint         []nft.Element // in no-endpoint-services
+	noEndpointNodePort []nft.Element // in no-endpoint-nodeports
 	clusterIP          netip.Addr
 	hairpin            []netip.Addr
-	sets               []*Set // session affinity: one dynamic set per endpoint
-	fw                 *Chain // the firewall chain while it is being built
+	sets               []*nft.Set // session affinity: one dynamic set per endpoint
+	fw                 *nft.Chain // the firewall chain while it is being built
 }
 
 // renderServicePort renders one service port for family f; ok is false
@@ -98,35 +99,31 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	}
 	out := serviceRules{clusterIP: vip}
 	proto := sp.Key.Protocol
-	tuple := func(ip netip.Addr) Element {
-		return Element{Fields: []Value{{Addr: ip}, {Proto: proto}, {Port: sp.Port}}}
+	elem := func(ip netip.Addr, v nft.Verdict) nft.Element {
+		return nft.Element{Key: []nft.Value{nft.AddrValue(ip), nft.NumValue(uint32(proto.Number())), nft.NumValue(uint32(sp.Port))}, Verdict: v}
 	}
 	clusterEPs := model.EndpointsOf(sp.ClusterEndpoints, f)
 	extEPs := model.EndpointsOf(sp.ExternalEndpoints, f)
-	aff := out.affinity(sp, slices.Concat(clusterEPs, extEPs))
+	aff := out.affinity(sp, slices.Concat(clusterEPs, extEPs), f)
 	svcChain := ""
 	switch {
 	case sp.ClusterDrops(f):
 		// Other nodes serve it: drop, as kube-proxy does, so clients
 		// retry rather than believe the Service is gone.
-		c := &Chain{Name: ServiceChain(sp.Key), Rules: []Rule{{Drop{}}}}
+		c := &nft.Chain{Name: ServiceChain(sp.Key), Rules: []nft.Rule{{nft.Drop}}}
 		out.chains = append(out.chains, c)
-		e := tuple(vip)
-		e.Goto = c.Name
-		out.dispatch = append(out.dispatch, e)
+		out.dispatch = append(out.dispatch, elem(vip, nft.Goto(c.Name)))
 	case len(clusterEPs) == 0:
-		out.noEndpoint = append(out.noEndpoint, tuple(vip))
+		out.noEndpoint = append(out.noEndpoint, elem(vip, nft.Verdict{}))
 	default:
 		svcChain = ServiceChain(sp.Key)
-		c := &Chain{Name: svcChain}
+		c := &nft.Chain{Name: svcChain}
 		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
 			c.Rules = append(c.Rules, r)
 		}
-		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs, aff)...)
+		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs, aff, f)...)
 		out.chains = append(out.chains, c)
-		e := tuple(vip)
-		e.Goto = svcChain
-		out.dispatch = append(out.dispatch, e)
+		out.dispatch = append(out.dispatch, elem(vip, nft.Goto(svcChain)))
 		out.addHairpin(clusterEPs)
 	}
 	if !sp.HasExternal() {
@@ -134,59 +131,56 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	}
 	extIPs := addrsOf(sp.ExternalIPs, f)
 	guarded := out.firewall(sp, f)
-	npElem := Element{Fields: []Value{{Proto: proto}, {Port: sp.NodePort}}}
+	npElem := nft.Element{Key: []nft.Value{nft.NumValue(uint32(proto.Number())), nft.NumValue(uint32(sp.NodePort))}}
 	if len(extEPs) == 0 && svcChain == "" {
 		// Nothing serves this port at all: refuse, as for the ClusterIP,
 		// once the firewall has dropped the sources it does not admit.
 		for _, ip := range extIPs {
-			out.noEndpoint = append(out.noEndpoint, tuple(ip))
+			out.noEndpoint = append(out.noEndpoint, elem(ip, nft.Verdict{}))
 			if guarded[ip] {
-				e := tuple(ip)
-				e.Goto = FirewallChain(sp.Key)
-				out.dispatch = append(out.dispatch, e)
+				out.dispatch = append(out.dispatch, elem(ip, nft.Goto(FirewallChain(sp.Key))))
 			}
 		}
-		out.finishFirewall(Accept{})
+		out.finishFirewall(nft.Accept)
 		if sp.NodePort != 0 {
 			out.noEndpointNodePort = append(out.noEndpointNodePort, npElem)
 		}
 		return out, true
 	}
-	ext := &Chain{Name: ExternalChain(sp.Key)}
-	mark := cfg.Mark()
+	ext := &nft.Chain{Name: ExternalChain(sp.Key)}
+	setMark := nft.SetMark{Op: nft.MarkOr, Value: cfg.Mark()}
 	if !sp.ExternalLocal {
 		// The client's address cannot come back through another node.
-		ext.Rules = append(ext.Rules, Rule{SetMark{Mark: mark}})
-		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff)...)
+		ext.Rules = append(ext.Rules, nft.Rule{setMark})
+		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
 	} else {
 		// Local policy keeps the client's address, so only this node's
 		// endpoints serve; Pods and the node itself still get the whole
 		// Service, as in kube-proxy.
 		if cidr, ok := cfg.ClusterCIDR(int(f)); ok && svcChain != "" {
-			ext.Rules = append(ext.Rules, Rule{MatchSourceIn{Prefix: cidr}, Goto{Chain: svcChain}})
+			ext.Rules = append(ext.Rules, nft.Rule{nft.AddrIn{Field: nft.Saddr(nftFamily(f)), Prefix: cidr}, nft.Goto(svcChain)})
 		}
 		if svcChain != "" {
-			ext.Rules = append(ext.Rules, Rule{MatchFibLocal{Source: true}, SetMark{Mark: mark}, Goto{Chain: svcChain}})
+			ext.Rules = append(ext.Rules, nft.Rule{nft.FibLocal{Source: true}, setMark, nft.Goto(svcChain)})
 		}
 		if len(extEPs) > 0 {
-			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff)...)
+			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
 		} else {
-			ext.Rules = append(ext.Rules, Rule{Drop{}})
+			ext.Rules = append(ext.Rules, nft.Rule{nft.Drop})
 		}
 	}
 	out.addHairpin(extEPs)
 	out.chains = append(out.chains, ext)
 	for _, ip := range extIPs {
-		e := tuple(ip)
-		e.Goto = ext.Name
+		to := ext.Name
 		if guarded[ip] {
-			e.Goto = FirewallChain(sp.Key)
+			to = FirewallChain(sp.Key)
 		}
-		out.dispatch = append(out.dispatch, e)
+		out.dispatch = append(out.dispatch, elem(ip, nft.Goto(to)))
 	}
-	out.finishFirewall(Goto{Chain: ext.Name})
+	out.finishFirewall(nft.Goto(ext.Name))
 	if sp.NodePort != 0 {
-		npElem.Goto = ext.Name
+		npElem.Verdict = nft.Goto(ext.Name)
 		out.nodePort = append(out.nodePort, npElem)
 	}
 	return out, true
@@ -211,23 +205,23 @@ func (sr *serviceRules) firewall(sp *model.ServicePort, f model.IPFamily) map[ne
 	for _, ip := range lbIPs {
 		guarded[ip] = true
 	}
-	c := &Chain{Name: FirewallChain(sp.Key)}
+	c := &nft.Chain{Name: FirewallChain(sp.Key)}
 	for _, p := range ranges {
-		c.Rules = append(c.Rules, Rule{MatchSourceIn{Prefix: p}})
+		c.Rules = append(c.Rules, nft.Rule{nft.AddrIn{Field: nft.Saddr(nftFamily(f)), Prefix: p}})
 	}
 	sr.fw = c
 	return guarded
 }
 
 // finishFirewall ends every admitting rule with admit and drops the rest.
-func (sr *serviceRules) finishFirewall(admit Stmt) {
+func (sr *serviceRules) finishFirewall(admit nft.Verdict) {
 	if sr.fw == nil {
 		return
 	}
 	for i := range sr.fw.Rules {
 		sr.fw.Rules[i] = append(sr.fw.Rules[i], admit)
 	}
-	sr.fw.Rules = append(sr.fw.Rules, Rule{Drop{}})
+	sr.fw.Rules = append(sr.fw.Rules, nft.Rule{nft.Drop})
 	sr.chains = append(sr.chains, sr.fw)
 	sr.fw = nil
 }
@@ -235,23 +229,25 @@ func (sr *serviceRules) finishFirewall(admit Stmt) {
 // dnatRules picks endpoint i of n with probability 1/(n-i). With session
 // affinity (aff names each endpoint's set), a client seen recently goes
 // back to its endpoint first, and every choice refreshes the client's entry.
-func dnatRules(proto model.Protocol, eps []model.Endpoint, aff map[netip.AddrPort]string) []Rule {
-	var out []Rule
+func dnatRules(proto model.Protocol, eps []model.Endpoint, aff map[netip.AddrPort]string, f model.IPFamily) []nft.Rule {
+	var out []nft.Rule
+	l4 := nft.Proto{Proto: proto.Number()}
+	src := []nft.Field{nft.Saddr(nftFamily(f))}
 	if aff != nil {
 		for _, e := range eps {
 			set := aff[e.AddrPort()]
-			out = append(out, Rule{MatchL4Proto{Proto: proto}, MatchSourceInSet{Set: set}, UpdateSource{Set: set}, DNAT{Target: e.AddrPort()}})
+			out = append(out, nft.Rule{l4, nft.Lookup{Key: src, Set: set}, nft.Update{Key: src, Set: set}, nft.DNAT{To: e.AddrPort()}})
 		}
 	}
 	for i, e := range eps {
-		r := Rule{MatchL4Proto{Proto: proto}}
+		r := nft.Rule{l4}
 		if left := len(eps) - i; left > 1 {
-			r = append(r, PickOneIn{N: left})
+			r = append(r, nft.Numgen{Mod: uint32(left)})
 		}
 		if aff != nil {
-			r = append(r, UpdateSource{Set: aff[e.AddrPort()]})
+			r = append(r, nft.Update{Key: src, Set: aff[e.AddrPort()]})
 		}
-		out = append(out, append(r, DNAT{Target: e.AddrPort()}))
+		out = append(out, append(r, nft.DNAT{To: e.AddrPort()}))
 	}
 	return out
 }
@@ -265,7 +261,7 @@ func AffinitySet(k model.ServicePortKey, e netip.AddrPort) string {
 
 // affinity creates the dynamic sets of sp's endpoints when the Service has
 // ClientIP session affinity, and returns their names by endpoint.
-func (sr *serviceRules) affinity(sp *model.ServicePort, eps []model.Endpoint) map[netip.AddrPort]string {
+func (sr *serviceRules) affinity(sp *model.ServicePort, eps []model.Endpoint, f model.IPFamily) map[netip.AddrPort]string {
 	if sp.AffinitySeconds <= 0 || len(eps) == 0 {
 		return nil
 	}
@@ -276,9 +272,10 @@ func (sr *serviceRules) affinity(sp *model.ServicePort, eps []model.Endpoint) ma
 			continue
 		}
 		names[ap] = AffinitySet(sp.Key, ap)
-		sr.sets = append(sr.sets, &Set{Name: names[ap], Fields: []FieldType{FieldAddr}, Timeout: time.Duration(sp.AffinitySeconds) * time.Second})
+		sr.sets = append(sr.sets, &nft.Set{Name: names[ap], Key: []nft.Type{nft.AddrType(nftFamily(f))},
+			Dynamic: true, Timeout: time.Duration(sp.AffinitySeconds) * time.Second, Size: affinitySetSize})
 	}
-	slices.SortFunc(sr.sets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(sr.sets, func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) })
 	return names
 }
 
@@ -300,64 +297,81 @@ func addrsOf(ips []netip.Addr, f model.IPFamily) []netip.Addr {
 	return out
 }
 
+// Priorities of the base chains: the filter chains run before the NAT
+// chains (-110, as kube-proxy's "dstnat - 10"), except the one that must
+// see a destination after DNAT (-90).
+const (
+	prioFilter      = -110
+	prioAfterDNAT   = -90
+	prioDNAT        = -100
+	prioMasquerade  = 100
+	affinitySetSize = 65535 // what nft gives a dynamic set it is not told
+)
+
 // renderBase renders the hooked chains, which depend only on the
 // configuration and the service ranges.
-func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*Chain {
+func renderBase(s *model.State, cfg proxier.Config, f model.IPFamily) []*nft.Chain {
+	fam := nftFamily(f)
 	mark := cfg.Mark()
-	dispatch := Rule{MatchServiceTuple{Set: ServiceIPsMap, Vmap: true}}
+	dispatch := nft.Rule{nft.Vmap{Key: tuple(f), Map: ServiceIPsMap}}
 	loopback := netip.MustParsePrefix("127.0.0.0/8")
 	if f == model.IPv6 {
 		loopback = netip.MustParsePrefix("::1/128")
 	}
-	nodePorts := []Rule{{MatchFibLocal{}, MatchDestIn{Prefix: loopback, Not: true}, MatchProtoPort{Set: NodePortsMap, Vmap: true}}}
-	rejectNodePorts := []Rule{{MatchCtStateNew{}, MatchFibLocal{}, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}}}
+	newConn := nft.CtState{Bits: nft.CtNew}
+	nodePortVmap := nft.Vmap{Key: protoPort, Map: NodePortsMap}
+	noNodePort := nft.Lookup{Key: protoPort, Set: NoEndpointNodePorts}
+	nodePorts := []nft.Rule{{nft.FibLocal{}, nft.AddrIn{Field: nft.Daddr(fam), Prefix: loopback, Not: true}, nodePortVmap}}
+	rejectNodePorts := []nft.Rule{{newConn, nft.FibLocal{}, noNodePort, nft.Reject{}}}
 	if ips, all := cfg.NodePortIPs(s.Node, f); !all {
 		// --nodeport-addresses: only these of the node's addresses.
 		nodePorts, rejectNodePorts = nil, nil
 		for _, ip := range ips {
-			to := MatchDestIn{Prefix: netip.PrefixFrom(ip, ip.BitLen())}
-			nodePorts = append(nodePorts, Rule{to, MatchProtoPort{Set: NodePortsMap, Vmap: true}})
-			rejectNodePorts = append(rejectNodePorts, Rule{MatchCtStateNew{}, to, MatchProtoPort{Set: NoEndpointNodePorts}, Reject{}})
+			to := nft.AddrIn{Field: nft.Daddr(fam), Prefix: netip.PrefixFrom(ip, ip.BitLen())}
+			nodePorts = append(nodePorts, nft.Rule{to, nodePortVmap})
+			rejectNodePorts = append(rejectNodePorts, nft.Rule{newConn, to, noNodePort, nft.Reject{}})
 		}
 	}
-	reject := Rule{MatchCtStateNew{}, MatchServiceTuple{Set: NoEndpointsSet}, Reject{}}
+	reject := nft.Rule{newConn, nft.Lookup{Key: tuple(f), Set: NoEndpointsSet}, nft.Reject{}}
 	// After DNAT, a packet still addressed to a ClusterIP, or to any
 	// address of the service ranges, matched no service port: refuse it at
 	// once rather than let the client time out.
-	postDNAT := []Rule{{MatchCtStateNew{}, MatchDestIn{Set: ClusterIPsSet}, Reject{}}}
+	postDNAT := []nft.Rule{{newConn, nft.Lookup{Key: []nft.Field{nft.Daddr(fam)}, Set: ClusterIPsSet}, nft.Reject{}}}
 	for _, cidr := range s.ServiceCIDRs {
 		if model.FamilyOf(cidr.Addr()) == f {
-			postDNAT = append(postDNAT, Rule{MatchCtStateNew{}, MatchDestIn{Prefix: cidr}, Reject{}})
+			postDNAT = append(postDNAT, nft.Rule{newConn, nft.AddrIn{Field: nft.Daddr(fam), Prefix: cidr}, nft.Reject{}})
 		}
 	}
-	return []*Chain{
-		{Name: chainNatPrerouting, Base: &BaseChain{Type: "nat", Hook: "prerouting", Priority: -100}, Rules: append([]Rule{dispatch}, nodePorts...)},
-		{Name: chainNatOutput, Base: &BaseChain{Type: "nat", Hook: "output", Priority: -100}, Rules: append([]Rule{dispatch}, nodePorts...)},
-		{Name: chainNatPostroute, Base: &BaseChain{Type: "nat", Hook: "postrouting", Priority: 100}, Rules: []Rule{
-			{MatchCtStatusDNAT{}, MatchSourceDest{Set: HairpinSet}, Masquerade{}},
-			{MatchMark{Mark: mark}, ClearMark{Mark: mark}, Masquerade{FullyRandom: true}},
-		}},
-		{Name: chainFilterForward, Base: &BaseChain{Type: "filter", Hook: "forward", Priority: -110}, Rules: append([]Rule{reject}, postDNAT...)},
-		{Name: chainFilterOutput, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -110}, Rules: []Rule{reject}},
-		{Name: chainFilterPostDNAT, Base: &BaseChain{Type: "filter", Hook: "output", Priority: -90}, Rules: postDNAT},
-		{Name: chainFilterInput, Base: &BaseChain{Type: "filter", Hook: "input", Priority: -110}, Rules: rejectNodePorts},
+	base := func(name string, typ nft.ChainType, hook nft.Hook, prio int32, rules ...nft.Rule) *nft.Chain {
+		return &nft.Chain{Name: name, Base: &nft.Base{Type: typ, Hook: hook, Priority: prio}, Rules: rules}
+	}
+	return []*nft.Chain{
+		base(chainNatPrerouting, nft.NAT, nft.Prerouting, prioDNAT, append([]nft.Rule{dispatch}, nodePorts...)...),
+		base(chainNatOutput, nft.NAT, nft.Output, prioDNAT, append([]nft.Rule{dispatch}, nodePorts...)...),
+		base(chainNatPostroute, nft.NAT, nft.Postrouting, prioMasquerade,
+			nft.Rule{nft.CtStatus{Bits: nft.CtDNAT}, nft.Lookup{Key: []nft.Field{nft.Saddr(fam), nft.Daddr(fam)}, Set: HairpinSet}, nft.Masquerade{}},
+			nft.Rule{nft.Mark{Mask: mark, Value: mark}, nft.SetMark{Op: nft.MarkXor, Value: mark}, nft.Masquerade{FullyRandom: true}}),
+		base(chainFilterForward, nft.Filter, nft.Forward, prioFilter, append([]nft.Rule{reject}, postDNAT...)...),
+		base(chainFilterOutput, nft.Filter, nft.Output, prioFilter, reject),
+		base(chainFilterPostDNAT, nft.Filter, nft.Output, prioAfterDNAT, postDNAT...),
+		base(chainFilterInput, nft.Filter, nft.Input, prioFilter, rejectNodePorts...),
 	}
 }
 
-// Render builds the desired ruleset of one family. It is pure: the same
-// State and Config always give the same Ruleset.
-func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *Ruleset {
+// Render builds the desired table of one family. It is pure: the same
+// State and Config always give the same table.
+func Render(s *model.State, cfg proxier.Config, f model.IPFamily) *nft.Table {
 	r, _ := renderAll(s, cfg, f)
 	return r
 }
 
 // renderAll renders the whole table and returns, too, the per-port view
 // the incremental path keeps.
-func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, *written) {
-	w := newWritten(renderBase(s, cfg, f))
-	sets := newSets()
-	var serviceChains []*Chain
-	var affinitySets []*Set
+func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table, *written) {
+	w := newWritten(renderBase(s, cfg, f), f)
+	sets := newSets(f)
+	var serviceChains []*nft.Chain
+	var affinitySets []*nft.Set
 	for _, sp := range s.Sorted() {
 		sr, ok := renderServicePort(sp, cfg, f)
 		if !ok {
@@ -378,39 +392,23 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*Ruleset, 
 		sets.hairpin.Elements = append(sets.hairpin.Elements, hairpinElement(ip))
 	}
 	for _, set := range sets.all() {
-		slices.SortFunc(set.Elements, func(a, b Element) int { return compareElements(set.Fields, a, b) })
+		set.SortElements()
 	}
-	slices.SortFunc(serviceChains, func(a, b *Chain) int { return cmp.Compare(a.Name, b.Name) })
-	slices.SortFunc(affinitySets, func(a, b *Set) int { return cmp.Compare(a.Name, b.Name) })
-	return &Ruleset{Family: f, Sets: append(sets.all(), affinitySets...), Chains: append(slices.Clone(w.base), serviceChains...)}, w
+	slices.SortFunc(serviceChains, func(a, b *nft.Chain) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(affinitySets, func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) })
+	return &nft.Table{Family: nftFamily(f), Name: TableName, Sets: append(sets.all(), affinitySets...),
+		Chains: append(slices.Clone(w.base), serviceChains...)}, w
 }
 
 // masqueradeRule marks traffic that must leave with the node's address:
 // everything with MasqueradeAll, else sources outside the cluster CIDR.
-func masqueradeRule(cfg proxier.Config, f model.IPFamily, mark uint32) Rule {
+func masqueradeRule(cfg proxier.Config, f model.IPFamily, mark uint32) nft.Rule {
+	set := nft.SetMark{Op: nft.MarkOr, Value: mark}
 	if cfg.MasqueradeAll {
-		return Rule{SetMark{Mark: mark}}
+		return nft.Rule{set}
 	}
 	if cidr, ok := cfg.ClusterCIDR(int(f)); ok {
-		return Rule{MatchSourceNotIn{Prefix: cidr}, SetMark{Mark: mark}}
+		return nft.Rule{nft.AddrIn{Field: nft.Saddr(nftFamily(f)), Prefix: cidr, Not: true}, set}
 	}
 	return nil
-}
-
-func compareElements(types []FieldType, a, b Element) int {
-	for i, t := range types {
-		var c int
-		switch t {
-		case FieldAddr:
-			c = a.Fields[i].Addr.Compare(b.Fields[i].Addr)
-		case FieldProto:
-			c = cmp.Compare(a.Fields[i].Proto, b.Fields[i].Proto)
-		default:
-			c = cmp.Compare(a.Fields[i].Port, b.Fields[i].Port)
-		}
-		if c != 0 {
-			return c
-		}
-	}
-	return 0
 }

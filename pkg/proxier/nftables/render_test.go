@@ -22,7 +22,7 @@ func TestRenderGolden(t *testing.T) {
 
 func TestPacketFlowSpec(t *testing.T) {
 	st := flowspec.State()
-	tracer := NewTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6))
+	tracer := newTracer(Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6))
 	flowspec.Run(t, tracer)
 	flowspec.RunExternal(t, tracer)
 	flowspec.RunAffinity(t, tracer)
@@ -199,6 +199,6 @@ func TestNodePortAddressesPinTheNodePorts(t *testing.T) {
 	if !strings.Contains(text, "ip daddr 10.88.0.2 meta l4proto . th dport vmap @service-nodeports") || strings.Contains(text, "fib daddr type local") {
 		t.Errorf("NodePorts are not pinned to the primary address:\n%s", text)
 	}
-	tracer := NewTracer(r, Render(st, cfg, model.IPv6))
+	tracer := newTracer(r, Render(st, cfg, model.IPv6))
 	flowspec.RunExternal(t, tracer) // the spec's NodePorts are all on the primary address
 }

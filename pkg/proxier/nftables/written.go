@@ -5,31 +5,34 @@ import (
 	"slices"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
 // written is what proxyd last wrote into one family's table, kept per
 // service port so that a change touches only what it changed.
 type written struct {
-	base       []*Chain
+	family     model.IPFamily
+	base       []*nft.Chain
 	services   map[model.ServicePortKey]serviceRules
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
 	chains     int
 	dynSets    int // session-affinity sets
 	// needFull is set when an update cannot be written incrementally (an
-	// affinity set whose timeout changed must be recreated).
+	// affinity set whose definition, its timeout, changed must be
+	// recreated).
 	needFull bool
 }
 
-func newWritten(base []*Chain) *written {
-	return &written{base: base, services: map[model.ServicePortKey]serviceRules{},
+func newWritten(base []*nft.Chain, f model.IPFamily) *written {
+	return &written{family: f, base: base, services: map[model.ServicePortKey]serviceRules{},
 		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, chains: len(base)}
 }
 
 // objects is how many chains and sets the table holds: what the kernel
 // reports as the table's use count.
-func (w *written) objects() int { return w.chains + len(newSets().all()) + w.dynSets }
+func (w *written) objects() int { return w.chains + len(newSets(w.family).all()) + w.dynSets }
 
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
@@ -73,7 +76,7 @@ func (p presence) note(counts map[netip.Addr]int, addrs ...netip.Addr) {
 	}
 }
 
-func (p presence) changes(counts map[netip.Addr]int, elem func(netip.Addr) Element) (del, add []Element) {
+func (p presence) changes(counts map[netip.Addr]int, elem func(netip.Addr) nft.Element) (del, add []nft.Element) {
 	for a, was := range p {
 		switch now := counts[a] > 0; {
 		case was && !now:
@@ -90,10 +93,10 @@ func (p presence) changes(counts map[netip.Addr]int, elem func(netip.Addr) Eleme
 // few and small. w must be discarded if the plan fails.
 func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg proxier.Config, f model.IPFamily) Plan {
 	p := Plan{Family: f}
-	sets := newSets()
-	var newChains, changedChains, goneChains []*Chain
-	var newSets, goneSets []*Set
-	del, add := map[*Set][]Element{}, map[*Set][]Element{}
+	sets := newSets(f)
+	var newChains, changedChains, goneChains []*nft.Chain
+	var newSets, goneSets []*nft.Set
+	del, add := map[*nft.Set][]nft.Element{}, map[*nft.Set][]nft.Element{}
 
 	base := renderBase(s, cfg, f)
 	for i, c := range base {
@@ -121,14 +124,14 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			pins.note(w.hairpin, next.hairpin...)
 			w.add(k, next)
 		}
-		added, gone := matchByName(old.chains, next.chains, func(c *Chain) string { return c.Name }, func(o, n *Chain) {
+		added, gone := matchByName(old.chains, next.chains, func(c *nft.Chain) string { return c.Name }, func(o, n *nft.Chain) {
 			if !sameRules(o, n, f) {
 				changedChains = append(changedChains, n)
 			}
 		})
 		newChains, goneChains = append(newChains, added...), append(goneChains, gone...)
-		addedSets, droppedSets := matchByName(old.sets, next.sets, func(s *Set) string { return s.Name }, func(o, n *Set) {
-			if o.Timeout != n.Timeout {
+		addedSets, droppedSets := matchByName(old.sets, next.sets, func(s *nft.Set) string { return s.Name }, func(o, n *nft.Set) {
+			if o.Definition() != n.Definition() {
 				w.needFull = true
 			}
 		})
@@ -158,13 +161,13 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	}
 	for _, set := range sets.all() {
 		if len(del[set]) > 0 {
-			slices.SortFunc(del[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
+			slices.SortFunc(del[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: set, Elements: del[set]})
 		}
 	}
 	for _, set := range sets.all() {
 		if len(add[set]) > 0 {
-			slices.SortFunc(add[set], func(a, b Element) int { return compareElements(set.Fields, a, b) })
+			slices.SortFunc(add[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: set, Elements: add[set]})
 		}
 	}
@@ -208,25 +211,27 @@ func matchByName[T any](old, next []T, name func(T) string, kept func(o, n T)) (
 // diffElements queues the elements of old missing from next for deletion
 // and those of next missing from old for addition; a changed verdict is
 // both.
-func diffElements(del, add map[*Set][]Element, set *Set, old, next []Element) {
+func diffElements(del, add map[*nft.Set][]nft.Element, set *nft.Set, old, next []nft.Element) {
 	have := map[string]bool{}
 	for _, e := range old {
-		have[elementID(set.Fields, e)] = true
+		have[elementID(set, e)] = true
 	}
 	want := map[string]bool{}
 	for _, e := range next {
-		id := elementID(set.Fields, e)
+		id := elementID(set, e)
 		want[id] = true
 		if !have[id] {
 			add[set] = append(add[set], e)
 		}
 	}
 	for _, e := range old {
-		if !want[elementID(set.Fields, e)] {
+		if !want[elementID(set, e)] {
 			del[set] = append(del[set], e)
 		}
 	}
 }
 
-func vipElement(ip netip.Addr) Element     { return Element{Fields: []Value{{Addr: ip}}} }
-func hairpinElement(ip netip.Addr) Element { return Element{Fields: []Value{{Addr: ip}, {Addr: ip}}} }
+func vipElement(ip netip.Addr) nft.Element { return nft.Element{Key: []nft.Value{nft.AddrValue(ip)}} }
+func hairpinElement(ip netip.Addr) nft.Element {
+	return nft.Element{Key: []nft.Value{nft.AddrValue(ip), nft.AddrValue(ip)}}
+}

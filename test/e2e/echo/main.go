@@ -1,7 +1,9 @@
 // Command echo is the test lab's Pod workload and traffic generator.
 //
 // "echo serve" answers with its name: every line received on a TCP connection
-// gets "NAME\n" back (the connection stays open for further lines), every UDP
+// gets "NAME\n" back (the connection stays open for further lines; the line
+// "peer" gets "NAME PEER\n", PEER being the source address:port the server
+// sees, so tests can tell whether a connection was masqueraded), every UDP
 // datagram gets one "NAME\n" datagram back, and a TCP connection that starts
 // with an HTTP GET or HEAD request gets a minimal HTTP/1.1 200 response whose
 // body is "NAME\n", so plain HTTP clients work against it too.
@@ -125,7 +127,11 @@ func handleTCP(c net.Conn, reply []byte) {
 			return
 		}
 		first = false
-		if _, err := c.Write(reply); err != nil {
+		out := reply
+		if line == "peer\n" {
+			out = []byte(strings.TrimSpace(string(reply)) + " " + c.RemoteAddr().String() + "\n")
+		}
+		if _, err := c.Write(out); err != nil {
 			return
 		}
 	}

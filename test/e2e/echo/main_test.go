@@ -107,3 +107,22 @@ func TestAnHTTPGetGetsAnHTTPResponse(t *testing.T) {
 		t.Errorf("body = %q, want pod3", body)
 	}
 }
+
+func TestThePeerLineIsAnsweredWithTheSourceTheServerSees(t *testing.T) {
+	tcp, _ := listen(t, "pod3")
+	c, err := net.Dial("tcp", tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("peer\n")); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "pod3 " + c.LocalAddr().String() + "\n"; line != want {
+		t.Errorf("answer %q, want %q", line, want)
+	}
+}

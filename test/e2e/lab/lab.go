@@ -106,8 +106,10 @@ type Lab struct {
 	mu        sync.Mutex
 	procs     []*Process
 	apiserver *Process // the running kube-apiserver
-	rec       ownerRecord
-	closed    bool
+	// extraNS are namespaces added with AddNamespace.
+	extraNS []string
+	rec     ownerRecord
+	closed  bool
 }
 
 // Start builds a lab: namespaces and links, echo Pods, etcd, kube-apiserver,
@@ -258,6 +260,7 @@ func (l *Lab) namespaces() []string {
 	for _, p := range l.Pods {
 		names = append(names, p.NS)
 	}
+	names = append(names, l.extraNS...)
 	return append(names, l.NodeNS)
 }
 

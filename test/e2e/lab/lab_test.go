@@ -3,6 +3,7 @@ package lab
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -14,17 +15,15 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/proxyd/proxyd/internal/testenv"
 )
 
 // needLab skips unless the test can build a lab.
 func needLab(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
-	if os.Getenv("PROXYD_LAB_BIN") == "" {
-		t.Skip("PROXYD_LAB_BIN is not set (see hack/build-tools.sh)")
-	}
+	testenv.NeedRoot(t)
+	testenv.NeedEnv(t, "PROXYD_LAB_BIN", "see hack/build-tools.sh")
 }
 
 // startLab starts a lab and closes it when the test ends.
@@ -264,9 +263,7 @@ func TestSecondLabInTheSameProcess(t *testing.T) {
 }
 
 func TestSweepCleansUpAfterADeadOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
+	testenv.NeedRoot(t)
 	// A dead owner: a process that has exited and been reaped.
 	dead := exec.Command("true")
 	if err := dead.Run(); err != nil {
@@ -352,6 +349,9 @@ func TestLabNetnsNamesOnlyMatchLabs(t *testing.T) {
 		"pxd-0123abcd-node":                      true,
 		"pxd-0123abcd-client":                    true,
 		"pxd-0123abcd-pod12":                     true,
+		"pxd-0123abcd-node3":                     true,
+		"pxd-0123abcd-wire":                      true,
+		"pxd-0123abcd-wire2":                     false,
 		"pxd-probe":                              false,
 		"pxd-0123abcd-other":                     false,
 		"pxd-0123ABCD-node":                      false,
@@ -373,8 +373,16 @@ func TestStartTearsDownWhenTheAPIServerDies(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bin, "kube-apiserver"), []byte("#!/bin/sh\necho fake apiserver: boom\nexit 3\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := os.ReadDir(netnsDir)
-	l, err := Start(context.Background(), Config{Pods: 1, BinDir: bin, Logf: t.Logf})
+	// The lab's id, from its first log line: other labs on the machine
+	// may add and remove namespaces meanwhile, so only this lab's count.
+	var id string
+	logf := func(format string, args ...any) {
+		if line := fmt.Sprintf(format, args...); id == "" && strings.HasPrefix(line, "lab ") {
+			id, _, _ = strings.Cut(strings.TrimPrefix(line, "lab "), ":")
+		}
+		t.Logf(format, args...)
+	}
+	l, err := Start(context.Background(), Config{Pods: 1, BinDir: bin, Logf: logf})
 	if err == nil {
 		l.Close()
 		t.Fatal("Start succeeded with a failing kube-apiserver")
@@ -382,8 +390,13 @@ func TestStartTearsDownWhenTheAPIServerDies(t *testing.T) {
 	if !strings.Contains(err.Error(), "fake apiserver: boom") {
 		t.Errorf("error does not carry the apiserver's log tail: %v", err)
 	}
-	after, _ := os.ReadDir(netnsDir)
-	if len(after) != len(before) {
-		t.Errorf("namespaces before %v, after the failed Start %v", before, after)
+	if id == "" {
+		t.Fatal("the lab logged no id")
+	}
+	ents, _ := os.ReadDir(netnsDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "pxd-"+id+"-") {
+			t.Errorf("namespace %s is left after the failed Start", e.Name())
+		}
 	}
 }

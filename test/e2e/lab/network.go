@@ -87,12 +87,24 @@ func inNetns(name string, fn func() error) error {
 // DialContext returns a dial function whose sockets live in the network
 // namespace ns. Addresses should be IP literals (no DNS inside the lab).
 func DialContext(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return DialContextFrom(ns, "")
+}
+
+// DialContextFrom is DialContext from the local address src (an IP
+// literal of ns; "" lets the kernel choose).
+func DialContextFrom(ns, src string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := inNetns(ns, func() error {
 			// FallbackDelay < 0 keeps the dial in this goroutine (no
 			// happy-eyeballs racers on other, unswitched threads).
 			d := net.Dialer{FallbackDelay: -1}
+			if src != "" {
+				d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+				if strings.HasPrefix(network, "udp") {
+					d.LocalAddr = &net.UDPAddr{IP: net.ParseIP(src)}
+				}
+			}
 			var err error
 			c, err = d.DialContext(ctx, network, addr)
 			return err

@@ -12,6 +12,8 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/proxyd/proxyd/internal/testenv"
 )
 
 // TestLabCarriesServiceTrafficWithUpstreamKubeProxy proves the lab's
@@ -23,7 +25,7 @@ func TestLabCarriesServiceTrafficWithUpstreamKubeProxy(t *testing.T) {
 	needLab(t)
 	kubeProxy := filepath.Join(os.Getenv("PROXYD_LAB_BIN"), "kube-proxy")
 	if _, err := os.Stat(kubeProxy); err != nil {
-		t.Skipf("no upstream kube-proxy: %v", err)
+		testenv.Skipf(t, "no upstream kube-proxy: %v", err)
 	}
 	l := startLab(t, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

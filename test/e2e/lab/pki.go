@@ -155,6 +155,12 @@ func (l *Lab) writePKI() error {
 // APIServerURL, and returns its path. Example: a kubelet identity is
 // Kubeconfig("kubelet", "system:node:node1", "system:nodes").
 func (l *Lab) Kubeconfig(name, user string, groups ...string) (string, error) {
+	return l.KubeconfigAt(l.APIServerURL, name, user, groups...)
+}
+
+// KubeconfigAt is Kubeconfig for a client that reaches the apiserver at
+// server (e.g. https://NodeIP:6443 from another namespace).
+func (l *Lab) KubeconfigAt(server, name, user string, groups ...string) (string, error) {
 	if l.pki == nil {
 		return "", fmt.Errorf("lab: Kubeconfig before the CA exists")
 	}
@@ -181,7 +187,7 @@ contexts:
     cluster: lab
     user: %s
 current-context: lab
-`, l.APIServerURL, b64(l.pki.pem), name, b64(crt), b64(key), name)
+`, server, b64(l.pki.pem), name, b64(crt), b64(key), name)
 	path := filepath.Join(l.Dir, name+".kubeconfig")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		return "", err

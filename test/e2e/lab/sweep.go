@@ -25,7 +25,7 @@ const netnsDir = "/run/netns"
 
 // labNetns matches the namespace names a lab creates (and nothing else with
 // the pxd- prefix, which other tests use for their own namespaces).
-var labNetns = regexp.MustCompile(`^pxd-([0-9a-f]{8})-(node|client|pod[0-9]+)$`)
+var labNetns = regexp.MustCompile(`^pxd-([0-9a-f]{8})-(node[0-9]*|client|pod[0-9]+|wire)$`)
 
 // procID names a process unambiguously: a PID plus its start time, so a
 // recycled PID is never mistaken for ours.
@@ -71,7 +71,7 @@ func (l *Lab) saveRecord() error {
 // Sweep cleans up after labs whose owning process is gone: it kills their
 // recorded daemons (only when PID and start time both match), deletes their
 // namespaces, temp dirs (unless the dead run had PROXYD_LAB_KEEP=1) and records, and deletes
-// lab-named namespaces (pxd-<8 hex>-node|client|podN) that have no record at
+// lab-named namespaces (pxd-<8 hex>-node|nodeN|client|podN|wire) that have no record at
 // all. Labs of live processes, and pxd- namespaces not named like a lab's,
 // are left alone. Start calls it.
 func Sweep() { sweep(log.Printf) }

@@ -6,10 +6,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
-
-	"github.com/proxyd/proxyd/test/e2e/lab"
 )
 
 // containerdConfig is a CRI config whose every directory is under dir. The
@@ -53,7 +52,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     max_conf_num = 1
 `
 
-// cniConfig is a bridge + host-local (+ portmap) network on cni0.
+// cniConfig is a bridge + host-local (+ portmap) network on cni0; the
+// gateway is the subnet's first address.
 const cniConfig = `{
   "cniVersion": "0.4.0",
   "name": "pxd-node",
@@ -67,7 +67,7 @@ const cniConfig = `{
       "ipam": {
         "type": "host-local",
         "dataDir": "{{dir}}/cni/ipam",
-        "ranges": [[{"subnet": "` + CNISubnet + `", "gateway": "` + CNIGateway + `"}]],
+        "ranges": [[{"subnet": "{{subnet}}", "gateway": "{{gateway}}"}]],
         "routes": [{"dst": "0.0.0.0/0"}]
       }
     },
@@ -118,14 +118,16 @@ func (n *Node) startContainerd(ctx context.Context) error {
 		}
 	}
 	cfgPath := filepath.Join(n.Dir, "containerd", "config.toml")
-	if err := os.WriteFile(cfgPath, []byte(render(containerdConfig, "{{dir}}", n.Dir, "{{pause}}", PauseImage)), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(render(containerdConfig, "{{dir}}", n.Dir, "{{pause}}", n.spec.SandboxImage)), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(n.Dir, "cni/net.d/10-pxd.conflist"), []byte(render(cniConfig, "{{dir}}", n.Dir)), 0o644); err != nil {
-		return err
+	if n.PodCIDR != "" {
+		if err := n.writeCNIConfig(); err != nil {
+			return err
+		}
 	}
 	var err error
-	if n.containerd, err = startDaemon(n.Lab.NodeNS, n.Dir, "containerd.log", "containerd", "--config", cfgPath); err != nil {
+	if n.containerd, err = startDaemon(n.NS, n.Dir, "containerd.log", "containerd", "--config", cfgPath); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -143,62 +145,56 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	}
 }
 
-func (n *Node) startControlPlane() error {
-	l := n.Lab
-	bin := n.tools
-	kcmKC, err := l.Kubeconfig("kube-controller-manager", "system:kube-controller-manager", "system:masters")
+// writeCNIConfig writes the bridge network for n.PodCIDR; containerd
+// watches the directory and the kubelet turns Ready once it is there.
+func (n *Node) writeCNIConfig() error {
+	_, subnet, err := net.ParseCIDR(n.PodCIDR)
 	if err != nil {
-		return err
+		return fmt.Errorf("node %s: pod CIDR: %w", n.Name, err)
 	}
-	schedKC, err := l.Kubeconfig("kube-scheduler", "system:kube-scheduler", "system:masters")
-	if err != nil {
-		return err
+	gw := append(net.IP(nil), subnet.IP.To4()...)
+	if gw == nil {
+		return fmt.Errorf("node %s: pod CIDR %s is not IPv4", n.Name, n.PodCIDR)
 	}
-	n.kcm, err = startDaemon(l.NodeNS, n.Dir, "kube-controller-manager.log", filepath.Join(bin, "kube-controller-manager"),
-		"--kubeconfig="+kcmKC,
-		"--leader-elect=false",
-		"--service-account-private-key-file="+filepath.Join(l.Dir, "pki", "sa.key"),
-		"--root-ca-file="+l.CAFile(),
-		"--use-service-account-credentials=false",
-		"--allocate-node-cidrs=false",
-		"--bind-address=127.0.0.1",
-		"--cluster-cidr="+lab.ClusterCIDRs,
-		"--service-cluster-ip-range="+lab.ServiceCIDRs,
-		"--node-monitor-grace-period=20s",
-		"--concurrent-service-endpoint-syncs=5",
-		"--endpointslice-updates-batch-period=0s",
-		"--v=1",
-	)
-	if err != nil {
-		return err
-	}
-	n.sched, err = startDaemon(l.NodeNS, n.Dir, "kube-scheduler.log", filepath.Join(bin, "kube-scheduler"),
-		"--kubeconfig="+schedKC,
-		"--leader-elect=false",
-		"--bind-address=127.0.0.1",
-		"--v=1",
-	)
-	return err
+	gw[3]++
+	conf := render(cniConfig, "{{dir}}", n.Dir, "{{subnet}}", subnet.String(), "{{gateway}}", gw.String())
+	return os.WriteFile(filepath.Join(n.Dir, "cni/net.d/10-pxd.conflist"), []byte(conf), 0o644)
 }
 
 func (n *Node) startKubelet() error {
 	l := n.Lab
-	kc, err := l.Kubeconfig("kubelet", "system:node:"+n.Name, "system:nodes")
+	kc, err := l.KubeconfigAt(n.spec.APIServer, "kubelet-"+n.Name, "system:node:"+n.Name, "system:nodes")
 	if err != nil {
 		return err
 	}
+	cfg := render(kubeletConfig, "{{dir}}", n.Dir, "{{ca}}", l.CAFile())
+	if n.spec.CgroupRoot != "" {
+		cfg += "cgroupRoot: " + n.spec.CgroupRoot + "\n"
+	}
+	if n.spec.ClusterDNS != "" {
+		cfg += "clusterDNS: [" + n.spec.ClusterDNS + "]\n"
+	}
 	cfgPath := filepath.Join(n.Dir, "kubelet", "config.yaml")
-	if err := os.WriteFile(cfgPath, []byte(render(kubeletConfig, "{{dir}}", n.Dir, "{{ca}}", l.CAFile())), 0o644); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
-	n.kubelet, err = startDaemon(l.NodeNS, n.Dir, "kubelet.log", filepath.Join(n.tools, "kubelet"),
-		"--config="+cfgPath,
-		"--kubeconfig="+kc,
-		"--hostname-override="+n.Name,
-		"--node-ip="+l.NodeIP+","+l.NodeIPv6,
-		"--root-dir="+filepath.Join(n.Dir, "kubelet", "root"),
-		"--cert-dir="+filepath.Join(n.Dir, "kubelet", "pki"),
+	args := []string{filepath.Join(n.spec.ToolsDir, "kubelet"),
+		"--config=" + cfgPath,
+		"--kubeconfig=" + kc,
+		"--hostname-override=" + n.Name,
+		"--node-ip=" + strings.Join(n.spec.NodeIPs, ","),
+		"--root-dir=" + filepath.Join(n.Dir, "kubelet", "root"),
+		"--cert-dir=" + filepath.Join(n.Dir, "kubelet", "pki"),
 		"--v=1",
-	)
+	}
+	if len(n.spec.Labels) > 0 {
+		var kv []string
+		for k, v := range n.spec.Labels {
+			kv = append(kv, k+"="+v)
+		}
+		sort.Strings(kv)
+		args = append(args, "--node-labels="+strings.Join(kv, ","))
+	}
+	n.kubelet, err = startDaemon(n.NS, n.Dir, "kubelet.log", args...)
 	return err
 }

@@ -47,7 +47,7 @@ const (
 // Packages are the Debian packages the node needs.
 var Packages = []string{"containerd", "runc", "containernetworking-plugins"}
 
-// Config says how to build the node.
+// Config says how to build the one-node lab (Start).
 type Config struct {
 	// ToolsDir holds kubelet, kube-controller-manager, kube-scheduler
 	// (default: the lab's BinDir).
@@ -62,43 +62,137 @@ type Config struct {
 	Logf     func(format string, args ...any)
 }
 
-// Node is a running node.
+// Spec says where and as what one kubelet node runs.
+type Spec struct {
+	// Name is the Node's name; NS the network namespace its containerd,
+	// kubelet and hostNetwork Pods live in; Dir holds everything they keep.
+	Name, NS, Dir string
+	// NodeIPs are the kubelet's --node-ip addresses (the Node's InternalIPs).
+	NodeIPs []string
+	// APIServer is the URL the kubelet reaches the apiserver at (default
+	// the lab's APIServerURL, which only works in the lab's node namespace).
+	APIServer string
+	// CgroupRoot is the kubelet's cgroupRoot (default "/"). Two kubelets on
+	// one host must not share one: each deletes the Pod cgroups it does not
+	// know. A non-default root is created in every hierarchy and removed by
+	// Close.
+	CgroupRoot string
+	// PodCIDR is the CNI subnet. Empty: wait for kube-controller-manager to
+	// allocate Node.spec.podCIDR and write the CNI config then.
+	PodCIDR string
+	// ClusterDNS is the kubelet's clusterDNS address (none if empty).
+	ClusterDNS string
+	// Labels are the kubelet's --node-labels (e.g. topology.kubernetes.io/zone).
+	Labels map[string]string
+	// Images are image tarballs imported into containerd before the
+	// kubelet starts.
+	Images []string
+	// SandboxImage is containerd's sandbox_image (default PauseImage).
+	SandboxImage string
+	// ToolsDir holds kubelet (default the lab's BinDir).
+	ToolsDir string
+	Logf     func(format string, args ...any)
+}
+
+// Node is a running kubelet node.
 type Node struct {
-	Lab        *lab.Lab
-	Name       string
-	Dir        string // Lab.Dir/node
-	Sock       string // containerd's socket
-	Client     kubernetes.Interface
-	Timings    map[string]time.Duration
+	Lab    *lab.Lab
+	Name   string
+	NS     string
+	Dir    string
+	Sock   string // containerd's socket
+	Client kubernetes.Interface
+	// PodCIDR is the node's CNI subnet (given or allocated).
+	PodCIDR string
+	Timings map[string]time.Duration
+	spec    Spec
+	// ctl are the controllers Start started for the one-node lab.
+	ctl        *Controllers
 	containerd *daemon
 	kubelet    *daemon
-	kcm, sched *daemon
+	cgroups    []string // the cgroupRoot directories created, one per hierarchy
 	snap       hostSnapshot
-	tools      string
 	logf       func(string, ...any)
 }
 
-// Start brings the node up on l and waits until the Node is Ready. The
-// lab's hand-made Node object (same name) is deleted first so the kubelet
-// registers its own.
-func Start(ctx context.Context, l *lab.Lab, cfg Config) (n *Node, err error) {
+// Start brings the one-node lab up: kube-controller-manager and
+// kube-scheduler, then a kubelet node in the lab's node namespace with the
+// fixed CNISubnet, and waits until the Node is Ready. The lab's hand-made
+// Node object (same name) is deleted first so the kubelet registers its own.
+func Start(ctx context.Context, l *lab.Lab, cfg Config) (*Node, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
 	}
 	if cfg.ToolsDir == "" {
 		cfg.ToolsDir = l.BinDir
 	}
-	n = &Node{Lab: l, Name: l.NodeName, Dir: filepath.Join(l.Dir, "node"), logf: cfg.Logf, tools: cfg.ToolsDir,
-		Timings: map[string]time.Duration{}}
-	n.Sock = filepath.Join(n.Dir, "containerd", "containerd.sock")
 	begin := time.Now()
-	if err := EnsurePackages(cfg.Logf); err != nil {
+	timings := map[string]time.Duration{}
+	dir := filepath.Join(l.Dir, "node")
+	images := cfg.ImagesDir
+	if images == "" {
+		images = filepath.Join(dir, "images")
+		if err := BuildImages(ctx, cfg.RepoRoot, images, cfg.ProxydBin); err != nil {
+			return nil, err
+		}
+		timings["images"] = time.Since(begin)
+	}
+	cs, err := l.Clientset()
+	if err != nil {
 		return nil, err
 	}
-	for _, b := range []string{"kubelet", "kube-controller-manager", "kube-scheduler"} {
-		if _, err := os.Stat(filepath.Join(cfg.ToolsDir, b)); err != nil {
-			return nil, fmt.Errorf("node: %w", err)
-		}
+	if err := cs.CoreV1().Nodes().Delete(ctx, l.NodeName, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("delete the lab's Node %s: %w", l.NodeName, err)
+	}
+	ctl, err := StartControllers(l, ControllerOptions{ToolsDir: cfg.ToolsDir, ClusterCIDR: lab.ClusterCIDRs})
+	if err != nil {
+		return nil, err
+	}
+	var tars []string
+	for _, img := range []string{"pause.tar", "echo.tar", "proxyd.tar"} {
+		tars = append(tars, filepath.Join(images, img))
+	}
+	n, err := StartKubelet(ctx, l, Spec{
+		Name: l.NodeName, NS: l.NodeNS, Dir: dir, NodeIPs: []string{l.NodeIP, l.NodeIPv6},
+		PodCIDR: CNISubnet, Images: tars, ToolsDir: cfg.ToolsDir, Logf: cfg.Logf,
+	})
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	n.ctl = ctl
+	for k, v := range timings {
+		n.Timings[k] = v
+	}
+	n.Timings["total"] = time.Since(begin)
+	return n, nil
+}
+
+// StartKubelet starts containerd and a kubelet as spec says, registers the
+// Node and waits until it is Ready (with an allocated Pod CIDR when
+// spec.PodCIDR is empty). On error it tears down what it started.
+func StartKubelet(ctx context.Context, l *lab.Lab, spec Spec) (n *Node, err error) {
+	if spec.Logf == nil {
+		spec.Logf = log.Printf
+	}
+	if spec.ToolsDir == "" {
+		spec.ToolsDir = l.BinDir
+	}
+	if spec.APIServer == "" {
+		spec.APIServer = l.APIServerURL
+	}
+	if spec.SandboxImage == "" {
+		spec.SandboxImage = PauseImage
+	}
+	n = &Node{Lab: l, Name: spec.Name, NS: spec.NS, Dir: spec.Dir, PodCIDR: spec.PodCIDR, spec: spec,
+		logf: spec.Logf, Timings: map[string]time.Duration{}}
+	n.Sock = filepath.Join(n.Dir, "containerd", "containerd.sock")
+	begin := time.Now()
+	if err := EnsurePackages(spec.Logf); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(spec.ToolsDir, "kubelet")); err != nil {
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
 		return nil, err
@@ -106,25 +200,23 @@ func Start(ctx context.Context, l *lab.Lab, cfg Config) (n *Node, err error) {
 	if n.Client, err = l.Clientset(); err != nil {
 		return nil, err
 	}
-	images := cfg.ImagesDir
-	if images == "" {
-		images = filepath.Join(n.Dir, "images")
-		if err := BuildImages(ctx, cfg.RepoRoot, images, cfg.ProxydBin); err != nil {
-			return nil, err
-		}
-		n.Timings["images"] = time.Since(begin)
-	}
 	if err := sweepNodes(n.logf); err != nil {
 		n.logf("node: sweep: %v", err)
 	}
 	n.snap = snapshotHost()
 	defer func() {
 		if err != nil {
-			n.logf("node: start failed (%v); tearing down", err)
+			n.logf("node %s: start failed (%v); tearing down", n.Name, err)
 			n.Close()
 			n = nil
 		}
 	}()
+	if err := n.saveRecord(); err != nil {
+		return n, err
+	}
+	if err := n.makeCgroupRoot(); err != nil {
+		return n, err
+	}
 	t0 := time.Now()
 	if err := n.startContainerd(ctx); err != nil {
 		return n, err
@@ -132,32 +224,51 @@ func Start(ctx context.Context, l *lab.Lab, cfg Config) (n *Node, err error) {
 	if err := n.saveRecord(); err != nil {
 		return n, err
 	}
-	for _, img := range []string{"pause.tar", "echo.tar", "proxyd.tar"} {
-		if out, err := n.ctr(ctx, "images", "import", filepath.Join(images, img)); err != nil {
+	for _, img := range spec.Images {
+		if out, err := n.ctr(ctx, "images", "import", img); err != nil {
 			return n, fmt.Errorf("ctr import %s: %w\n%s", img, err, out)
 		}
 	}
 	n.Timings["containerd+import"] = time.Since(t0)
-	if err := n.Client.CoreV1().Nodes().Delete(ctx, n.Name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		return n, fmt.Errorf("delete the lab's Node %s: %w", n.Name, err)
-	}
 	t1 := time.Now()
-	if err := n.startControlPlane(); err != nil {
-		return n, err
-	}
 	if err := n.startKubelet(); err != nil {
 		return n, err
 	}
 	if err := n.saveRecord(); err != nil {
 		return n, err
 	}
+	if n.PodCIDR == "" {
+		if n.PodCIDR, err = n.waitPodCIDR(ctx, 60*time.Second); err != nil {
+			return n, err
+		}
+		if err := n.writeCNIConfig(); err != nil {
+			return n, err
+		}
+	}
 	if err := n.WaitReady(ctx, 90*time.Second); err != nil {
 		return n, err
 	}
 	n.Timings["kubelet→Ready"] = time.Since(t1)
 	n.Timings["total"] = time.Since(begin)
-	n.logf("node %s: Ready; timings %v", n.Name, n.Timings)
+	n.logf("node %s: Ready (pod CIDR %s); timings %v", n.Name, n.PodCIDR, n.Timings)
 	return n, nil
+}
+
+// waitPodCIDR waits until the Node has spec.podCIDR (from
+// kube-controller-manager's node IPAM) and returns it.
+func (n *Node) waitPodCIDR(ctx context.Context, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if n.kubelet.exited() {
+			return "", fmt.Errorf("kubelet exited: %v\n%s", n.kubelet.err, tail(n.kubelet.log, 30))
+		}
+		no, err := n.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err == nil && no.Spec.PodCIDR != "" {
+			return no.Spec.PodCIDR, nil
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return "", fmt.Errorf("node %s: no pod CIDR allocated after %s (is kube-controller-manager allocating?)", n.Name, timeout)
 }
 
 // EnsurePackages installs the Debian packages that are missing, with a
@@ -247,8 +358,9 @@ func (n *Node) WaitReady(ctx context.Context, timeout time.Duration) error {
 }
 
 // Close stops kubelet (after asking it to remove every Pod), the
-// controllers, containerd and its shims, unmounts what is under Dir and
-// restores the host paths. It returns what it could not clean.
+// controllers Start started, containerd and its shims, unmounts what is
+// under Dir, removes the cgroupRoot and restores the host paths. It returns
+// what it could not clean.
 func (n *Node) Close() error {
 	if n == nil {
 		return nil
@@ -258,8 +370,7 @@ func (n *Node) Close() error {
 		n.drain()
 	}
 	n.kubelet.stop(10 * time.Second)
-	n.sched.stop(5 * time.Second)
-	n.kcm.stop(5 * time.Second)
+	n.ctl.Close()
 	if n.containerd != nil && !n.containerd.exited() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		n.removeSandboxes(ctx)
@@ -269,6 +380,7 @@ func (n *Node) Close() error {
 	n.containerd.stop(10 * time.Second)
 	killPIDs(append(shims, shimPIDs(n.Sock)...))
 	errs = append(errs, unmountAll(n.Dir)...)
+	errs = append(errs, removeCgroups(n.cgroups)...)
 	// Host paths are shared by concurrent nodes: only the last one out
 	// removes them.
 	if n.snap.existed != nil && !otherLiveNodes(n.recordPath()) {
@@ -283,20 +395,21 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
-// drain deletes every Pod bound to the node and waits (≤30 s) until the
-// kubelet has torn their sandboxes down.
+// drain deletes every DaemonSet, Deployment, ReplicaSet and Pod (of every
+// node: Close tears the whole lab down) and waits (≤30 s) until this
+// node's kubelet has torn its sandboxes down.
 func (n *Node) drain() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cs := n.Client
-	// Controllers would recreate Pods: remove the DaemonSet and workloads first.
-	_ = cs.AppsV1().DaemonSets("kube-system").Delete(ctx, "proxyd", metav1.DeleteOptions{})
+	// Controllers would recreate Pods: remove the DaemonSets and workloads first.
 	nss, err := cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return
 	}
 	zero := int64(0)
 	for _, ns := range nss.Items {
+		_ = cs.AppsV1().DaemonSets(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 		_ = cs.AppsV1().Deployments(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 		_ = cs.AppsV1().ReplicaSets(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 		_ = cs.CoreV1().Pods(ns.Name).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})

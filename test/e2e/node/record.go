@@ -29,9 +29,13 @@ type record struct {
 	// Existed are the host paths (hostPaths) and CRI netns that existed
 	// before the node started: a sweep must not remove them.
 	Existed []string `json:"existed"`
+	// Cgroups are the node's own cgroupRoot directories (removed by a sweep).
+	Cgroups []string `json:"cgroups,omitempty"`
 }
 
-func (n *Node) recordPath() string { return filepath.Join(recordDir, n.Lab.ID+".json") }
+func (n *Node) recordPath() string {
+	return filepath.Join(recordDir, n.Lab.ID+"-"+n.Name+".json")
+}
 
 // saveRecord writes the node's record with its daemons' PIDs.
 func (n *Node) saveRecord() error {
@@ -42,14 +46,14 @@ func (n *Node) saveRecord() error {
 	if err != nil {
 		return err
 	}
-	r := record{Owner: self, Dir: n.Dir, Sock: n.Sock}
+	r := record{Owner: self, Dir: n.Dir, Sock: n.Sock, Cgroups: n.cgroups}
 	for p := range n.snap.existed {
 		r.Existed = append(r.Existed, p)
 	}
 	for p := range n.snap.netns {
 		r.Existed = append(r.Existed, p)
 	}
-	for _, d := range []*daemon{n.containerd, n.kcm, n.sched, n.kubelet} {
+	for _, d := range []*daemon{n.containerd, n.kubelet} {
 		if d == nil {
 			continue
 		}
@@ -142,6 +146,7 @@ func sweepNodes(logf func(string, ...any)) error {
 		}
 		killPIDs(pids)
 		errs = append(errs, unmountAll(r.Dir)...)
+		errs = append(errs, removeCgroups(r.Cgroups)...)
 		if strings.Contains(r.Dir, "/pxd-lab-") && len(mountsUnder(r.Dir)) == 0 {
 			if err := os.RemoveAll(r.Dir); err != nil {
 				errs = append(errs, err)

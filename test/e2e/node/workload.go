@@ -3,6 +3,7 @@ package node
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -37,12 +38,21 @@ func (n *Node) kubectlStdin(ctx context.Context, stdin []byte, args ...string) (
 // ApplyProxyd applies the manifest file as it is, except that the
 // DaemonSet goes through `kubectl set env --local` to get
 // KUBERNETES_SERVICE_HOST/PORT = the apiserver's real address (the
-// manifest has them commented out; see the report). The image reference
-// stays proxyd:dev, which is what hack/image tags the imported image.
-func (n *Node) ApplyProxyd(ctx context.Context, manifest string) error {
+// manifest has them commented out; see the report), and, if mode is not
+// empty, its --mode arguments say mode. The image reference stays
+// proxyd:dev, which is what hack/image tags the imported image.
+func (n *Node) ApplyProxyd(ctx context.Context, manifest, mode string) error {
 	b, err := os.ReadFile(manifest)
 	if err != nil {
 		return err
+	}
+	if mode != "" {
+		// The proxyd container's and its init container's.
+		modeArg := regexp.MustCompile(`(?m)^(\s*- )--mode=\S+$`)
+		if len(modeArg.FindAll(b, -1)) == 0 {
+			return fmt.Errorf("%s: no --mode argument", manifest)
+		}
+		b = modeArg.ReplaceAll(b, []byte("${1}--mode="+mode))
 	}
 	docs := regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1)
 	var rest, ds []string
@@ -243,4 +253,39 @@ func PodNetns(ctx context.Context, ip string) (string, error) {
 // Traffic runs lab echo client traffic from the network namespace ns.
 func (n *Node) Traffic(ctx context.Context, ns, addr string, count int) (lab.ClientResult, error) {
 	return n.Lab.TrafficWith(ctx, ns, lab.TrafficOptions{Proto: "tcp", Addr: addr, Count: count, Parallel: 8, Timeout: 2 * time.Second})
+}
+
+// PodNetnsOf returns the path of the network namespace of Pod ns/name on
+// this node, from its sandbox in this node's containerd (unlike PodNetns,
+// right even when another lab has a Pod with the same IP).
+func (n *Node) PodNetnsOf(ctx context.Context, ns, name string) (string, error) {
+	filter := fmt.Sprintf(`labels."io.kubernetes.pod.name"==%s,labels."io.kubernetes.pod.namespace"==%s,labels."io.cri-containerd.kind"==sandbox`, name, ns)
+	out, err := n.ctr(ctx, "containers", "ls", "-q", filter)
+	if err != nil {
+		return "", fmt.Errorf("ctr containers ls: %w: %s", err, out)
+	}
+	ids := strings.Fields(out)
+	if len(ids) == 0 {
+		return "", fmt.Errorf("no sandbox of pod %s/%s on %s", ns, name, n.Name)
+	}
+	info, err := n.ctr(ctx, "containers", "info", ids[len(ids)-1])
+	if err != nil {
+		return "", fmt.Errorf("ctr containers info: %w", err)
+	}
+	var c struct {
+		Spec struct {
+			Linux struct {
+				Namespaces []struct{ Type, Path string } `json:"namespaces"`
+			} `json:"linux"`
+		} `json:"Spec"`
+	}
+	if err := json.Unmarshal([]byte(info), &c); err != nil {
+		return "", fmt.Errorf("ctr containers info: %w", err)
+	}
+	for _, nsp := range c.Spec.Linux.Namespaces {
+		if nsp.Type == "network" && nsp.Path != "" {
+			return filepath.Base(nsp.Path), nil
+		}
+	}
+	return "", fmt.Errorf("sandbox of pod %s/%s has no network namespace path", ns, name)
 }

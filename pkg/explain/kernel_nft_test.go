@@ -1,0 +1,144 @@
+package explain
+
+import (
+	"context"
+	"math"
+	"net/netip"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/proxyd/proxyd/internal/testenv"
+	"github.com/proxyd/proxyd/pkg/conntrack"
+	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
+	"github.com/proxyd/proxyd/pkg/proxier/nftables"
+)
+
+func TestKernelNFTables(t *testing.T) {
+	testenv.NeedTool(t, "nft")
+	inNewNetns(t, "TestKernelNFTablesInNetns")
+}
+
+// The real nftables backend writes the flow spec's State in the test's
+// namespace; explain reads it back over netlink and traces it.
+func TestKernelNFTablesInNetns(t *testing.T) {
+	inNetns(t)
+	ctx := context.Background()
+	nodeNetwork(t)
+	s := flowspec.State()
+	p, err := nftables.New(flowspec.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Sync(ctx, s, model.Compute(nil, s)); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := conntrack.NewReader(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reader.Close()
+	explain := explainWith(&Explainer{Dataplane: &NFTables{Config: p.Config(), Families: p.Families()}, Conntrack: reader,
+		State: func() *model.State { return s }, ReadBy: "test"})
+	web := netip.AddrPortFrom(flowspec.WebVIP, 80)
+	pods := []netip.AddrPort{netip.AddrPortFrom(flowspec.Pod1, 8080), netip.AddrPortFrom(flowspec.Pod2, 8080), netip.AddrPortFrom(flowspec.Pod3, 8080)}
+
+	t.Run("a client's connection to a ClusterIP: the Service, a third to each Pod, no masquerade, no drift", func(t *testing.T) {
+		r := explain(t, flowspec.Client, web)
+		if r.Service == nil || r.Service.Name != "web" || r.Service.Kind != "ClusterIP" || r.MatchedBy == nil ||
+			r.MatchedBy.Rule != "ip daddr . meta l4proto . th dport vmap @service-ips" {
+			t.Errorf("service %+v matched by %+v", r.Service, r.MatchedBy)
+		}
+		if len(r.Outcomes) != 3 {
+			t.Fatalf("%d outcomes, want 3", len(r.Outcomes))
+		}
+		for i, o := range r.Outcomes {
+			if o.Endpoint != pods[i] || math.Abs(o.Probability-1.0/3) > 1e-12 || o.Masquerade {
+				t.Errorf("outcome %d: %+v, want %v at 1/3 unmasqueraded", i, o, pods[i])
+			}
+		}
+		if r.Masquerade.Decision != "no" || !strings.Contains(strings.Join(r.Masquerade.Why, " "), "inside the cluster CIDR 10.244.0.0/16") {
+			t.Errorf("masquerade %+v", r.Masquerade)
+		}
+		if !r.Drift.Known || len(r.Drift.Differences) != 0 {
+			t.Errorf("drift %+v: the kernel holds exactly what proxyd wrote", r.Drift)
+		}
+	})
+
+	t.Run("the node's own connection is masqueraded, as it comes from outside the cluster CIDR", func(t *testing.T) {
+		r := explain(t, flowspec.NodeIP, web)
+		if !r.Query.FromNode || r.Masquerade.Decision != "yes" || !strings.Contains(r.Masquerade.Why[0], "outside the cluster CIDR") {
+			t.Errorf("from node %v, masquerade %+v", r.Query.FromNode, r.Masquerade)
+		}
+	})
+
+	t.Run("after a real sticky connection its affinity element is named and followed", func(t *testing.T) {
+		sticky := netip.AddrPortFrom(flowspec.StickyVIP, 80)
+		// A SYN from the node: the output hook's DNAT puts the node's
+		// address in the chosen endpoint's dynamic set.
+		knock(sticky)
+		r := explain(t, flowspec.NodeIP, sticky)
+		if len(r.Affinity) != 1 {
+			t.Fatalf("affinity %+v, want one entry", r.Affinity)
+		}
+		a := r.Affinity[0]
+		set := nftables.AffinitySet(model.ServicePortKey{Namespace: "default", Name: "sticky", Port: "p", Protocol: model.TCP}, a.Endpoint)
+		if !a.Active || a.Where != "dynamic set ip proxyd @"+set || a.Timeout != 3*time.Hour || !a.AgeKnown || a.Age > time.Minute || a.Expires < 3*time.Hour-time.Minute {
+			t.Errorf("affinity %+v, want a fresh entry in @%s with the Service's timeout", a, set)
+		}
+		if len(r.Outcomes) != 1 || r.Outcomes[0].Endpoint != a.Endpoint || r.Outcomes[0].Probability != 1 {
+			t.Errorf("outcomes %+v, want all to the affinity's endpoint %v", r.Outcomes, a.Endpoint)
+		}
+		if r.ConntrackOther != 1 {
+			t.Errorf("%d unanswered entries, want the one SYN", r.ConntrackOther)
+		}
+		if !r.Drift.Known || len(r.Drift.Differences) != 0 {
+			t.Errorf("the element the SYN added is drift: %+v", r.Drift)
+		}
+	})
+
+	t.Run("an established connection in conntrack is listed with its endpoint", func(t *testing.T) {
+		established(t, web, pods[1])
+		r := explain(t, flowspec.Client, web)
+		if len(r.Conntrack) != 1 || r.Conntrack[0].Endpoint != pods[1] || r.Conntrack[0].State != "ESTABLISHED" {
+			t.Errorf("conntrack %+v", r.Conntrack)
+		}
+	})
+
+	t.Run("a rule deleted by hand is drift, and the trace follows the kernel", func(t *testing.T) {
+		chain := nftables.ServiceChain(model.ServicePortKey{Namespace: "default", Name: "web", Port: "p", Protocol: model.TCP})
+		listing := sh(t, "nft", "-a", "list", "chain", "ip", nftables.TableName, chain)
+		m := regexp.MustCompile(`numgen random mod 3 0 dnat to 10\.244\.1\.11:8080 # handle (\d+)`).FindStringSubmatch(listing)
+		if m == nil {
+			t.Fatalf("no rule for the first endpoint in:\n%s", listing)
+		}
+		sh(t, "nft", "delete", "rule", "ip", nftables.TableName, chain, "handle", m[1])
+		r := explain(t, flowspec.Client, web)
+		want := "ip proxyd: chain " + chain + ": rule missing: meta l4proto tcp numgen random mod 3 0 dnat to 10.244.1.11:8080"
+		if !r.Drift.Known || len(r.Drift.Differences) != 1 || r.Drift.Differences[0] != want {
+			t.Errorf("drift %q, want %q", r.Drift.Differences, want)
+		}
+		if len(r.Outcomes) != 2 || r.Outcomes[0].Endpoint != pods[1] || r.Outcomes[0].Probability != 0.5 {
+			t.Errorf("outcomes %+v, want the two endpoints the kernel still has, half each", r.Outcomes)
+		}
+		if !strings.Contains(text(t, r), "!!! DRIFT") {
+			t.Error("the text does not shout about the drift")
+		}
+	})
+
+	t.Run("an element deleted by hand is drift, and the VIP is refused", func(t *testing.T) {
+		sh(t, "nft", "delete", "element", "ip", nftables.TableName, nftables.ServiceIPsMap, "{ 10.96.0.10 . tcp . 80 }")
+		r := explain(t, flowspec.Client, web)
+		want := "ip proxyd: map service-ips: element missing: 10.96.0.10 . tcp . 80 : goto " +
+			nftables.ServiceChain(model.ServicePortKey{Namespace: "default", Name: "web", Port: "p", Protocol: model.TCP})
+		if !strings.Contains(strings.Join(r.Drift.Differences, "\n"), want) {
+			t.Errorf("drift %q, want %q among them", r.Drift.Differences, want)
+		}
+		if r.Verdict != "reject" || r.Service != nil || r.MatchedBy == nil || !strings.Contains(r.MatchedBy.Rule, "@cluster-ips reject") {
+			t.Errorf("verdict %s, service %v, matched by %+v: the kernel now refuses it as an unknown port of a ClusterIP", r.Verdict, r.Service, r.MatchedBy)
+		}
+	})
+}
