@@ -1,5 +1,5 @@
 // Package pipeline measures proxyd's whole sync path in one process: the
-// informers (over a fake clientset), the memoised Build, the diff and the
+// informers (over a fake clientset), the incremental Builder, the diff and the
 // nftables backend writing into a real kernel in a fresh network
 // namespace. It is what one endpoint change costs a node at scale, without
 // an apiserver in the loop.
@@ -7,8 +7,11 @@ package pipeline
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	goruntime "runtime"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -52,10 +55,17 @@ func objects(i int) (*v1.Service, *discovery.EndpointSlice) {
 	return svc, es
 }
 
+// heapProfile names a file for BenchmarkPipelineOneEndpointChange to write
+// the heap profile of its steady state into.
+var heapProfile = flag.String("heapprofile", "", "write the steady state's heap profile to this file")
+
 // BenchmarkPipelineOneEndpointChange syncs N Services × 10 endpoints, then
 // times single-endpoint changes from the informer's event to the kernel's
-// commit: Snapshot, memoised Build, diff and the nftables transaction.
-// PROXYD_PIPELINE_N sets N (default 1000).
+// commit: the informer's changes, the Builder's Update, the Diff of the
+// changed keys and the nftables transaction. After the changes it reports
+// the live heap (after a GC) of that steady state — the informer's caches
+// and the fake clientset's copy of every object included — and writes its
+// profile with -heapprofile FILE. PROXYD_PIPELINE_N sets N (default 1000).
 func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	n := 1000
 	if v, err := strconv.Atoi(os.Getenv("PROXYD_PIPELINE_N")); err == nil && v > 0 {
@@ -83,13 +93,13 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var builder model.Builder
+	src := newSource(inf)
 	start := time.Now()
-	st := builder.Build(inf.Snapshot())
-	if err := backend.Sync(ctx, st, model.Compute(nil, st)); err != nil {
+	st, d := src.next()
+	if err := backend.Sync(ctx, st, d); err != nil {
 		t.Fatal(err)
 	}
-	b.ReportMetric(time.Since(start).Seconds(), "full-sync-s")
+	fullSync := time.Since(start) // ResetTimer would drop a metric reported now
 	var build, sync time.Duration
 	b.ResetTimer()
 	for i := range b.N {
@@ -107,8 +117,7 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 			b.Fatal("the informer never reported the change")
 		}
 		t0 := time.Now()
-		next := builder.Build(inf.Snapshot())
-		d := model.Compute(st, next)
+		next, d := src.next()
 		t1 := time.Now()
 		if err := backend.Sync(ctx, next, d); err != nil {
 			b.Fatal(err)
@@ -120,6 +129,28 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 		sync += time.Since(t1)
 		st = next
 	}
+	b.ReportMetric(fullSync.Seconds(), "full-sync-s")
 	b.ReportMetric(float64(build.Microseconds())/float64(b.N)/1000, "build+diff-ms/op")
 	b.ReportMetric(float64(sync.Microseconds())/float64(b.N)/1000, "kernel-sync-ms/op")
+	b.StopTimer()
+	objs = nil
+	goruntime.GC()
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MiB")
+	if *heapProfile != "" {
+		f, err := os.Create(*heapProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	goruntime.KeepAlive(st)
+	goruntime.KeepAlive(src)
+	goruntime.KeepAlive(backend)
+	goruntime.KeepAlive(inf)
+	goruntime.KeepAlive(client)
 }
