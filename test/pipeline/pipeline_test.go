@@ -55,6 +55,57 @@ func objects(i int) (*v1.Service, *discovery.EndpointSlice) {
 	return svc, es
 }
 
+// workload is an informer over a fake clientset holding N Services × 10
+// endpoints, N from PROXYD_PIPELINE_N.
+type workload struct {
+	n      int
+	client *fake.Clientset
+	inf    *informer.Informer
+	rec    recorder
+}
+
+// startWorkload starts the informer and waits for its caches; n is the
+// default N.
+func startWorkload(ctx context.Context, b *testing.B, n int) *workload {
+	b.Helper()
+	if v, err := strconv.Atoi(os.Getenv("PROXYD_PIPELINE_N")); err == nil && v > 0 {
+		n = v
+	}
+	var objs []runtime.Object
+	for i := range n {
+		svc, es := objects(i)
+		objs = append(objs, svc, es)
+	}
+	// NewClientset's field-managed tracker builds a REST mapper per create,
+	// which takes minutes at 10k objects; the plain tracker is enough here.
+	w := &workload{n: n, client: fake.NewSimpleClientset(objs...), rec: recorder{ch: make(chan struct{}, 1)}}
+	w.inf = informer.New(w.client, informer.Options{NodeName: "node1"}, w.rec)
+	go w.inf.Run(ctx)
+	if err := w.inf.WaitForSync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
+// change flips the readiness of one endpoint of Service i mod N and waits
+// until the informer reports it.
+func (w *workload) change(ctx context.Context, b *testing.B, i int) {
+	b.Helper()
+	_, es := objects(i % w.n)
+	es.Endpoints[3].Conditions.Ready = ptr(i/w.n%2 == 1)
+	for len(w.rec.ch) > 0 {
+		<-w.rec.ch
+	}
+	if _, err := w.client.DiscoveryV1().EndpointSlices("bench").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-w.rec.ch:
+	case <-time.After(10 * time.Second):
+		b.Fatal("the informer never reported the change")
+	}
+}
+
 // heapProfile names a file for BenchmarkPipelineOneEndpointChange to write
 // the heap profile of its steady state into.
 var heapProfile = flag.String("heapprofile", "", "write the steady state's heap profile to this file")
@@ -67,33 +118,16 @@ var heapProfile = flag.String("heapprofile", "", "write the steady state's heap 
 // and the fake clientset's copy of every object included — and writes its
 // profile with -heapprofile FILE. PROXYD_PIPELINE_N sets N (default 1000).
 func BenchmarkPipelineOneEndpointChange(b *testing.B) {
-	n := 1000
-	if v, err := strconv.Atoi(os.Getenv("PROXYD_PIPELINE_N")); err == nil && v > 0 {
-		n = v
-	}
 	t := b
 	ns := testns.New(t, "pipe")
-	var objs []runtime.Object
-	for i := range n {
-		svc, es := objects(i)
-		objs = append(objs, svc, es)
-	}
-	// NewClientset's field-managed tracker builds a REST mapper per create,
-	// which takes minutes at 10k objects; the plain tracker is enough here.
-	client := fake.NewSimpleClientset(objs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rec := recorder{ch: make(chan struct{}, 1)}
-	inf := informer.New(client, informer.Options{NodeName: "node1"}, rec)
-	go inf.Run(ctx)
-	if err := inf.WaitForSync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorkload(ctx, b, 1000)
 	backend, err := nftables.New(proxier.Config{}, nftables.WithNetNS(ns.FD), nftables.WithFamilies(model.IPv4))
 	if err != nil {
 		t.Fatal(err)
 	}
-	src := newSource(inf)
+	src := newSource(w.inf)
 	start := time.Now()
 	st, d := src.next()
 	if err := backend.Sync(ctx, st, d); err != nil {
@@ -103,19 +137,7 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	var build, sync time.Duration
 	b.ResetTimer()
 	for i := range b.N {
-		_, es := objects(i % n)
-		es.Endpoints[3].Conditions.Ready = ptr(i/n%2 == 1)
-		for len(rec.ch) > 0 {
-			<-rec.ch
-		}
-		if _, err := client.DiscoveryV1().EndpointSlices("bench").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case <-rec.ch:
-		case <-time.After(10 * time.Second):
-			b.Fatal("the informer never reported the change")
-		}
+		w.change(ctx, b, i)
 		t0 := time.Now()
 		next, d := src.next()
 		t1 := time.Now()
@@ -133,7 +155,6 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	b.ReportMetric(float64(build.Microseconds())/float64(b.N)/1000, "build+diff-ms/op")
 	b.ReportMetric(float64(sync.Microseconds())/float64(b.N)/1000, "kernel-sync-ms/op")
 	b.StopTimer()
-	objs = nil
 	goruntime.GC()
 	var ms goruntime.MemStats
 	goruntime.ReadMemStats(&ms)
@@ -151,6 +172,5 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	goruntime.KeepAlive(st)
 	goruntime.KeepAlive(src)
 	goruntime.KeepAlive(backend)
-	goruntime.KeepAlive(inf)
-	goruntime.KeepAlive(client)
+	goruntime.KeepAlive(w)
 }
