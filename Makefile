@@ -78,11 +78,12 @@ lab: tools
 
 # fuzz runs each fuzz target for FUZZTIME, one after another: the
 # conversions of Services and EndpointSlices, Build over colliding
-# Services, and the incremental Builder against Build. A failing input
-# lands in the package's testdata/fuzz.
+# Services, the incremental Builder against Build, and Build carried into
+# the nftables and iptables renderings and a full plan. A failing input
+# lands in the package's testdata/fuzz. About 3 min of make test.
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./pkg/informer/convert:FuzzConvertService ./pkg/informer/convert:FuzzConvertEndpointSlice \
-	./pkg/model:FuzzBuild ./pkg/model:FuzzUpdate
+	./pkg/model:FuzzBuild ./pkg/model:FuzzUpdate ./pkg/model:FuzzBuildRenderPlan
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo ">>> fuzzing $${t#*:} for $(FUZZTIME)"; \
