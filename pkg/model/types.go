@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -340,6 +341,17 @@ type State struct {
 	// byService indexes Services by Service name when a Builder made the
 	// State (nil otherwise: PortsOf then scans).
 	byService map[NamespacedName][]ServicePortKey
+}
+
+// Copy returns a State that the Builder which made s does not change
+// later: its own map of the same service ports (which never change) and
+// its own list of conflicts. For readers on other goroutines.
+func (s *State) Copy() *State {
+	c := *s
+	c.Services = maps.Clone(s.Services)
+	c.Conflicts = slices.Clone(s.Conflicts)
+	c.byService = nil
+	return &c
 }
 
 // PortsOf returns the service ports of the Service n, in no order.
