@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -287,7 +288,7 @@ func (r *Runner) written(state *model.State, diff model.Diff, keys []model.Servi
 	var again []model.ServicePortKey
 	if refused != nil {
 		again = refused.Ports
-		state = r.refuse(refused, state)
+		state = r.refuse(refused, state, kept)
 		diff = model.ComputeKeys(r.applied, state, keys)
 	}
 	for _, k := range keys {
@@ -309,10 +310,14 @@ func (r *Runner) written(state *model.State, diff model.Diff, keys []model.Servi
 
 // refuse records the ports the kernel refused in a sync of written,
 // reports those refused for the first time, and returns what the kernel
-// now has: written, with the refused ports as they were.
-func (r *Runner) refuse(e *RefusedError, written *model.State) *model.State {
-	applied, fresh := r.held.refuse(e.Ports, written, r.applied, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
-	for _, k := range e.Ports {
+// now has: written, with the refused ports as they were. A port kept back
+// from this sync was not tried: a backend naming it again (one that keeps
+// a refused port out until it changes) changes neither its refused value
+// nor its backoff.
+func (r *Runner) refuse(e *RefusedError, written *model.State, kept map[model.ServicePortKey]bool) *model.State {
+	tried := slices.DeleteFunc(slices.Clone(e.Ports), func(k model.ServicePortKey) bool { return kept[k] })
+	applied, fresh := r.held.refuse(tried, written, r.applied, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
+	for _, k := range tried {
 		if hp := r.held[k]; hp != nil {
 			klog.V(2).InfoS("Service port refused by the kernel; retrying later", "servicePort", k.String(), "retryIn", hp.wait)
 		}

@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -19,22 +20,39 @@ import (
 // pickyKernel holds the service ports it was given, like a kernel holds
 // rules: a Sync takes every port but those on the refused port number,
 // which it leaves as they were, and removes the ports the State lacks.
+// A sticky one is a backend like nftables mode's: it keeps a refused port
+// out, and names it in every Sync's RefusedError, until the Diff says the
+// port changed.
 type pickyKernel struct {
 	mu       sync.Mutex
 	refuse   uint16 // the port number the kernel refuses
+	sticky   bool
+	out      map[model.ServicePortKey]bool
 	has      map[model.ServicePortKey]*model.ServicePort
 	attempts map[model.ServicePortKey]int // how often each port was written
 	done     chan struct{}
 }
 
 func (k *pickyKernel) Mode() string { return "picky" }
-func (k *pickyKernel) Sync(_ context.Context, s *model.State, _ model.Diff) error {
+func (k *pickyKernel) Sync(_ context.Context, s *model.State, d model.Diff) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	defer func() { k.done <- struct{}{} }()
+	for _, key := range d.Changed() {
+		delete(k.out, key)
+	}
 	next := map[model.ServicePortKey]*model.ServicePort{}
 	var refused []model.ServicePortKey
+	for key := range k.out {
+		refused = append(refused, key)
+		if old := k.has[key]; old != nil {
+			next[key] = old
+		}
+	}
 	for key, sp := range s.Services {
+		if k.out[key] {
+			continue
+		}
 		if k.has[key] == sp {
 			next[key] = sp
 			continue
@@ -42,6 +60,9 @@ func (k *pickyKernel) Sync(_ context.Context, s *model.State, _ model.Diff) erro
 		k.attempts[key]++
 		if sp.Port == k.refuse {
 			refused = append(refused, key)
+			if k.sticky {
+				k.out[key] = true
+			}
 			if old := k.has[key]; old != nil {
 				next[key] = old
 			}
@@ -91,31 +112,48 @@ func (w *warnings) get() []string {
 	return slices.Clone(w.list)
 }
 
+// portTable is the desired port number of each Service "ns/NAME", one
+// service port each, changed by the test while the runner builds States.
+type portTable struct {
+	mu    sync.Mutex
+	ports map[string]uint16
+}
+
+func (p *portTable) build() *model.State {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	st := &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}
+	for i, name := range slices.Sorted(maps.Keys(p.ports)) {
+		st.Services[portKey(name)] = &model.ServicePort{Key: portKey(name), Port: p.ports[name],
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)})}}
+	}
+	return st
+}
+
+func (p *portTable) set(name string, port uint16) {
+	p.mu.Lock()
+	p.ports[name] = port
+	p.mu.Unlock()
+}
+
 func portKey(name string) model.ServicePortKey {
 	return model.ServicePortKey{Namespace: "ns", Name: name, Port: "p", Protocol: model.TCP}
 }
 
 func TestARefusedPortIsRetriedWithBackoffWhileEverythingElseSyncs(t *testing.T) {
+	for _, sticky := range []bool{false, true} {
+		t.Run(fmt.Sprintf("a backend that names a refused port until it changes: %v", sticky), func(t *testing.T) {
+			refusedPortRetries(t, sticky)
+		})
+	}
+}
+
+func refusedPortRetries(t *testing.T, sticky bool) {
 	clock := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	kernel := &pickyKernel{refuse: 666, has: map[model.ServicePortKey]*model.ServicePort{},
+	kernel := &pickyKernel{refuse: 666, sticky: sticky, out: map[model.ServicePortKey]bool{}, has: map[model.ServicePortKey]*model.ServicePort{},
 		attempts: map[model.ServicePortKey]int{}, done: make(chan struct{}, 100)}
-	var mu sync.Mutex
-	ports := map[string]uint16{"good": 80, "bad": 666}
-	build := func() *model.State {
-		mu.Lock()
-		defer mu.Unlock()
-		st := &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}
-		for i, name := range slices.Sorted(maps.Keys(ports)) {
-			st.Services[portKey(name)] = &model.ServicePort{Key: portKey(name), Port: ports[name],
-				ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)})}}
-		}
-		return st
-	}
-	set := func(name string, port uint16) {
-		mu.Lock()
-		ports[name] = port
-		mu.Unlock()
-	}
+	pt := &portTable{ports: map[string]uint16{"good": 80, "bad": 666}}
+	build, set := pt.build, pt.set
 	m := metrics.New("picky")
 	events := &warnings{}
 	r := NewRunner(kernel, Rebuild(build), RunnerOptions{MinInterval: 0, MaxInterval: time.Minute, RetryMin: time.Second,
@@ -167,6 +205,40 @@ func TestARefusedPortIsRetriedWithBackoffWhileEverythingElseSyncs(t *testing.T) 
 	if got, want := events.get(), []string{"ns/bad " + ReasonKernelRefused}; !slices.Equal(got, want) {
 		t.Errorf("events = %v, want one per refused port: %v", got, want)
 	}
+}
+
+// A refused update keeps the port's previous rules and is tried again only
+// when its backoff expires, even though a sticky backend names it in
+// every sync while it is kept back.
+func TestARefusedUpdateIsRetriedOnlyAfterItsBackoff(t *testing.T) {
+	clock := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	kernel := &pickyKernel{refuse: 666, sticky: true, out: map[model.ServicePortKey]bool{}, has: map[model.ServicePortKey]*model.ServicePort{},
+		attempts: map[model.ServicePortKey]int{}, done: make(chan struct{}, 100)}
+	pt := &portTable{ports: map[string]uint16{"good": 80, "bad": 80}}
+	build, set := pt.build, pt.set
+	r := NewRunner(kernel, Rebuild(build), RunnerOptions{MinInterval: 0, MaxInterval: time.Minute, RetryMin: time.Second, Clock: clock})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go r.Run(ctx)
+	h := &harness{t: t, clock: clock, b: &fakeBackend{done: kernel.done}, r: r}
+	h.waitSync()
+
+	step := func(name string, change func(), wantTries int) {
+		t.Helper()
+		change()
+		h.waitSync()
+		if n := kernel.tries(portKey("bad")); n != wantTries {
+			t.Errorf("%s: the port was written %d times, want %d", name, n, wantTries)
+		}
+		if got := kernel.holds()[portKey("bad")]; got != 80 {
+			t.Errorf("%s: the kernel holds the port at %d, want its previous 80", name, got)
+		}
+	}
+	notify := func() { r.OnChange("service", time.Time{}) }
+	step("the refused update", func() { set("bad", 666); notify() }, 2)
+	step("a change elsewhere while it is kept back", func() { set("good", 81); notify() }, 2)
+	step("another change elsewhere", func() { set("good", 82); notify() }, 2)
+	step("its backoff expired", func() { h.advance(time.Second) }, 3)
 }
 
 // gauge reads the gauge name from m's registry.
