@@ -370,7 +370,7 @@ against the pre-contender baseline (leftovers are reported, then flushed).
   ` + "`service-ips`" + ` map read over netlink every 20 ms; iptables: ` + "`<PREFIX>SERVICES`" + ` rules in iptables-save).
 - programming latency: K changes one after another, each on another Service, toggling one
   endpoint's readiness; from just before the API write until the service chain shows the new
-  endpoint count (nftables: numgen modulus read over netlink; iptables: ` + "`-j <PREFIX>SEP-`" + ` rules in
+  endpoint count (nftables: numgen modulus read over netlink; iptables: ` + "`-j <PREFIX>SEP-`" + ` and ` + "`-j DNAT`" + ` rules in
   ` + "`iptables -S <chain>`" + `). The poll granularity row is the mean time of one poll: latencies are
   late by up to that much.
 - restart + idle: the contender is restarted with ` + "`--sync-period 2s`" + ` over the rules its first process

@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/proxyd/proxyd/internal/nfacct"
 	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/healthcheck"
 	"github.com/proxyd/proxyd/pkg/healthz"
@@ -28,6 +29,7 @@ import (
 	"github.com/proxyd/proxyd/pkg/metrics"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 )
 
 // Run is the daemon: it returns nil when ctx ends (SIGTERM), leaving the
@@ -62,6 +64,12 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	m := metrics.New(o.Mode)
+	if o.Mode == "iptables" {
+		m.CollectNFAcct(iptables.CounterLocalhostNodePorts, iptables.CounterInvalidDropped, func(name string) (uint64, error) {
+			c, err := nfacct.Get(name)
+			return c.Packets, err
+		})
+	}
 	// inf, and src's informer, are set below: the informer needs the runner.
 	var inf *informer.Informer
 	src := &changes{}
