@@ -17,7 +17,7 @@ E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit race lab e2e e2e-node e2e-cluster e2e-upstream e2e-tools e2e-images images lint deps tools demo bench bench-smoke soak clean ipvs-vm help kind-up kind-deploy kind-down
+.PHONY: all build test unit race fuzz lab e2e e2e-node e2e-cluster e2e-upstream e2e-tools e2e-images images lint deps tools demo bench bench-smoke soak clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -29,6 +29,7 @@ help:
 	@echo "make soak    - an hour of churn (SOAK_DURATION): 0 failed connections, flat RSS, kernel = model"
 	@echo "make e2e-upstream - the upstream e2e Service tests, proxyd and kube-proxy side by side (hours)"
 	@echo "make lint    - gofmt, go vet, staticcheck"
+	@echo "make fuzz    - every fuzz target for FUZZTIME (30s) each"
 
 build:
 	$(GO) build -trimpath -o $(BIN)/proxyd ./cmd/proxyd
@@ -75,6 +76,20 @@ race:
 # kube-proxy carrying Service traffic in it) against the built binaries.
 lab: tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) ./test/e2e/lab/
+
+# fuzz runs each fuzz target for FUZZTIME, one after another: the
+# conversions of Services and EndpointSlices, Build over colliding
+# Services, the incremental Builder against Build, and Build carried into
+# the nftables and iptables renderings and a full plan. A failing input
+# lands in the package's testdata/fuzz. About 3 min of make test.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./pkg/informer/convert:FuzzConvertService ./pkg/informer/convert:FuzzConvertEndpointSlice \
+	./pkg/model:FuzzBuild ./pkg/model:FuzzUpdate ./pkg/model:FuzzBuildRenderPlan
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo ">>> fuzzing $${t#*:} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) $${t%%:*} || exit 1; \
+	done
 
 e2e: build tools
 	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) PROXYD_BIN=$(BIN)/proxyd \
@@ -154,7 +169,7 @@ bench-smoke: build tools
 # make test is what CI runs, so it sets CI itself: a test that lacks a tool
 # or root then fails instead of skipping (internal/testenv), whoever runs it.
 test: export CI ?= 1
-test: deps lint unit race lab e2e e2e-node e2e-cluster ipvs-vm bench-smoke
+test: deps lint unit race fuzz lab e2e e2e-node e2e-cluster ipvs-vm bench-smoke
 
 # kind, for users with Docker (not exercised in CI; see deploy/kind/README.md).
 kind-up:

@@ -139,6 +139,17 @@ func (c *Collector) Programmed(s *model.State, d model.Diff) {
 	c.ready.note(s, d, c.clock.Now())
 }
 
+// ReadStateFrom makes the collector read the programmed State through get
+// when it walks, instead of keeping the State Programmed hands it: for a
+// caller whose State changes in place with the next sync, get returns a
+// copy that does not (and returns the same pointer until it changes).
+// Programmed still notes what changed, on the caller's goroutine.
+func (c *Collector) ReadStateFrom(get func() *model.State) {
+	c.ready.mu.Lock()
+	c.ready.get = get
+	c.ready.mu.Unlock()
+}
+
 // Run walks the table every Interval until ctx ends.
 func (c *Collector) Run(ctx context.Context) {
 	t := c.clock.NewTicker(c.cfg.Interval)

@@ -350,3 +350,20 @@ func TestRefreshWalksAtOnceWhenAServiceWasProgrammedSinceTheLastWalk(t *testing.
 		t.Error("a Service programmed after a fresh walk is unknown to Refresh's view")
 	}
 }
+
+// A caller whose State changes in place hands the collector a getter of
+// copies: the walk follows the copy it returns, not the State Programmed
+// was given.
+func TestAWalkReadsTheStateFromTheGetterWhenOneIsSet(t *testing.T) {
+	tab := &table{}
+	tab.connect(1, 40001, webVIP, 4)
+	c, _, _ := newTestCollector(t, tab, Config{})
+	live := webState(3)
+	copied := webState(4)
+	c.ReadStateFrom(func() *model.State { return copied })
+	c.Programmed(live, model.Compute(nil, live))
+
+	if got, want := counts(scan(t, c)), "10.244.1.11=0 10.244.1.12=0 10.244.1.13=0 10.244.1.14=1"; got != want {
+		t.Errorf("per endpoint: %s, want %s (the getter's State, with pod 4)", got, want)
+	}
+}

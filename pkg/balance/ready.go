@@ -15,8 +15,11 @@ import (
 // already candidates in the first State proxyd programmed are marked
 // atStart, since they may have been ready long before.
 type readiness struct {
-	mu      sync.Mutex
-	state   *model.State
+	mu    sync.Mutex
+	state *model.State
+	// get, when set, returns the State to read instead of state (see
+	// Collector.ReadStateFrom).
+	get     func() *model.State
 	started bool
 	// first is signalled when the first State is noted, so that the
 	// collector walks at once instead of an interval later.
@@ -72,7 +75,13 @@ func (r *readiness) take() *model.State {
 	case <-r.first: // this walk is the one the first State asked for
 	default:
 	}
+	get := r.get
 	r.mu.Unlock()
+	if get != nil {
+		if s = get(); s == nil {
+			return nil
+		}
+	}
 	for k, at := range changed {
 		sp := s.Services[k]
 		if sp == nil {

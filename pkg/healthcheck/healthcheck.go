@@ -25,6 +25,9 @@ type Server struct {
 
 	mu       sync.RWMutex
 	services map[model.NamespacedName]*instance
+
+	// want are the health checks Update keeps; only its caller uses it.
+	want map[model.NamespacedName]model.HealthCheck
 }
 
 type instance struct {
@@ -44,6 +47,24 @@ func New(healthy func() bool) *Server {
 // NewWithListener is New with the listening left to listen, for tests.
 func NewWithListener(listen func(port uint16) (net.Listener, error), healthy func() bool) *Server {
 	return &Server{listen: listen, healthy: healthy, services: map[model.NamespacedName]*instance{}}
+}
+
+// Update is Sync after a sync that changed the ports changed of st: the
+// health checks of their Services are recomputed from st, the others kept
+// from earlier calls, so a sync pays for what it changed.
+func (s *Server) Update(st *model.State, changed []model.ServicePortKey) {
+	if s.want == nil {
+		s.want = map[model.NamespacedName]model.HealthCheck{}
+	}
+	for _, k := range changed {
+		n := k.Service()
+		if hc, ok := st.HealthCheckOf(n); ok {
+			s.want[n] = hc
+		} else {
+			delete(s.want, n)
+		}
+	}
+	s.Sync(s.want)
 }
 
 // Sync makes the listeners match checks: it closes those of Services that

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -104,5 +105,29 @@ func TestATakenPortIsRetriedOnTheNextSync(t *testing.T) {
 	s.Sync(checks)
 	if code, _, err := get(t, port); err != nil || code != http.StatusOK {
 		t.Errorf("after the port was freed: %d %v", code, err)
+	}
+}
+
+func TestUpdateFollowsTheChangedServicesOnly(t *testing.T) {
+	s := NewWithListener(loopback, func() bool { return true })
+	defer s.Close()
+	port := freePort(t)
+	svc := &model.Service{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.1")},
+		ExternalLocal: true, HealthCheckNodePort: port, Ports: []model.ServicePortSpec{{Name: "http", Protocol: model.TCP, Port: 80}}}
+	snap := model.Snapshot{Services: map[model.NamespacedName]*model.Service{web: svc}}
+	st := model.Build(snap)
+	key := model.ServicePortKey{Namespace: "default", Name: "web", Port: "http", Protocol: model.TCP}
+
+	s.Update(st, []model.ServicePortKey{key})
+	if code, _, err := get(t, port); err != nil || code != http.StatusServiceUnavailable {
+		t.Fatalf("after the first update: %d %v, want 503 (no local endpoint)", code, err)
+	}
+	s.Update(&model.State{}, nil)
+	if code, _, err := get(t, port); err != nil || code != http.StatusServiceUnavailable {
+		t.Errorf("an update that changed nothing closed the health check: %d %v", code, err)
+	}
+	s.Update(&model.State{}, []model.ServicePortKey{key})
+	if _, _, err := get(t, port); err == nil {
+		t.Errorf("the port still answers after the Service's port was removed")
 	}
 }

@@ -1,7 +1,13 @@
 // Package informer is proxyd's edge to the apiserver: it watches Services,
 // EndpointSlices and the node proxyd runs on, converts each object once into
-// the plain types of pkg/model (dropping everything proxyd must ignore), and
-// tells a Handler when a converted value actually changed.
+// the plain types of pkg/model (package convert drops everything proxyd must
+// ignore, and the informer reports it), and tells a Handler when a converted
+// value actually changed.
+//
+// Each watch is a client-go reflector that writes into the informer's own
+// store of converted values (watch.go): no client-go cache holds the API
+// objects. HoldDuringOutages keeps the reflectors from backing off while the
+// apiserver is unreachable, so changes flow as soon as it answers again.
 //
 // Filtering happens here and nowhere else. Server-side label selectors keep
 // headless Services and other proxies' objects off the wire, exactly as

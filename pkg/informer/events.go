@@ -2,85 +2,70 @@ package informer
 
 import (
 	"context"
-	"fmt"
-	"strings"
-	"sync/atomic"
-	"time"
+	"unicode/utf8"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/klog/v2"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/events"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
-// EventRecorder posts Events on Services, as component "proxyd" on this
-// node. Callers rate-limit. The Service's UID, without which `kubectl
-// describe` does not show an Event, comes from the Informer's cache (kube-
-// proxy's role may list Services but not get them).
-type EventRecorder struct {
-	client kubernetes.Interface
-	node   string
-	inf    atomic.Pointer[Informer]
+// Events posts proxyd's Warning Events through the events.k8s.io/v1 API,
+// as kube-proxy posts its own, with reportingController "proxyd". The
+// ClusterRole in deploy/daemonset.yaml grants create and patch on events.
+// Repeats of one Event are merged into a series by client-go.
+type Events struct {
+	broadcaster events.EventBroadcaster
+	recorder    events.EventRecorder
 }
 
-// NewEventRecorder returns a recorder posting through client; it needs
-// Use before it can name a Service.
-func NewEventRecorder(client kubernetes.Interface, node string) *EventRecorder {
-	return &EventRecorder{client: client, node: node}
+// NewEvents returns Events writing through client; nothing is sent until
+// Run.
+func NewEvents(client kubernetes.Interface) *Events {
+	b := events.NewBroadcaster(&events.EventSinkImpl{Interface: client.EventsV1()})
+	return &Events{broadcaster: b, recorder: b.NewRecorder(scheme.Scheme, "proxyd")}
 }
 
-// Use makes the recorder look Services up in inf's cache.
-func (r *EventRecorder) Use(inf *Informer) { r.inf.Store(inf) }
-
-// Warn posts a Warning Event on the Service; failures are logged.
-func (r *EventRecorder) Warn(svc model.NamespacedName, reason, message string) {
-	if err := r.post(svc, v1.EventTypeWarning, reason, message); err != nil {
-		klog.ErrorS(err, "Could not post an Event", "service", svc, "reason", reason)
+// Run sends Events until ctx ends.
+func (e *Events) Run(ctx context.Context) error {
+	if err := e.broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
+		return err
 	}
-}
-
-func (r *EventRecorder) post(svc model.NamespacedName, typ, reason, message string) error {
-	inf := r.inf.Load()
-	if inf == nil {
-		return fmt.Errorf("no informer to find service %v in", svc)
-	}
-	obj, ok := inf.service(svc)
-	if !ok {
-		return fmt.Errorf("service %v is not in the informer's cache", svc)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	now := metav1.NewTime(time.Now())
-	ev := &v1.Event{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", svc.Name, now.UnixNano()), Namespace: svc.Namespace},
-		InvolvedObject: v1.ObjectReference{Kind: "Service", APIVersion: "v1", Namespace: svc.Namespace, Name: svc.Name,
-			UID: obj.UID, ResourceVersion: obj.ResourceVersion},
-		Reason: reason, Message: message, Type: typ, Count: 1,
-		FirstTimestamp: now, LastTimestamp: now,
-		Source:              v1.EventSource{Component: "proxyd", Host: r.node},
-		ReportingController: "proxyd", ReportingInstance: "proxyd-" + r.node,
-	}
-	if _, err := r.client.CoreV1().Events(svc.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create event on service %v: %w", svc, err)
-	}
+	<-ctx.Done()
+	e.broadcaster.Shutdown()
 	return nil
 }
 
-// service returns the cached v1.Service named n.
-func (i *Informer) service(n model.NamespacedName) (*v1.Service, bool) {
-	for _, w := range i.watches {
-		if !strings.HasPrefix(w.what, "services/") {
-			continue
-		}
-		obj, found, err := w.informer.GetStore().GetByKey(n.Namespace + "/" + n.Name)
-		if err != nil || !found {
-			continue
-		}
-		if svc, ok := obj.(*v1.Service); ok {
-			return svc, true
-		}
+// maxNote is the longest note the API accepts, in bytes.
+const maxNote = 1024
+
+// warn posts a Warning Event about ref. A nil Events does nothing.
+func (e *Events) warn(ref *v1.ObjectReference, reason, note string) {
+	if e == nil {
+		return
 	}
-	return nil, false
+	if len(note) > maxNote {
+		note = note[:maxNote-3]
+		for !utf8.ValidString(note) {
+			note = note[:len(note)-1]
+		}
+		note += "..."
+	}
+	e.recorder.Eventf(ref, nil, v1.EventTypeWarning, reason, "Proxying", "%s", note)
+}
+
+// ServiceWarning posts a Warning Event on the Service name, which the
+// Informer knows (its UID names it); a Service it does not know is skipped.
+func (i *Informer) ServiceWarning(name model.NamespacedName, reason, note string) {
+	i.mu.Lock()
+	svc := i.services.current[name]
+	i.mu.Unlock()
+	if svc == nil {
+		return
+	}
+	i.opts.Events.warn(&v1.ObjectReference{Kind: kindService, APIVersion: "v1", Namespace: name.Namespace, Name: name.Name,
+		UID: types.UID(svc.UID)}, reason, note)
 }

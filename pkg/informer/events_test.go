@@ -3,6 +3,7 @@ package informer
 import (
 	"context"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -12,22 +13,35 @@ import (
 
 func TestAWarningIsPostedOnTheServiceItNamesWithItsUID(t *testing.T) {
 	svc := service(func(s *v1.Service) { s.UID = "uid-1" })
-	client, inf, _ := start(t, Options{}, svc)
-	rec := NewEventRecorder(client, "node-a")
-	rec.Use(inf)
-	rec.Warn(model.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, "ConnectionsPinned", "stuck")
-	rec.Warn(model.NamespacedName{Namespace: svc.Namespace, Name: "absent"}, "ConnectionsPinned", "nobody")
+	client, _, _ := start(t, Options{}, svc)
+	events := NewEvents(client)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = events.Run(ctx) }()
+	_, inf, _ := start(t, Options{Events: events}, svc)
+	inf.ServiceWarning(model.NamespacedName{Namespace: svc.Namespace, Name: "absent"}, "ConnectionsPinned", "nobody")
+	inf.ServiceWarning(model.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, "ConnectionsPinned", "stuck")
 
-	events, err := client.CoreV1().Events(svc.Namespace).List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(events.Items) != 1 {
-		t.Fatalf("%d events, want one (none for a Service the cache lacks)", len(events.Items))
-	}
-	ev := events.Items[0]
-	if ev.InvolvedObject.Kind != "Service" || ev.InvolvedObject.Name != svc.Name || ev.InvolvedObject.UID != "uid-1" ||
-		ev.Type != "Warning" || ev.Reason != "ConnectionsPinned" || ev.Message != "stuck" || ev.Source.Component != "proxyd" || ev.Source.Host != "node-a" {
-		t.Errorf("event %+v", ev)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		list, err := client.EventsV1().Events(svc.Namespace).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) > 1 {
+			t.Fatalf("%d events, want one (none for a Service the cache lacks)", len(list.Items))
+		}
+		if len(list.Items) == 1 {
+			ev := list.Items[0]
+			if ev.Regarding.Kind != "Service" || ev.Regarding.Name != svc.Name || ev.Regarding.UID != "uid-1" ||
+				ev.Type != "Warning" || ev.Reason != "ConnectionsPinned" || ev.Note != "stuck" || ev.ReportingController != "proxyd" {
+				t.Errorf("event %+v", ev)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no Event was posted")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

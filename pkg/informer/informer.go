@@ -11,15 +11,12 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	coreinformers "k8s.io/client-go/informers/core/v1"
-	discoveryinformers "k8s.io/client-go/informers/discovery/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 
+	"github.com/proxyd/proxyd/pkg/informer/convert"
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
@@ -49,8 +46,9 @@ type Options struct {
 	// ProxyName, when set, makes proxyd also handle the objects whose
 	// service.kubernetes.io/service-proxy-name label equals it.
 	ProxyName string
-	// ResyncPeriod is the informers' resync period; 0 disables resyncs.
-	ResyncPeriod time.Duration
+	// Events, when set, receives Warning Events about the parts of
+	// objects proxyd leaves out; without it they are only logged.
+	Events *Events
 }
 
 // Informer watches the apiserver and keeps the converted objects proxyd
@@ -59,40 +57,38 @@ type Informer struct {
 	opts    Options
 	handler Handler
 	logger  klog.Logger
-	watches []watched
+	watches []watcher
 	started atomic.Bool
+	reports *reports
 
 	mu       sync.Mutex
 	services *store[model.Service]
 	slices   *store[model.EndpointSlice]
 	node     model.Node
 	cidrs    map[string][]netip.Prefix
+	// nodeDirty and cidrsDirty say whether the node and the ranges
+	// changed since the last Changes.
+	nodeDirty, cidrsDirty bool
 }
 
-// watched is one running informer and its handler's registration, whose
-// HasSynced is true once the initial list has been delivered to us.
-type watched struct {
-	what     string
-	informer cache.SharedIndexInformer
-	reg      cache.ResourceEventHandlerRegistration
-	// optional informers do not gate WaitForSync: proxyd works without
-	// them (an apiserver or RBAC role that lacks the resource).
-	optional bool
-}
-
-// New creates the informers (none runs until Run) and registers their event
-// handlers. h may be nil when nobody needs to be told about changes.
+// New creates the watches (none runs until Run). h may be nil when nobody
+// needs to be told about changes.
 func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
+	logger := klog.Background().WithName("informer")
 	i := &Informer{
 		opts:     opts,
 		handler:  h,
-		logger:   klog.Background().WithName("informer"),
+		logger:   logger,
+		reports:  newReports(logger, opts.Events),
 		services: newStore[model.Service](),
 		slices:   newStore[model.EndpointSlice](),
 		node:     model.Node{Name: opts.NodeName},
 		cidrs:    map[string][]netip.Prefix{},
+		// The first Changes carries the node and ranges, as it carries
+		// every object.
+		nodeDirty: true, cidrsDirty: true,
 	}
-	i.watchServiceCIDRs(client, opts.ResyncPeriod)
+	i.watchServiceCIDRs(client)
 
 	srcs := []source{sourceDefault}
 	if opts.ProxyName != "" {
@@ -106,62 +102,30 @@ func New(client kubernetes.Interface, opts Options, h Handler) *Informer {
 	}
 	for _, src := range srcs {
 		svcSel := selector(src, opts.ProxyName, false)
-		svcInf := coreinformers.NewTypedFilteredServiceInformer(client, metav1.NamespaceAll, opts.ResyncPeriod, nil,
-			func(o *metav1.ListOptions) { o.LabelSelector = svcSel })
-		addWatch(i, "services/"+src.String(), svcInf, coreinformers.ServiceHandlerFuncs{
-			AddFunc:    func(svc *v1.Service) { i.upsertService(src, svc) },
-			UpdateFunc: func(_, svc *v1.Service) { i.upsertService(src, svc) },
-			DeleteFunc: func(d coreinformers.DeletedService) { i.deleteService(src, d.GetObjectName()) },
-		})
-
+		addFeed(i, client, "services/"+src.String(), &v1.Service{}, client.CoreV1().Services(metav1.NamespaceAll),
+			func(o *metav1.ListOptions) { o.LabelSelector = svcSel },
+			func(svc *v1.Service) { i.upsertService(src, svc) },
+			func(n model.NamespacedName) { i.deleteService(src, n) })
 		esSel := selector(src, opts.ProxyName, true)
-		esInf := discoveryinformers.NewTypedFilteredEndpointSliceInformer(client, metav1.NamespaceAll, opts.ResyncPeriod, nil,
-			func(o *metav1.ListOptions) { o.LabelSelector = esSel })
-		addWatch(i, "endpointslices/"+src.String(), esInf, discoveryinformers.EndpointSliceHandlerFuncs{
-			AddFunc:    func(es *discovery.EndpointSlice) { i.upsertSlice(src, es) },
-			UpdateFunc: func(_, es *discovery.EndpointSlice) { i.upsertSlice(src, es) },
-			DeleteFunc: func(d discoveryinformers.DeletedEndpointSlice) { i.deleteSlice(src, d.GetObjectName()) },
-		})
+		addFeed(i, client, "endpointslices/"+src.String(), &discovery.EndpointSlice{}, client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll),
+			func(o *metav1.ListOptions) { o.LabelSelector = esSel },
+			func(es *discovery.EndpointSlice) { i.upsertSlice(src, es) },
+			func(n model.NamespacedName) { i.deleteSlice(src, n) })
 	}
 
 	if opts.NodeName == "" {
 		i.logger.Info("No node name given; not watching the Node")
 	} else {
 		nodeSel := fields.OneTermEqualSelector(metav1.ObjectNameField, opts.NodeName).String()
-		nodeInf := coreinformers.NewTypedFilteredNodeInformer(client, opts.ResyncPeriod, nil,
-			func(o *metav1.ListOptions) { o.FieldSelector = nodeSel })
-		addWatch(i, "node", nodeInf, coreinformers.NodeHandlerFuncs{
-			AddFunc:    i.upsertNode,
-			UpdateFunc: func(_, n *v1.Node) { i.upsertNode(n) },
-			DeleteFunc: func(d coreinformers.DeletedNode) { i.deleteNode(d.GetObjectName().Name) },
-		})
+		addFeed(i, client, "node", &v1.Node{}, client.CoreV1().Nodes(),
+			func(o *metav1.ListOptions) { o.FieldSelector = nodeSel },
+			i.upsertNode,
+			func(n model.NamespacedName) { i.deleteNode(n.Name) })
 	}
 	return i
 }
 
-// addWatch registers h on inf and remembers both for Run and WaitForSync.
-func addWatch[T cache.Object](i *Informer, what string, inf cache.TypedSharedIndexInformer[T], h cache.TypedResourceEventHandler[T]) {
-	// managedFields are large and never read; drop them before caching.
-	if err := inf.SetTransform(stripManagedFields); err != nil {
-		i.logger.Error(err, "Cannot set informer transform", "informer", what)
-	}
-	reg, err := inf.AddTypedEventHandler(h)
-	if err != nil {
-		// Only possible on a stopped informer, which a new one is not.
-		i.logger.Error(err, "Cannot register event handler", "informer", what)
-		return
-	}
-	i.watches = append(i.watches, watched{what: what, informer: inf, reg: reg})
-}
-
-func stripManagedFields(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
-// Run starts the informers and returns when ctx is done and they have
+// Run starts the watches and returns when ctx is done and they have
 // stopped. It must be called once.
 func (i *Informer) Run(ctx context.Context) {
 	if !i.started.CompareAndSwap(false, true) {
@@ -169,10 +133,10 @@ func (i *Informer) Run(ctx context.Context) {
 		<-ctx.Done()
 		return
 	}
-	i.logger.V(2).Info("Starting informers", "count", len(i.watches), "node", i.opts.NodeName, "proxyName", i.opts.ProxyName)
+	i.logger.V(2).Info("Starting watches", "count", len(i.watches), "node", i.opts.NodeName, "proxyName", i.opts.ProxyName)
 	var wg sync.WaitGroup
 	for _, w := range i.watches {
-		wg.Go(func() { w.informer.RunWithContext(ctx) })
+		wg.Go(func() { w.run(ctx) })
 	}
 	<-ctx.Done()
 	wg.Wait()
@@ -182,40 +146,49 @@ func (i *Informer) Run(ctx context.Context) {
 // informers once the required ones have synced.
 var OptionalSyncWait = 3 * time.Second
 
-// WaitForSync waits until every informer's initial list has been delivered
+// WaitForSync waits until every watch's initial list has been delivered
 // to the Informer, so that Snapshot reflects the apiserver's state. It
 // returns an error if ctx ends first.
 func (i *Informer) WaitForSync(ctx context.Context) error {
-	checkers := make([]cache.DoneChecker, 0, len(i.watches))
-	for _, w := range i.watches {
-		if !w.optional {
-			checkers = append(checkers, w.reg.HasSyncedChecker())
-		}
+	if err := i.waitFor(ctx, false); err != nil {
+		return fmt.Errorf("wait for informers to sync: %w", err)
 	}
-	if !cache.WaitFor(ctx, "", checkers...) {
-		return fmt.Errorf("wait for informers to sync: %w", context.Cause(ctx))
-	}
-	// Give optional informers a moment, so the first sync already has
+	// Give optional watches a moment, so the first sync already has
 	// them; one that cannot list (RBAC) only delays the start by this.
 	optCtx, cancel := context.WithTimeout(ctx, OptionalSyncWait)
 	defer cancel()
-	var optional []cache.DoneChecker
-	for _, w := range i.watches {
-		if w.optional {
-			optional = append(optional, w.reg.HasSyncedChecker())
-		}
-	}
-	if len(optional) > 0 && !cache.WaitFor(optCtx, "", optional...) {
+	if err := i.waitFor(optCtx, true); err != nil && ctx.Err() == nil {
 		i.logger.Info("Optional informers not synced; continuing without them for now", "waited", OptionalSyncWait)
 	}
 	i.logger.V(2).Info("Informers synced")
 	return nil
 }
 
-// Synced reports whether every informer's initial list has been delivered.
+// waitFor polls until the required (or the optional) watches have synced.
+func (i *Informer) waitFor(ctx context.Context, optional bool) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		done := true
+		for _, w := range i.watches {
+			done = done && (w.isOptional() != optional || w.hasSynced())
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-tick.C:
+		}
+	}
+}
+
+// Synced reports whether every required watch's initial list has been
+// delivered.
 func (i *Informer) Synced() bool {
 	for _, w := range i.watches {
-		if !w.optional && !w.reg.HasSynced() {
+		if !w.isOptional() && !w.hasSynced() {
 			return false
 		}
 	}
@@ -235,16 +208,36 @@ func (i *Informer) Snapshot() model.Snapshot {
 	}
 }
 
+// Changes returns what changed since the previous call (at the first,
+// everything), for model.Builder.Update: its cost follows the number of
+// changes, not of objects.
+func (i *Informer) Changes() model.Changes {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	ch := model.Changes{Services: i.services.take(), Slices: i.slices.take()}
+	if i.nodeDirty {
+		node := i.node
+		ch.Node, i.nodeDirty = &node, false
+	}
+	if i.cidrsDirty {
+		ch.ServiceCIDRs, ch.CIDRsChanged, i.cidrsDirty = i.serviceCIDRs(), true, false
+	}
+	return ch
+}
+
 func (i *Informer) upsertService(src source, svc *v1.Service) {
 	var m *model.Service
 	if src.admits(svc.Labels, i.opts.ProxyName) {
-		m = ConvertService(i.logger, svc, i.opts.ProxyName)
+		var ds []convert.Drop
+		m, ds = convert.Service(svc, i.opts.ProxyName)
+		i.reports.dropped(kindService, svc, ds, m == nil)
 	}
-	i.setService(src, model.NamespacedName{Namespace: svc.Namespace, Name: svc.Name}, m)
+	i.setService(src, nameOf(svc), m)
 }
 
-func (i *Informer) deleteService(src source, n cache.ObjectName) {
-	i.setService(src, model.NamespacedName{Namespace: n.Namespace, Name: n.Name}, nil)
+func (i *Informer) deleteService(src source, n model.NamespacedName) {
+	i.reports.forget(kindService, n)
+	i.setService(src, n, nil)
 }
 
 func (i *Informer) setService(src source, n model.NamespacedName, m *model.Service) {
@@ -260,13 +253,16 @@ func (i *Informer) setService(src source, n model.NamespacedName, m *model.Servi
 func (i *Informer) upsertSlice(src source, es *discovery.EndpointSlice) {
 	var m *model.EndpointSlice
 	if src.admits(es.Labels, i.opts.ProxyName) {
-		m = ConvertEndpointSlice(i.logger, es, i.opts.ProxyName)
+		var ds []convert.Drop
+		m, ds = convert.EndpointSlice(es, i.opts.ProxyName)
+		i.reports.dropped(kindEndpointSlice, es, ds, m == nil)
 	}
-	i.setSlice(src, model.NamespacedName{Namespace: es.Namespace, Name: es.Name}, m, triggerTime(i.logger, es))
+	i.setSlice(src, nameOf(es), m, triggerTime(i.logger, es))
 }
 
-func (i *Informer) deleteSlice(src source, n cache.ObjectName) {
-	i.setSlice(src, model.NamespacedName{Namespace: n.Namespace, Name: n.Name}, nil, time.Time{})
+func (i *Informer) deleteSlice(src source, n model.NamespacedName) {
+	i.reports.forget(kindEndpointSlice, n)
+	i.setSlice(src, n, nil, time.Time{})
 }
 
 func (i *Informer) setSlice(src source, n model.NamespacedName, m *model.EndpointSlice, trigger time.Time) {
@@ -284,13 +280,16 @@ func (i *Informer) upsertNode(node *v1.Node) {
 		// The field selector should have kept it away.
 		return
 	}
-	i.setNode(ConvertNode(i.logger, node))
+	n, ds := convert.Node(node)
+	i.reports.dropped(kindNode, node, ds, false)
+	i.setNode(n)
 }
 
 func (i *Informer) deleteNode(name string) {
 	if name != i.opts.NodeName {
 		return
 	}
+	i.reports.forget(kindNode, model.NamespacedName{Name: name})
 	i.setNode(model.Node{Name: i.opts.NodeName})
 }
 
@@ -298,6 +297,7 @@ func (i *Informer) setNode(n model.Node) {
 	i.mu.Lock()
 	changed := !reflect.DeepEqual(i.node, n)
 	i.node = n
+	i.nodeDirty = i.nodeDirty || changed
 	i.mu.Unlock()
 	if changed {
 		i.logger.V(2).Info("Node changed", "node", n.Name, "zone", n.Zone, "ips", n.IPs, "ready", n.Ready, "retiring", n.Retiring)

@@ -14,7 +14,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/proxyd/proxyd/pkg/model"
 )
@@ -129,8 +128,8 @@ func TestInformerTracksServicesSlicesAndNode(t *testing.T) {
 		node("node-a", "zone-a"), node("node-b", "zone-b"))
 
 	snap := inf.Snapshot()
-	if got, want := snap.Services[nn("ns", "web")], modelService(); got == nil || got.Name != want.Name || len(got.Ports) != 1 {
-		t.Errorf("snapshot service = %+v, want %+v", got, want)
+	if got := snap.Services[nn("ns", "web")]; got == nil || got.Name != "web" || len(got.Ports) != 1 {
+		t.Errorf("snapshot service = %+v, want ns/web with one port", got)
 	}
 	if len(snap.Slices) != 2 || snap.Slices[nn("ns", "web-1")] == nil || snap.Slices[nn("ns", "web-2")] == nil {
 		t.Errorf("snapshot slices = %v, want web-1 and web-2", snap.Slices)
@@ -362,38 +361,34 @@ func create(t *testing.T, client *fake.Clientset, objs ...runtime.Object) {
 	}
 }
 
-func TestResyncsTriggerNothing(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits for a resync, which client-go runs at most once a second")
-	}
-	_, inf, rec := start(t, Options{NodeName: "node-a", ResyncPeriod: time.Second},
-		service(), namedSlice("web-1"), node("node-a", "zone-a"))
+func TestARelistTriggersOnlyWhatChanged(t *testing.T) {
+	_, inf, rec := start(t, Options{NodeName: "node-a"}, service(), namedSlice("web-1"), node("node-a", "zone-a"))
 	rec.drain()
-
-	// A second handler on the slice informer sees the resync's updates.
-	resynced := make(chan struct{}, 100)
-	var slices cache.SharedIndexInformer
+	var services *feed[*v1.Service]
 	for _, w := range inf.watches {
-		if w.what == "endpointslices/default" {
-			slices = w.informer
+		if w.name() == "services/default" {
+			services = w.(*feed[*v1.Service])
 		}
 	}
-	if _, err := slices.AddEventHandlerWithResyncPeriod(cache.ResourceEventHandlerFuncs{
-		UpdateFunc: func(_, _ any) { resynced <- struct{}{} },
-	}, time.Second); err != nil {
+	before := inf.Snapshot().Services[nn("ns", "web")]
+	// The reflector calls its store from one goroutine; the test stands in
+	// for it, as a relist after a watch expired would.
+	if err := services.Replace([]any{service()}, "2"); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-resynced:
-	case <-time.After(waitTimeout):
-		t.Fatal("no resync happened")
-	}
-	// Our handler got the same resync, before or just after the test's.
-	time.Sleep(100 * time.Millisecond)
-	select {
 	case c := <-rec.ch:
-		t.Errorf("resync triggered %+v", c)
-	default:
+		t.Errorf("relisting an unchanged Service triggered %+v", c)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if inf.Snapshot().Services[nn("ns", "web")] != before {
+		t.Error("an unchanged Service got a new value; the model would rebuild it")
+	}
+	if err := services.Replace(nil, "3"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.next(t); got.kind != KindService || inf.Snapshot().Services[nn("ns", "web")] != nil {
+		t.Errorf("a relist without the Service: change %+v, services %v", got, inf.Snapshot().Services)
 	}
 }
 
@@ -421,5 +416,36 @@ func TestServiceCIDRsReachTheSnapshotWithoutGatingSync(t *testing.T) {
 	want := []netip.Prefix{netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:10:96::/112")}
 	if !slices.Equal(got, want) {
 		t.Errorf("ServiceCIDRs = %v, want %v", got, want)
+	}
+}
+
+func TestChangesCarryOnlyWhatChangedSinceTheLastCall(t *testing.T) {
+	client, inf, rec := start(t, Options{NodeName: "node-a"}, service(), namedSlice("web-1"), namedSlice("web-2"), node("node-a", "zone-a"))
+	first := inf.Changes()
+	if len(first.Services) != 1 || len(first.Slices) != 2 || first.Node == nil || first.Node.Zone != "zone-a" || !first.CIDRsChanged {
+		t.Fatalf("the first Changes = %+v, want everything", first)
+	}
+	if again := inf.Changes(); len(again.Services)+len(again.Slices) != 0 || again.Node != nil || again.CIDRsChanged {
+		t.Fatalf("Changes with nothing changed = %+v", again)
+	}
+	rec.drain()
+	es := namedSlice("web-2", func(es *discovery.EndpointSlice) { es.Endpoints[0].Addresses = []string{"10.1.0.9"} })
+	if _, err := client.DiscoveryV1().EndpointSlices("ns").Update(context.Background(), es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	ch := inf.Changes()
+	got, ok := ch.Slices[nn("ns", "web-2")]
+	if len(ch.Slices) != 1 || !ok || got.Endpoints[0].Addresses[0] != netip.MustParseAddr("10.1.0.9") || len(ch.Services) != 0 || ch.Node != nil {
+		t.Errorf("Changes after one slice update = %+v, want only web-2", ch)
+	}
+	if err := client.DiscoveryV1().EndpointSlices("ns").Delete(context.Background(), "web-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec.next(t)
+	if ch := inf.Changes(); len(ch.Slices) != 1 || ch.Slices[nn("ns", "web-1")] != nil {
+		t.Errorf("Changes after a delete = %+v, want web-1 as nil", ch)
+	} else if _, ok := ch.Slices[nn("ns", "web-1")]; !ok {
+		t.Errorf("Changes after a delete does not name web-1: %+v", ch)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/proxyd/proxyd/pkg/informer/convert"
 )
 
 // selector is the server-side label selector of one source's informer:
@@ -16,9 +18,9 @@ import (
 func selector(src source, proxyName string, slices bool) string {
 	reqs := []string{"!" + v1.IsHeadlessService}
 	if src == sourceNamed {
-		reqs = append(reqs, LabelServiceProxyName+"="+proxyName)
+		reqs = append(reqs, convert.LabelServiceProxyName+"="+proxyName)
 	} else {
-		reqs = append(reqs, "!"+LabelServiceProxyName)
+		reqs = append(reqs, "!"+convert.LabelServiceProxyName)
 	}
 	if slices {
 		reqs = append(reqs, discovery.LabelServiceName)

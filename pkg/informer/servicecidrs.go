@@ -6,37 +6,32 @@ import (
 	"time"
 
 	networking "k8s.io/api/networking/v1"
-	networkinginformers "k8s.io/client-go/informers/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/proxyd/proxyd/pkg/informer/convert"
+	"github.com/proxyd/proxyd/pkg/model"
 )
 
 // watchServiceCIDRs follows the networking.k8s.io/v1 ServiceCIDR objects,
 // the ranges ClusterIPs come from, so traffic to an unallocated address in
 // them can be refused. The watch is optional: without it (an RBAC role
 // that lacks servicecidrs) proxyd still programs every Service.
-func (i *Informer) watchServiceCIDRs(client kubernetes.Interface, resync time.Duration) {
-	inf := networkinginformers.NewTypedServiceCIDRInformer(client, resync, nil)
-	addWatch(i, "servicecidrs", inf, networkinginformers.ServiceCIDRHandlerFuncs{
-		AddFunc:    i.upsertServiceCIDR,
-		UpdateFunc: func(_, c *networking.ServiceCIDR) { i.upsertServiceCIDR(c) },
-		DeleteFunc: func(d networkinginformers.DeletedServiceCIDR) { i.setServiceCIDR(d.GetObjectName().Name, nil) },
-	})
-	if n := len(i.watches); n > 0 && i.watches[n-1].what == "servicecidrs" {
-		i.watches[n-1].optional = true
-	}
+func (i *Informer) watchServiceCIDRs(client kubernetes.Interface) {
+	f := addFeed(i, client, "servicecidrs", &networking.ServiceCIDR{}, client.NetworkingV1().ServiceCIDRs(),
+		func(*metav1.ListOptions) {},
+		i.upsertServiceCIDR,
+		func(n model.NamespacedName) {
+			i.reports.forget(kindServiceCIDR, n)
+			i.setServiceCIDR(n.Name, nil)
+		})
+	f.optional = true
 }
 
 func (i *Informer) upsertServiceCIDR(c *networking.ServiceCIDR) {
-	var out []netip.Prefix
-	for _, s := range c.Spec.CIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			i.logger.V(2).Info("Ignoring malformed ServiceCIDR range", "serviceCIDR", c.Name, "cidr", s, "err", err)
-			continue
-		}
-		out = append(out, p.Masked())
-	}
-	i.setServiceCIDR(c.Name, out)
+	cidrs, ds := convert.ServiceCIDR(c)
+	i.reports.dropped(kindServiceCIDR, c, ds, false)
+	i.setServiceCIDR(c.Name, cidrs)
 }
 
 func (i *Informer) setServiceCIDR(name string, cidrs []netip.Prefix) {
@@ -47,11 +42,12 @@ func (i *Informer) setServiceCIDR(name string, cidrs []netip.Prefix) {
 	} else {
 		i.cidrs[name] = cidrs
 	}
+	changed := had != (cidrs != nil) || !slices.Equal(old, cidrs)
+	i.cidrsDirty = i.cidrsDirty || changed
 	i.mu.Unlock()
-	if had == (cidrs != nil) && slices.Equal(old, cidrs) {
-		return
+	if changed {
+		i.notify(KindService, time.Time{})
 	}
-	i.notify(KindService, time.Time{})
 }
 
 // serviceCIDRs lists every known range; the caller holds i.mu.

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"reflect"
 
+	"github.com/proxyd/proxyd/pkg/informer/convert"
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
@@ -30,7 +31,7 @@ func (s source) String() string {
 // whether an object with these labels belongs to this source's informer.
 // The fake clientset, for one, does not apply selectors to watches.
 func (s source) admits(labels map[string]string, proxyName string) bool {
-	v, named := labels[LabelServiceProxyName]
+	v, named := labels[convert.LabelServiceProxyName]
 	if s == sourceNamed {
 		return named && v == proxyName
 	}
@@ -44,6 +45,9 @@ type store[T any] struct {
 	bySource [numSources]map[model.NamespacedName]stamped[T]
 	current  map[model.NamespacedName]*T
 	seq      uint64
+	// dirty are the names whose effective value changed since the last
+	// take.
+	dirty map[model.NamespacedName]struct{}
 }
 
 // stamped is a converted object and the sequence number of the event that
@@ -54,7 +58,7 @@ type stamped[T any] struct {
 }
 
 func newStore[T any]() *store[T] {
-	s := &store[T]{current: map[model.NamespacedName]*T{}}
+	s := &store[T]{current: map[model.NamespacedName]*T{}, dirty: map[model.NamespacedName]struct{}{}}
 	for i := range s.bySource {
 		s.bySource[i] = map[model.NamespacedName]stamped[T]{}
 	}
@@ -69,6 +73,12 @@ func (s *store[T]) set(src source, name model.NamespacedName, obj *T) bool {
 	if obj == nil {
 		delete(s.bySource[src], name)
 	} else {
+		// An equal value keeps its pointer, so that a relist or an
+		// update that changes nothing proxyd reads looks unchanged to
+		// the model's memo too.
+		if old, ok := s.bySource[src][name]; ok && reflect.DeepEqual(old.obj, obj) {
+			obj = old.obj
+		}
 		s.seq++
 		s.bySource[src][name] = stamped[T]{obj: obj, seq: s.seq}
 	}
@@ -84,7 +94,22 @@ func (s *store[T]) set(src source, name model.NamespacedName, obj *T) bool {
 	} else {
 		s.current[name] = after.obj
 	}
-	return !reflect.DeepEqual(before, after.obj)
+	if before == after.obj || reflect.DeepEqual(before, after.obj) {
+		return false
+	}
+	s.dirty[name] = struct{}{}
+	return true
+}
+
+// take returns the effective value (nil: none) of every name that changed
+// since the last take.
+func (s *store[T]) take() map[model.NamespacedName]*T {
+	out := make(map[model.NamespacedName]*T, len(s.dirty))
+	for n := range s.dirty {
+		out[n] = s.current[n]
+	}
+	clear(s.dirty)
+	return out
 }
 
 // snapshot returns a copy of the effective values.

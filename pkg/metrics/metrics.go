@@ -35,8 +35,18 @@ type Metrics struct {
 	NoLocalEndpoints  *prometheus.GaugeVec
 	ConntrackDeleted  *prometheus.CounterVec
 	ConntrackDuration *prometheus.HistogramVec
+	// ServiceConflicts counts the destinations two service ports claim
+	// (see model.Conflict) right now.
+	ServiceConflicts prometheus.Gauge
+	// RefusedPorts counts the service ports whose rules the kernel
+	// refused and that wait for a retry.
+	RefusedPorts prometheus.Gauge
 	// DriftRepairs counts repairs of rules someone else changed, by mode.
 	DriftRepairs *prometheus.CounterVec
+
+	// What each port counts in NoLocalEndpoints, and the totals.
+	noLocal       map[model.ServicePortKey][]noLocalKey
+	noLocalCounts map[noLocalKey]int
 }
 
 func syncBuckets() []float64 { return prometheus.ExponentialBuckets(0.001, 2, 15) }
@@ -104,6 +114,10 @@ func New(mode string) *Metrics {
 		ConntrackDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "kubeproxy_conntrack_reconciler_sync_duration_seconds", Help: "ReconcileConntrackFlowsLatency latency in seconds",
 			Buckets: syncBuckets()}, []string{"ip_family"}),
+		ServiceConflicts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyd_service_conflicts", Help: "Claims on one address, port and protocol (or NodePort) that a Service lost to another, now"}),
+		RefusedPorts: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "proxyd_sync_refused_service_ports", Help: "Service ports whose rules the kernel refused, retried with backoff, now"}),
 		DriftRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "proxyd_drift_repairs_total", Help: "Repairs of proxyd's kernel rules after someone else changed them"}, []string{"mode"}),
 	}
@@ -116,38 +130,75 @@ func New(mode string) *Metrics {
 	m.Registry.MustRegister(m.SyncDuration, m.SyncFullDuration, m.SyncPartialDuration, m.LastSync, m.LastQueued,
 		m.NetworkProgramming, m.EndpointsPending, m.EndpointsTotal, m.ServicesPending, m.ServicesTotal,
 		m.SyncFailures, m.KernelObjects, m.Syncs, m.HealthzTotal, m.LivezTotal, m.NoLocalEndpoints, m.ConntrackDeleted,
-		m.ConntrackDuration, m.DriftRepairs,
+		m.ConntrackDuration, m.ServiceConflicts, m.RefusedPorts, m.DriftRepairs,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// noLocalKey is one series of kubeproxy_sync_proxy_rules_no_local_endpoints_total.
+type noLocalKey struct{ policy, family string }
 
 // SetNoLocalEndpoints sets kubeproxy_sync_proxy_rules_no_local_endpoints_total
 // from s: per family, the service ports whose Local traffic policy leaves
 // them no endpoint on this node while other nodes have usable ones.
 func (m *Metrics) SetNoLocalEndpoints(s *model.State) {
-	counts := map[[2]string]int{}
-	for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
-		counts[[2]string{"internal", f.String()}] = 0
-		counts[[2]string{"external", f.String()}] = 0
+	m.noLocal = nil
+	keys := make([]model.ServicePortKey, 0, len(s.Services))
+	for k := range s.Services {
+		keys = append(keys, k)
 	}
-	for _, sp := range s.Services {
-		if !sp.InternalLocal && !(sp.ExternalLocal && sp.HasExternal()) {
+	m.UpdateNoLocalEndpoints(s, keys)
+}
+
+// UpdateNoLocalEndpoints is SetNoLocalEndpoints for the ports changed of
+// s alone (a removed port is absent from s): the counts of the others are
+// kept from earlier calls, so a sync pays for what it changed.
+func (m *Metrics) UpdateNoLocalEndpoints(s *model.State, changed []model.ServicePortKey) {
+	if m.noLocal == nil {
+		m.noLocal = map[model.ServicePortKey][]noLocalKey{}
+		m.noLocalCounts = map[noLocalKey]int{}
+		for _, f := range []model.IPFamily{model.IPv4, model.IPv6} {
+			for _, p := range []string{"internal", "external"} {
+				m.noLocalCounts[noLocalKey{p, f.String()}] = 0
+			}
+		}
+	}
+	for _, k := range changed {
+		for _, c := range m.noLocal[k] {
+			m.noLocalCounts[c]--
+		}
+		delete(m.noLocal, k)
+		if sp := s.Services[k]; sp != nil {
+			if c := noLocal(sp); len(c) > 0 {
+				m.noLocal[k] = c
+				for _, c := range c {
+					m.noLocalCounts[c]++
+				}
+			}
+		}
+	}
+	for c, n := range m.noLocalCounts {
+		m.NoLocalEndpoints.WithLabelValues(c.policy, c.family).Set(float64(n))
+	}
+}
+
+// noLocal lists the series a port counts in.
+func noLocal(sp *model.ServicePort) []noLocalKey {
+	if !sp.InternalLocal && !(sp.ExternalLocal && sp.HasExternal()) {
+		return nil
+	}
+	var out []noLocalKey
+	for _, ip := range sp.ClusterIPs {
+		f := model.FamilyOf(ip)
+		if !model.Usable(model.EndpointsOf(sp.Endpoints, f)) {
 			continue
 		}
-		for _, ip := range sp.ClusterIPs {
-			f := model.FamilyOf(ip)
-			if !model.Usable(model.EndpointsOf(sp.Endpoints, f)) {
-				continue
-			}
-			if sp.InternalLocal && len(model.EndpointsOf(sp.ClusterEndpoints, f)) == 0 {
-				counts[[2]string{"internal", f.String()}]++
-			}
-			if sp.ExternalLocal && sp.HasExternal() && len(model.EndpointsOf(sp.ExternalEndpoints, f)) == 0 {
-				counts[[2]string{"external", f.String()}]++
-			}
+		if sp.InternalLocal && len(model.EndpointsOf(sp.ClusterEndpoints, f)) == 0 {
+			out = append(out, noLocalKey{"internal", f.String()})
+		}
+		if sp.ExternalLocal && sp.HasExternal() && len(model.EndpointsOf(sp.ExternalEndpoints, f)) == 0 {
+			out = append(out, noLocalKey{"external", f.String()})
 		}
 	}
-	for k, n := range counts {
-		m.NoLocalEndpoints.WithLabelValues(k[0], k[1]).Set(float64(n))
-	}
+	return out
 }

@@ -27,8 +27,23 @@ func TestNoLocalEndpointsCountsWhatKubeProxyCounts(t *testing.T) {
 			t.Errorf("%s %s = %v, want %v", c.policy, c.family, got, c.want)
 		}
 	}
-	m.SetNoLocalEndpoints(&model.State{})
+	st := flowspec.State()
+	var gone []model.ServicePortKey
+	for k, sp := range st.Services {
+		if sp.InternalLocal {
+			gone = append(gone, k)
+			delete(st.Services, k)
+		}
+	}
+	m.UpdateNoLocalEndpoints(st, gone)
 	if got := value(t, m.NoLocalEndpoints.WithLabelValues("internal", "IPv4")); got != 0 {
+		t.Errorf("after the internalTrafficPolicy Local ports are gone: %v, want 0", got)
+	}
+	if got := value(t, m.NoLocalEndpoints.WithLabelValues("external", "IPv4")); got != 1 {
+		t.Errorf("an update of other ports changed the external count to %v, want 1", got)
+	}
+	m.SetNoLocalEndpoints(&model.State{})
+	if got := value(t, m.NoLocalEndpoints.WithLabelValues("external", "IPv4")); got != 0 {
 		t.Errorf("after the ports are gone: %v, want 0", got)
 	}
 }

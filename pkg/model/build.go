@@ -7,66 +7,12 @@ import (
 )
 
 // Build turns a snapshot into the State the node must program. It never
-// fails: objects it cannot use are left out, exactly as kube-proxy would.
-func Build(snap Snapshot) *State { return new(Builder).Build(snap) }
-
-// Builder is Build with memory: a Service whose object, slices and node
-// are the same pointers and values as in the previous call keeps its
-// ServicePorts instead of being rebuilt. Informer objects are immutable,
-// so pointer identity means "unchanged", and a one-endpoint change costs
-// one Service's work plus a walk over the snapshot. The zero value is
-// ready to use; a Builder is not safe for concurrent use.
-type Builder struct {
-	memo map[NamespacedName]memoEntry
-	node Node
-}
-
-type memoEntry struct {
-	svc    *Service
-	slices []*EndpointSlice
-	ports  []*ServicePort
-}
-
-// Build is like the package-level Build.
-func (b *Builder) Build(snap Snapshot) *State {
-	slicesBySvc := map[NamespacedName][]*EndpointSlice{}
-	for _, es := range snap.Slices {
-		if es == nil || es.ServiceName == "" {
-			continue
-		}
-		n := NamespacedName{Namespace: es.Namespace, Name: es.ServiceName}
-		slicesBySvc[n] = append(slicesBySvc[n], es)
-	}
-	for _, list := range slicesBySvc {
-		if len(list) > 1 {
-			slices.SortFunc(list, func(a, b *EndpointSlice) int { return cmp.Compare(a.Name, b.Name) })
-		}
-	}
-	if b.memo == nil || !b.node.equal(snap.Node) {
-		b.memo = map[NamespacedName]memoEntry{}
-		b.node = snap.Node
-	}
-
-	st := &State{Node: snap.Node, Services: make(map[ServicePortKey]*ServicePort, len(snap.Services))}
-	st.ServiceCIDRs = normalPrefixes(snap.ServiceCIDRs)
-	memo := make(map[NamespacedName]memoEntry, len(snap.Services))
-	for name, svc := range snap.Services {
-		if svc == nil {
-			continue
-		}
-		list := slicesBySvc[name]
-		e, ok := b.memo[name]
-		if !ok || e.svc != svc || !slices.Equal(e.slices, list) {
-			e = memoEntry{svc: svc, slices: list, ports: buildService(name, svc, list, snap.Node)}
-		}
-		memo[name] = e
-		for _, sp := range e.ports {
-			if _, dup := st.Services[sp.Key]; !dup {
-				st.Services[sp.Key] = sp
-			}
-		}
-	}
-	b.memo = memo
+// fails: objects it cannot use are left out, exactly as kube-proxy would,
+// and conflicting claims are settled (see Conflict).
+func Build(snap Snapshot) *State {
+	var b Builder
+	st, _ := b.Update(Changes{Node: &snap.Node, Services: snap.Services, Slices: snap.Slices,
+		ServiceCIDRs: snap.ServiceCIDRs, CIDRsChanged: true})
 	return st
 }
 
@@ -86,26 +32,46 @@ func buildService(name NamespacedName, svc *Service, list []*EndpointSlice, node
 			continue
 		}
 		seen[key] = true
-		sp := &ServicePort{
-			Key:                 key,
-			ClusterIPs:          ips,
-			Port:                p.Port,
-			NodePort:            p.NodePort,
-			InternalLocal:       svc.InternalLocal,
-			ExternalLocal:       svc.ExternalLocal,
-			AffinitySeconds:     svc.AffinitySeconds,
-			TrafficDistribution: svc.TrafficDistribution,
-			ExternalIPs:         externalIPs(svc, ips),
-			LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
-			SourceRanges:        sourceRanges(svc, ips, node),
-			HealthCheckNodePort: svc.HealthCheckNodePort,
-		}
-		sp.Endpoints = mergeEndpoints(list, p, families(ips))
-		sp.ClusterEndpoints = SelectEndpoints(sp, node)
-		sp.ExternalEndpoints = SelectExternalEndpoints(sp, node)
-		out = append(out, sp)
+		out = append(out, buildPort(key, svc, p, ips, list, node))
 	}
 	return out
+}
+
+// rebuildPort builds the port key of svc again with only the ClusterIPs
+// ips (some were lost to another Service); nil when none is left.
+func rebuildPort(key ServicePortKey, svc *Service, ips []netip.Addr, list []*EndpointSlice, node Node) *ServicePort {
+	if len(ips) == 0 {
+		return nil
+	}
+	for _, p := range svc.Ports {
+		// The spec buildService made the port of: the first usable one
+		// with its name and protocol.
+		if p.Name == key.Port && p.Protocol == key.Protocol && p.Protocol.Valid() && p.Port != 0 {
+			return buildPort(key, svc, p, ips, list, node)
+		}
+	}
+	return nil
+}
+
+func buildPort(key ServicePortKey, svc *Service, p ServicePortSpec, ips []netip.Addr, list []*EndpointSlice, node Node) *ServicePort {
+	sp := &ServicePort{
+		Key:                 key,
+		ClusterIPs:          ips,
+		Port:                p.Port,
+		NodePort:            p.NodePort,
+		InternalLocal:       svc.InternalLocal,
+		ExternalLocal:       svc.ExternalLocal,
+		AffinitySeconds:     svc.AffinitySeconds,
+		TrafficDistribution: svc.TrafficDistribution,
+		ExternalIPs:         externalIPs(svc, ips),
+		LoadBalancerIPs:     familyAddrs(svc.LoadBalancerIPs, ips),
+		SourceRanges:        sourceRanges(svc, ips, node),
+		HealthCheckNodePort: svc.HealthCheckNodePort,
+	}
+	sp.Endpoints = mergeEndpoints(list, p, families(ips))
+	sp.ClusterEndpoints = SelectEndpoints(sp, node)
+	sp.ExternalEndpoints = SelectExternalEndpoints(sp, node)
+	return sp
 }
 
 // normalPrefixes masks the valid prefixes of in, sorts and deduplicates them.
@@ -130,10 +96,10 @@ func clusterIPs(in []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	seen := map[IPFamily]bool{}
 	for _, ip := range in {
-		if !ip.IsValid() || ip.IsUnspecified() {
+		ip = ip.Unmap()
+		if !usable(ip) {
 			continue
 		}
-		ip = ip.Unmap()
 		f := FamilyOf(ip)
 		if seen[f] {
 			continue
@@ -188,12 +154,19 @@ func familyAddrs(in, clusterIPs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, ip := range in {
 		ip = ip.Unmap()
-		if ip.IsValid() && !ip.IsUnspecified() && !ip.IsLoopback() && fams[FamilyOf(ip)] {
+		if usable(ip) && !ip.IsLoopback() && fams[FamilyOf(ip)] {
 			out = append(out, ip)
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return slices.Compact(out)
+}
+
+// usable reports whether ip can be written into a rule: valid, not the
+// unspecified address, and without an IPv6 zone (which names an interface
+// of the sender, and means nothing on this node).
+func usable(ip netip.Addr) bool {
+	return ip.IsValid() && !ip.IsUnspecified() && ip.Zone() == ""
 }
 
 func families(ips []netip.Addr) map[IPFamily]bool {
@@ -209,8 +182,12 @@ func families(ips []netip.Addr) map[IPFamily]bool {
 // family must be one the Service has, and an address seen in several slices
 // counts once (ready wins over not ready, then the first slice by name).
 func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]bool) []Endpoint {
-	byAddr := map[netip.AddrPort]int{}
-	var out []Endpoint
+	n := 0
+	for _, es := range list {
+		n += len(es.Endpoints)
+	}
+	byAddr := make(map[netip.AddrPort]int, n)
+	out := make([]Endpoint, 0, n)
 	for _, es := range list {
 		if !fams[es.Family] {
 			continue
@@ -225,14 +202,13 @@ func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]
 			}
 			// Like kube-proxy, only the first address of an endpoint is used.
 			ip := se.Addresses[0].Unmap()
-			if !ip.IsValid() || FamilyOf(ip) != es.Family {
+			if !usable(ip) || FamilyOf(ip) != es.Family {
 				continue
 			}
 			ep := Endpoint{
 				IP: ip, Port: port,
 				Ready: se.Ready, Serving: se.Serving, Terminating: se.Terminating,
-				NodeName: se.NodeName, Zone: se.Zone,
-				ZoneHints: sortedCopy(se.ZoneHints), NodeHints: sortedCopy(se.NodeHints),
+				NodeName: se.NodeName, Zone: se.Zone, Hints: se.Hints.normal(),
 			}
 			ap := ep.AddrPort()
 			if i, dup := byAddr[ap]; dup {
@@ -244,6 +220,9 @@ func mergeEndpoints(list []*EndpointSlice, p ServicePortSpec, fams map[IPFamily]
 			byAddr[ap] = len(out)
 			out = append(out, ep)
 		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	slices.SortFunc(out, func(a, b Endpoint) int { return a.AddrPort().Compare(b.AddrPort()) })
 	return out

@@ -43,30 +43,59 @@ func Compute(old, new *State) Diff {
 		oldSvcs = old.Services
 	}
 	for k, n := range new.Services {
-		o, ok := oldSvcs[k]
-		switch {
-		case !ok:
-			d.Added = append(d.Added, k)
-			d.Unsettled = append(d.Unsettled, k)
-		case o != n && !o.Equal(n):
-			d.Updated = append(d.Updated, k)
-			d.Retired = append(d.Retired, retired(o, n)...)
-			if unsettles(o, n) {
-				d.Unsettled = append(d.Unsettled, k)
-			}
-		}
+		d.add(k, oldSvcs[k], n)
 	}
 	for k, o := range oldSvcs {
 		if _, ok := new.Services[k]; !ok {
-			d.Removed = append(d.Removed, k)
-			d.Retired = append(d.Retired, o.Destinations()...)
+			d.add(k, o, nil)
 		}
 	}
+	d.sort()
+	return d
+}
+
+// ComputeKeys is Compute for the ports keys only, each named once: callers
+// that know what changed pay for that, not for the whole State.
+func ComputeKeys(old, new *State, keys []ServicePortKey) Diff {
+	var d Diff
+	for _, k := range keys {
+		d.add(k, old.port(k), new.port(k))
+	}
+	d.sort()
+	return d
+}
+
+func (s *State) port(k ServicePortKey) *ServicePort {
+	if s == nil {
+		return nil
+	}
+	return s.Services[k]
+}
+
+// add records how port k went from o to n (nil: absent).
+func (d *Diff) add(k ServicePortKey, o, n *ServicePort) {
+	switch {
+	case o == nil && n == nil:
+	case o == nil:
+		d.Added = append(d.Added, k)
+		d.Unsettled = append(d.Unsettled, k)
+	case n == nil:
+		d.Removed = append(d.Removed, k)
+		d.Retired = append(d.Retired, o.Destinations()...)
+	case o != n && !o.Equal(n):
+		d.Updated = append(d.Updated, k)
+		d.Retired = append(d.Retired, retired(o, n)...)
+		if unsettles(o, n) {
+			d.Unsettled = append(d.Unsettled, k)
+		}
+	}
+}
+
+func (d *Diff) sort() {
 	for _, l := range []*[]ServicePortKey{&d.Added, &d.Updated, &d.Removed, &d.Unsettled} {
 		slices.SortFunc(*l, ServicePortKey.Compare)
 	}
 	slices.SortFunc(d.Retired, Destination.Compare)
-	return d
 }
 
 // retired lists the destinations of o that n does not have.

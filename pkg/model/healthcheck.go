@@ -11,29 +11,38 @@ type HealthCheck struct {
 	LocalEndpoints int
 }
 
-// HealthChecks returns the health check of every Service that has one. Its
-// LocalEndpoints counts the ready endpoints on this node, each address and
-// port once across all the Service's ports, as kube-proxy counts them.
+// HealthChecks returns the health check of every Service that has one.
 func (s *State) HealthChecks() map[NamespacedName]HealthCheck {
 	out := map[NamespacedName]HealthCheck{}
-	seen := map[NamespacedName]map[netip.AddrPort]bool{}
-	for _, sp := range s.Services {
+	for k := range s.Services {
+		n := k.Service()
+		if _, done := out[n]; done {
+			continue
+		}
+		if hc, ok := s.HealthCheckOf(n); ok {
+			out[n] = hc
+		}
+	}
+	return out
+}
+
+// HealthCheckOf returns the health check of the Service n, if it has one.
+// Its LocalEndpoints counts the ready endpoints on this node, each address
+// and port once across all the Service's ports, as kube-proxy counts them.
+func (s *State) HealthCheckOf(n NamespacedName) (HealthCheck, bool) {
+	var hc HealthCheck
+	seen := map[netip.AddrPort]bool{}
+	for _, sp := range s.PortsOf(n) {
 		if sp.HealthCheckNodePort == 0 {
 			continue
 		}
-		name := sp.Key.Service()
-		hc := out[name]
 		hc.Port = sp.HealthCheckNodePort
-		if seen[name] == nil {
-			seen[name] = map[netip.AddrPort]bool{}
-		}
 		for _, e := range sp.Endpoints {
-			if e.Ready && e.NodeName == s.Node.Name && !seen[name][e.AddrPort()] {
-				seen[name][e.AddrPort()] = true
+			if e.Ready && e.NodeName == s.Node.Name && !seen[e.AddrPort()] {
+				seen[e.AddrPort()] = true
 				hc.LocalEndpoints++
 			}
 		}
-		out[name] = hc
 	}
-	return out
+	return hc, hc.Port != 0
 }

@@ -1,12 +1,19 @@
 package model
 
-import "net/netip"
+import (
+	"net/netip"
+	"time"
+)
 
 // Service is the part of a v1.Service that proxyd acts on, as the informer
 // converted it. Services proxyd must ignore (headless, ExternalName, another
 // proxy's) never become a Service.
 type Service struct {
-	Namespace, Name     string
+	Namespace, Name string
+	// UID names the object in Events; Created (creationTimestamp) decides
+	// between two Services that claim one destination (see Conflict).
+	UID                 string
+	Created             time.Time
 	ClusterIPs          []netip.Addr
 	Ports               []ServicePortSpec
 	InternalLocal       bool
@@ -60,8 +67,7 @@ type SliceEndpoint struct {
 	Terminating bool
 	NodeName    string
 	Zone        string
-	ZoneHints   []string
-	NodeHints   []string
+	Hints       *Hints
 }
 
 // Snapshot is the informers' view at one instant, keyed by object name.

@@ -98,14 +98,14 @@ func SelectExternalEndpoints(sp *ServicePort, node Node) []Endpoint {
 }
 
 func applyHints(ready []Endpoint, node Node) []Endpoint {
-	byNode := filterHinted(ready, func(e Endpoint) []string { return e.NodeHints }, node.Name)
+	byNode := filterHinted(ready, func(e Endpoint) []string { return e.Hints.nodes() }, node.Name)
 	if byNode != nil {
 		return byNode
 	}
 	if node.Zone == "" {
 		return ready
 	}
-	if byZone := filterHinted(ready, func(e Endpoint) []string { return e.ZoneHints }, node.Zone); byZone != nil {
+	if byZone := filterHinted(ready, func(e Endpoint) []string { return e.Hints.zones() }, node.Zone); byZone != nil {
 		return byZone
 	}
 	return ready

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -128,8 +129,55 @@ type Endpoint struct {
 	Terminating bool
 	NodeName    string
 	Zone        string
-	ZoneHints   []string // hints.forZones: zones this endpoint should serve
-	NodeHints   []string // hints.forNodes: nodes this endpoint should serve
+	Hints       *Hints // nil: no hints
+}
+
+// Hints are an endpoint's topology hints: the zones (hints.forZones) and
+// the nodes (hints.forNodes) it should serve, each sorted, without
+// repeats. Endpoints hold a pointer, shared by every port of one
+// endpoint: most have none, and 8 bytes cost less than two slices.
+type Hints struct {
+	Zones []string
+	Nodes []string
+}
+
+func (h *Hints) zones() []string {
+	if h == nil {
+		return nil
+	}
+	return h.Zones
+}
+
+func (h *Hints) nodes() []string {
+	if h == nil {
+		return nil
+	}
+	return h.Nodes
+}
+
+func (h *Hints) equal(o *Hints) bool {
+	return h == o || slices.Equal(h.zones(), o.zones()) && slices.Equal(h.nodes(), o.nodes())
+}
+
+// normal returns h if it is sorted without repeats, else a copy that is;
+// nil when it holds nothing.
+func (h *Hints) normal() *Hints {
+	if len(h.zones()) == 0 && len(h.nodes()) == 0 {
+		return nil
+	}
+	if sortedSet(h.Zones) && sortedSet(h.Nodes) {
+		return h
+	}
+	return &Hints{Zones: sortedCopy(h.Zones), Nodes: sortedCopy(h.Nodes)}
+}
+
+func sortedSet(s []string) bool {
+	for i := 1; i < len(s); i++ {
+		if s[i-1] >= s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // AddrPort is the endpoint's destination.
@@ -141,8 +189,7 @@ func (e Endpoint) String() string { return e.AddrPort().String() }
 // Equal reports whether e and o are the same endpoint in the same condition.
 func (e Endpoint) Equal(o Endpoint) bool {
 	return e.IP == o.IP && e.Port == o.Port && e.Ready == o.Ready && e.Serving == o.Serving &&
-		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone &&
-		slices.Equal(e.ZoneHints, o.ZoneHints) && slices.Equal(e.NodeHints, o.NodeHints)
+		e.Terminating == o.Terminating && e.NodeName == o.NodeName && e.Zone == o.Zone && e.Hints.equal(o.Hints)
 }
 
 // ServicePort is everything the node must program for one port of a Service.
@@ -287,6 +334,41 @@ type State struct {
 	// ServiceCIDRs are the ClusterIP ranges: traffic to an address in them
 	// that no service port claims is rejected.
 	ServiceCIDRs []netip.Prefix
+	// Conflicts are the claims Build settled (see Conflict): Services
+	// contains only the winners' claims. Sorted; for reporting only.
+	Conflicts []Conflict
+
+	// byService indexes Services by Service name when a Builder made the
+	// State (nil otherwise: PortsOf then scans).
+	byService map[NamespacedName][]ServicePortKey
+}
+
+// Copy returns a State that the Builder which made s does not change
+// later: its own map of the same service ports (which never change) and
+// its own list of conflicts. For readers on other goroutines.
+func (s *State) Copy() *State {
+	c := *s
+	c.Services = maps.Clone(s.Services)
+	c.Conflicts = slices.Clone(s.Conflicts)
+	c.byService = nil
+	return &c
+}
+
+// PortsOf returns the service ports of the Service n, in no order.
+func (s *State) PortsOf(n NamespacedName) []*ServicePort {
+	var out []*ServicePort
+	if s.byService != nil {
+		for _, k := range s.byService[n] {
+			out = append(out, s.Services[k])
+		}
+		return out
+	}
+	for k, sp := range s.Services {
+		if k.Service() == n {
+			out = append(out, sp)
+		}
+	}
+	return out
 }
 
 // ClusterIPs returns every ClusterIP of family f that some port uses,

@@ -2,6 +2,9 @@ package proxier
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,13 +31,16 @@ type RunnerOptions struct {
 	// AfterSync, if set, runs after every successful sync with what it
 	// wrote (conntrack clean-up consumes the Diff).
 	AfterSync func(*model.State, model.Diff)
+	// Events, if set, receives the Warning Events about Service
+	// conflicts and refused service ports.
+	Events EventSink
 }
 
 // Runner owns time: it turns change notifications into bounded-frequency
 // syncs of a Backend and records what they cost.
 type Runner struct {
 	backend Backend
-	build   func() *model.State
+	src     Source
 	opts    RunnerOptions
 	wake    chan struct{}
 
@@ -42,11 +48,14 @@ type Runner struct {
 	pending pendingChanges
 
 	// Owned by the Run goroutine.
-	last      *model.State
+	applied   *model.State                  // what the kernel has: the Runner's own map
+	unwritten map[model.ServicePortKey]bool // changed, not yet written
 	lastSync  time.Time
 	retryAt   time.Time
 	retryWait time.Duration
 	dirty     bool
+	conflicts conflicts
+	held      held
 }
 
 type pendingChanges struct {
@@ -54,8 +63,8 @@ type pendingChanges struct {
 	triggers            []time.Time
 }
 
-// NewRunner returns a Runner that syncs the State built by build.
-func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner {
+// NewRunner returns a Runner that syncs the States src gives it.
+func NewRunner(b Backend, src Source, opts RunnerOptions) *Runner {
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -65,7 +74,8 @@ func NewRunner(b Backend, build func() *model.State, opts RunnerOptions) *Runner
 	if opts.MaxInterval <= 0 {
 		opts.MaxInterval = 30 * time.Second
 	}
-	return &Runner{backend: b, build: build, opts: opts, wake: make(chan struct{}, 1)}
+	return &Runner{backend: b, src: src, opts: opts, wake: make(chan struct{}, 1), held: held{},
+		applied: &model.State{Services: map[model.ServicePortKey]*model.ServicePort{}}, unwritten: map[model.ServicePortKey]bool{}}
 }
 
 // OnChange records a change and asks for a sync; it never blocks. kind is
@@ -105,13 +115,15 @@ func (r *Runner) OnChange(kind string, triggerTime time.Time) {
 
 // Run syncs once at start, then whenever asked (no more often than
 // MinInterval), at least every MaxInterval, and retries failures with
-// backoff, until ctx ends.
+// backoff, until ctx ends. It returns as soon as ctx has ended, also when a
+// sync is due at that moment (syncOnce then does nothing, so the wait would
+// stay at zero).
 func (r *Runner) Run(ctx context.Context) {
 	if h := r.opts.Health; h != nil {
 		h.QueuedUpdate()
 	}
 	r.dirty = true
-	for {
+	for ctx.Err() == nil {
 		wait := r.nextSync().Sub(r.opts.Clock.Now())
 		if wait <= 0 {
 			r.syncOnce(ctx)
@@ -135,12 +147,19 @@ func (r *Runner) Run(ctx context.Context) {
 }
 
 // nextSync is when the next sync is due: a retry, a wanted sync no sooner
-// than MinInterval after the last, or the periodic one.
+// than MinInterval after the last, the retry of a refused port, or the
+// periodic one.
 func (r *Runner) nextSync() time.Time {
 	periodic := r.lastSync.Add(r.opts.MaxInterval)
 	next := periodic
 	if !r.retryAt.IsZero() && r.retryAt.Before(next) {
 		next = r.retryAt
+	}
+	if due := r.held.due(); !due.IsZero() && due.Before(next) {
+		next = due
+		if soonest := r.lastSync.Add(r.opts.MinInterval); next.Before(soonest) {
+			next = soonest
+		}
 	}
 	if r.dirty && r.retryAt.IsZero() {
 		soonest := r.lastSync.Add(r.opts.MinInterval)
@@ -161,12 +180,23 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	r.mu.Unlock()
 
 	start := r.opts.Clock.Now()
-	state := r.build()
-	diff := model.Compute(r.last, state)
+	desired, changed := r.src.Next()
+	for _, k := range changed {
+		r.unwritten[k] = true
+	}
+	r.conflicts.report(desired.Conflicts, r.opts.Metrics, r.opts.Events)
+	state, kept := r.held.withHeld(desired, r.applied, start)
+	keys := r.toWrite(kept)
+	diff := model.ComputeKeys(r.applied, state, keys)
 	err := r.backend.Sync(ctx, state, diff)
 	elapsed := r.opts.Clock.Since(start)
 	r.lastSync = r.opts.Clock.Now()
 	r.dirty = false
+	var refused *RefusedError
+	if err == nil || errors.As(err, &refused) {
+		state, diff = r.written(state, diff, keys, kept, refused)
+		err = nil
+	}
 
 	var stats SyncStats
 	if sr, ok := r.backend.(StatsReporter); ok {
@@ -193,7 +223,6 @@ func (r *Runner) syncOnce(ctx context.Context) {
 		return
 	}
 	r.retryAt, r.retryWait = time.Time{}, 0
-	r.last = state
 	if r.opts.AfterSync != nil {
 		r.opts.AfterSync(state, diff)
 	}
@@ -234,6 +263,75 @@ func (r *Runner) syncOnce(ctx context.Context) {
 	}
 	klog.V(2).InfoS("Synced", "mode", r.backend.Mode(), "servicePorts", len(state.Services), "full", stats.Full,
 		"kernelObjects", stats.KernelOps, "changed", len(diff.Added)+len(diff.Updated)+len(diff.Removed), "elapsed", elapsed)
+}
+
+// toWrite lists the ports a sync must look at: those changed since the
+// last successful write, and the held ones it no longer keeps back.
+func (r *Runner) toWrite(kept map[model.ServicePortKey]bool) []model.ServicePortKey {
+	keys := make([]model.ServicePortKey, 0, len(r.unwritten)+len(r.held))
+	for k := range r.unwritten {
+		keys = append(keys, k)
+	}
+	for k := range r.held {
+		if !kept[k] && !r.unwritten[k] {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// written records that the kernel took the ports keys of state, but for
+// those refused names (nil: all of them), settles the held ports, and
+// returns what the kernel now has and how that differs from before.
+func (r *Runner) written(state *model.State, diff model.Diff, keys []model.ServicePortKey, kept map[model.ServicePortKey]bool,
+	refused *RefusedError) (*model.State, model.Diff) {
+	var again []model.ServicePortKey
+	if refused != nil {
+		again = refused.Ports
+		state = r.refuse(refused, state, kept)
+		diff = model.ComputeKeys(r.applied, state, keys)
+	}
+	for _, k := range keys {
+		if sp := state.Services[k]; sp != nil {
+			r.applied.Services[k] = sp
+		} else {
+			delete(r.applied.Services, k)
+		}
+	}
+	clear(r.unwritten)
+	for _, k := range r.held.settle(kept, again) {
+		klog.InfoS("Programmed a service port the kernel had refused", "servicePort", k.String())
+	}
+	if m := r.opts.Metrics; m != nil {
+		m.RefusedPorts.Set(float64(len(r.held)))
+	}
+	return state, diff
+}
+
+// refuse records the ports the kernel refused in a sync of written,
+// reports those refused for the first time, and returns what the kernel
+// now has: written, with the refused ports as they were. A port kept back
+// from this sync was not tried: a backend naming it again (one that keeps
+// a refused port out until it changes) changes neither its refused value
+// nor its backoff.
+func (r *Runner) refuse(e *RefusedError, written *model.State, kept map[model.ServicePortKey]bool) *model.State {
+	tried := slices.DeleteFunc(slices.Clone(e.Ports), func(k model.ServicePortKey) bool { return kept[k] })
+	applied, fresh := r.held.refuse(tried, written, r.applied, r.lastSync, r.opts.RetryMin, r.opts.MaxInterval)
+	for _, k := range tried {
+		if hp := r.held[k]; hp != nil {
+			klog.V(2).InfoS("Service port refused by the kernel; retrying later", "servicePort", k.String(), "retryIn", hp.wait)
+		}
+	}
+	for _, k := range fresh {
+		klog.ErrorS(e.Err, "The kernel refused a service port's rules; everything else is programmed, this port is retried with backoff",
+			"servicePort", k.String(), "mode", r.backend.Mode())
+		if r.opts.Events != nil {
+			r.opts.Events.Warn(k.Service(), ReasonKernelRefused, fmt.Sprintf(
+				"the kernel refused the %s rules of port %s (%v); other ports and Services are programmed, this one is retried with backoff",
+				r.backend.Mode(), k, e.Err))
+		}
+	}
+	return applied
 }
 
 // requeue puts changes of a failed sync back so their latency is measured

@@ -58,7 +58,7 @@ func newHarness(t *testing.T, min, max time.Duration) *harness {
 	clock := clocktesting.NewFakeClock(start)
 	b := &fakeBackend{clock: clock, done: make(chan struct{}, 100)}
 	h := healthz.New(clock, 2*max)
-	r := NewRunner(b, func() *model.State { return &model.State{} }, RunnerOptions{
+	r := NewRunner(b, Rebuild(func() *model.State { return &model.State{} }), RunnerOptions{
 		MinInterval: min, MaxInterval: max, Clock: clock, Metrics: metrics.New("fake"), Health: h})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -198,7 +198,7 @@ func (failingBackend) LastSyncStats() SyncStats                               { 
 func TestFailedSyncsAreCountedPerFamilyAsKubeProxyDoes(t *testing.T) {
 	m := metrics.New("iptables")
 	b := failingBackend{err: fmt.Errorf("sync: %w", &FamilyError{Family: model.IPv6, Err: errors.New("iptables-restore: exit 1")})}
-	r := NewRunner(b, func() *model.State { return &model.State{} }, RunnerOptions{
+	r := NewRunner(b, Rebuild(func() *model.State { return &model.State{} }), RunnerOptions{
 		MinInterval: time.Second, MaxInterval: time.Minute, Clock: clocktesting.NewFakeClock(time.Now()), Metrics: m})
 	r.syncOnce(context.Background())
 	for _, c := range []struct {
@@ -245,7 +245,7 @@ func (repairingBackend) LastSyncStats() SyncStats                             { 
 
 func TestDriftRepairsAreCountedByMode(t *testing.T) {
 	m := metrics.New("iptables")
-	r := NewRunner(repairingBackend{}, func() *model.State { return &model.State{} }, RunnerOptions{
+	r := NewRunner(repairingBackend{}, Rebuild(func() *model.State { return &model.State{} }), RunnerOptions{
 		MinInterval: time.Second, MaxInterval: time.Minute, Clock: clocktesting.NewFakeClock(time.Now()), Metrics: m})
 	r.syncOnce(context.Background())
 	r.syncOnce(context.Background())

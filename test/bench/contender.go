@@ -21,6 +21,8 @@ type contender struct {
 	mode    string // nftables or iptables
 	bin     string
 	proxydV bool // proxyd (has proxyd_* metrics)
+	// profiling serves /debug/pprof on proxyd's metrics address.
+	profiling bool
 }
 
 var allContenders = []string{"proxyd-nftables", "proxyd-iptables", "kube-proxy-nftables", "kube-proxy-iptables"}
@@ -45,8 +47,12 @@ func (c contender) argv(l *lab.Lab, syncPeriod time.Duration) []string {
 		"--cluster-cidr=" + lab.ClusterCIDRs, "--metrics-bind-address=127.0.0.1:10249",
 		"--healthz-bind-address=127.0.0.1:10256"}
 	if c.proxy == "proxyd" {
-		return append(append([]string{c.bin, "--mode=" + c.mode}, common...),
+		argv := append(append([]string{c.bin, "--mode=" + c.mode}, common...),
 			"--sync-period="+syncPeriod.String(), "--min-sync-period=0")
+		if c.profiling {
+			argv = append(argv, "--profiling")
+		}
+		return argv
 	}
 	// kube-proxy applies the --iptables-* periods to nftables mode too.
 	return append(append([]string{c.bin, "--proxy-mode=" + c.mode}, common...),

@@ -82,6 +82,7 @@ func run() error {
 		total       = flag.Duration("timeout", 90*time.Minute, "give up on the whole run after this")
 		reportOnly  = flag.Bool("report-only", false, "only redraw the plots and README.md from the CSVs in -out")
 		note        = flag.String("note", "", "free text recorded with the results (e.g. how the binaries were built)")
+		heapDir     = flag.String("heap-profiles", "", "directory for proxyd's heap profile at steady state (runs proxyd with --profiling)")
 	)
 	flag.Parse()
 	if *reportOnly {
@@ -114,6 +115,7 @@ func run() error {
 		if _, err := os.Stat(c.bin); err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
+		c.profiling = *heapDir != "" && c.proxydV
 		cs = append(cs, c)
 	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
@@ -127,7 +129,7 @@ func run() error {
 	cmdline := "go run ./test/bench " + strings.Join(os.Args[1:], " ")
 	for _, n := range ns {
 		p := params{n: n, k: *k, connects: *connects, syncTimeout: *syncTimeout, changeTimeout: *chTimeout,
-			idlePeriod: *idlePeriod, idlePeriods: *idleN, logf: log.Printf}
+			idlePeriod: *idlePeriod, idlePeriods: *idleN, heapDir: *heapDir, logf: log.Printf}
 		if p.syncTimeout == 0 {
 			p.syncTimeout = 120*time.Second + time.Duration(n)*60*time.Millisecond
 		}

@@ -7,8 +7,11 @@ import (
 	"math"
 	"math/rand"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -23,7 +26,9 @@ type params struct {
 	changeTimeout  time.Duration
 	idlePeriod     time.Duration
 	idlePeriods    int
-	logf           func(string, ...any)
+	// heapDir, when set, receives proxyd's heap profile at steady state.
+	heapDir string
+	logf    func(string, ...any)
 }
 
 // result is one contender's numbers at one N; values are keyed by the
@@ -199,6 +204,9 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 		res.v["peak_rss_mib"] = float64(st.hwm) / (1 << 20)
 		res.v["steady_rss_mib"] = float64(st.rss) / (1 << 20)
 	}
+	if p.heapDir != "" && c.proxydV {
+		saveHeap(ctx, l, filepath.Join(p.heapDir, fmt.Sprintf("heap-%s-%d.pprof", c.name, p.n)), logf)
+	}
 	conn, fails, err := connectLatency(l.ClientNS, w.vips(), p.connects)
 	if err != nil {
 		_ = r.stop()
@@ -232,6 +240,36 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 		logf("%s: %s", c.name, left)
 	}
 	return res, err
+}
+
+// saveHeap writes the heap profile proxyd serves (with --profiling) to
+// path, after a garbage collection, so it shows what stays in use.
+func saveHeap(ctx context.Context, l *lab.Lab, path string, logf func(string, ...any)) {
+	code, body, err := l.HTTPGet(ctx, l.NodeNS, "http://127.0.0.1:10249/debug/pprof/heap?gc=1")
+	if err == nil && code != 200 {
+		err = fmt.Errorf("HTTP %d", code)
+	}
+	if err == nil {
+		err = os.WriteFile(path, []byte(body), 0o644)
+	}
+	if err != nil {
+		logf("heap profile: %v", err)
+		return
+	}
+	logf("heap profile in %s", path)
+	// The runtime's own account, to tell live objects from the heap's
+	// headroom and what was returned to the OS.
+	if code, text, err := l.HTTPGet(ctx, l.NodeNS, "http://127.0.0.1:10249/debug/pprof/heap?debug=1"); err == nil && code == 200 {
+		var stats []string
+		for _, line := range strings.Split(text, "\n") {
+			for _, k := range []string{"# HeapAlloc", "# HeapInuse", "# HeapIdle", "# HeapReleased", "# Sys", "# NextGC", "# Stack", "# NumGC"} {
+				if strings.HasPrefix(line, k+" ") {
+					stats = append(stats, strings.TrimPrefix(line, "# "))
+				}
+			}
+		}
+		logf("runtime memory: %s", strings.Join(stats, ", "))
+	}
 }
 
 // programmingLatency makes p.k single-endpoint changes one after another,

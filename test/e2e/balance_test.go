@@ -145,7 +145,8 @@ func gauge(body, name, svc string) (float64, bool) {
 }
 
 // pinnedEvents checks that the Service has exactly want ConnectionsPinned
-// Events (want 1: at least one, of type Warning, from proxyd).
+// Events (want 1: at least one, of type Warning, reported by proxyd through
+// events.k8s.io, so with reportingController set and no deprecated source).
 func (e *env) pinnedEvents(t *testing.T, svc string, want int) error {
 	t.Helper()
 	list, err := e.cs.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{
@@ -161,7 +162,7 @@ func (e *env) pinnedEvents(t *testing.T, svc string, want int) error {
 		return errorf("no ConnectionsPinned Event on %s", svc)
 	}
 	for _, ev := range list.Items {
-		if ev.Type != v1.EventTypeWarning || ev.Source.Component != "proxyd" || ev.InvolvedObject.UID == "" {
+		if ev.Type != v1.EventTypeWarning || ev.ReportingController != "proxyd" || ev.InvolvedObject.UID == "" {
 			return errorf("event %+v", ev)
 		}
 		t.Logf("Event %s: %s", ev.Reason, ev.Message)

@@ -1,5 +1,5 @@
 // Package pipeline measures proxyd's whole sync path in one process: the
-// informers (over a fake clientset), the memoised Build, the diff and the
+// informers (over a fake clientset), the incremental Builder, the diff and the
 // nftables backend writing into a real kernel in a fresh network
 // namespace. It is what one endpoint change costs a node at scale, without
 // an apiserver in the loop.
@@ -7,8 +7,11 @@ package pipeline
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	goruntime "runtime"
+	"runtime/pprof"
 	"strconv"
 	"testing"
 	"time"
@@ -52,17 +55,22 @@ func objects(i int) (*v1.Service, *discovery.EndpointSlice) {
 	return svc, es
 }
 
-// BenchmarkPipelineOneEndpointChange syncs N Services × 10 endpoints, then
-// times single-endpoint changes from the informer's event to the kernel's
-// commit: Snapshot, memoised Build, diff and the nftables transaction.
-// PROXYD_PIPELINE_N sets N (default 1000).
-func BenchmarkPipelineOneEndpointChange(b *testing.B) {
-	n := 1000
+// workload is an informer over a fake clientset holding N Services × 10
+// endpoints, N from PROXYD_PIPELINE_N.
+type workload struct {
+	n      int
+	client *fake.Clientset
+	inf    *informer.Informer
+	rec    recorder
+}
+
+// startWorkload starts the informer and waits for its caches; n is the
+// default N.
+func startWorkload(ctx context.Context, b *testing.B, n int) *workload {
+	b.Helper()
 	if v, err := strconv.Atoi(os.Getenv("PROXYD_PIPELINE_N")); err == nil && v > 0 {
 		n = v
 	}
-	t := b
-	ns := testns.New(t, "pipe")
 	var objs []runtime.Object
 	for i := range n {
 		svc, es := objects(i)
@@ -70,45 +78,68 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 	}
 	// NewClientset's field-managed tracker builds a REST mapper per create,
 	// which takes minutes at 10k objects; the plain tracker is enough here.
-	client := fake.NewSimpleClientset(objs...)
+	w := &workload{n: n, client: fake.NewSimpleClientset(objs...), rec: recorder{ch: make(chan struct{}, 1)}}
+	w.inf = informer.New(w.client, informer.Options{NodeName: "node1"}, w.rec)
+	go w.inf.Run(ctx)
+	if err := w.inf.WaitForSync(ctx); err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
+// change flips the readiness of one endpoint of Service i mod N and waits
+// until the informer reports it.
+func (w *workload) change(ctx context.Context, b *testing.B, i int) {
+	b.Helper()
+	_, es := objects(i % w.n)
+	es.Endpoints[3].Conditions.Ready = ptr(i/w.n%2 == 1)
+	for len(w.rec.ch) > 0 {
+		<-w.rec.ch
+	}
+	if _, err := w.client.DiscoveryV1().EndpointSlices("bench").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case <-w.rec.ch:
+	case <-time.After(10 * time.Second):
+		b.Fatal("the informer never reported the change")
+	}
+}
+
+// heapProfile names a file for BenchmarkPipelineOneEndpointChange to write
+// the heap profile of its steady state into.
+var heapProfile = flag.String("heapprofile", "", "write the steady state's heap profile to this file")
+
+// BenchmarkPipelineOneEndpointChange syncs N Services × 10 endpoints, then
+// times single-endpoint changes from the informer's event to the kernel's
+// commit: the informer's changes, the Builder's Update, the Diff of the
+// changed keys and the nftables transaction. After the changes it reports
+// the live heap (after a GC) of that steady state — the informer's caches
+// and the fake clientset's copy of every object included — and writes its
+// profile with -heapprofile FILE. PROXYD_PIPELINE_N sets N (default 1000).
+func BenchmarkPipelineOneEndpointChange(b *testing.B) {
+	t := b
+	ns := testns.New(t, "pipe")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rec := recorder{ch: make(chan struct{}, 1)}
-	inf := informer.New(client, informer.Options{NodeName: "node1"}, rec)
-	go inf.Run(ctx)
-	if err := inf.WaitForSync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorkload(ctx, b, 1000)
 	backend, err := nftables.New(proxier.Config{}, nftables.WithNetNS(ns.FD), nftables.WithFamilies(model.IPv4))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var builder model.Builder
+	src := newSource(w.inf)
 	start := time.Now()
-	st := builder.Build(inf.Snapshot())
-	if err := backend.Sync(ctx, st, model.Compute(nil, st)); err != nil {
+	st, d := src.next()
+	if err := backend.Sync(ctx, st, d); err != nil {
 		t.Fatal(err)
 	}
-	b.ReportMetric(time.Since(start).Seconds(), "full-sync-s")
+	fullSync := time.Since(start) // ResetTimer would drop a metric reported now
 	var build, sync time.Duration
 	b.ResetTimer()
 	for i := range b.N {
-		_, es := objects(i % n)
-		es.Endpoints[3].Conditions.Ready = ptr(i/n%2 == 1)
-		for len(rec.ch) > 0 {
-			<-rec.ch
-		}
-		if _, err := client.DiscoveryV1().EndpointSlices("bench").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case <-rec.ch:
-		case <-time.After(10 * time.Second):
-			b.Fatal("the informer never reported the change")
-		}
+		w.change(ctx, b, i)
 		t0 := time.Now()
-		next := builder.Build(inf.Snapshot())
-		d := model.Compute(st, next)
+		next, d := src.next()
 		t1 := time.Now()
 		if err := backend.Sync(ctx, next, d); err != nil {
 			b.Fatal(err)
@@ -120,6 +151,26 @@ func BenchmarkPipelineOneEndpointChange(b *testing.B) {
 		sync += time.Since(t1)
 		st = next
 	}
+	b.ReportMetric(fullSync.Seconds(), "full-sync-s")
 	b.ReportMetric(float64(build.Microseconds())/float64(b.N)/1000, "build+diff-ms/op")
 	b.ReportMetric(float64(sync.Microseconds())/float64(b.N)/1000, "kernel-sync-ms/op")
+	b.StopTimer()
+	goruntime.GC()
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.HeapAlloc)/(1<<20), "heap-MiB")
+	if *heapProfile != "" {
+		f, err := os.Create(*heapProfile)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
+	goruntime.KeepAlive(st)
+	goruntime.KeepAlive(src)
+	goruntime.KeepAlive(backend)
+	goruntime.KeepAlive(w)
 }

@@ -2,29 +2,23 @@ package app
 
 import (
 	"net/http"
-	"sync/atomic"
 
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/balance"
 	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/explain"
-	"github.com/proxyd/proxyd/pkg/informer"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
-
-// lastState is the State of the last successful sync, for /debug/explain.
-type lastState struct{ p atomic.Pointer[model.State] }
-
-func (l *lastState) set(s *model.State) { l.p.Store(s) }
-func (l *lastState) get() *model.State  { return l.p.Load() }
 
 // newDiagnostics builds the connection-balance collector (nil when
 // --balance-interval is 0 or conntrack cannot be read) and the
 // /debug/explain handler. Both read the kernel on their own goroutines,
 // never on the sync path.
-func newDiagnostics(o *Options, backend proxier.Backend, events *informer.EventRecorder, programmed *lastState) (*balance.Collector, http.Handler, func()) {
+//
+// state returns the programmed State, safe to read on their goroutines.
+func newDiagnostics(o *Options, backend proxier.Backend, events balance.Recorder, state func() *model.State) (*balance.Collector, http.Handler, func()) {
 	var closers []func()
 	done := func() {
 		for _, c := range closers {
@@ -39,9 +33,10 @@ func newDiagnostics(o *Options, backend proxier.Backend, events *informer.EventR
 		} else {
 			closers = append(closers, func() { _ = r.Close() })
 			collector = balance.New(o.Balance, balance.KernelSource(r), events, nil)
+			collector.ReadStateFrom(state)
 		}
 	}
-	x := &explain.Explainer{Dataplane: dataplaneOf(backend), State: programmed.get, Balance: collector, ReadBy: "daemon"}
+	x := &explain.Explainer{Dataplane: dataplaneOf(backend), State: state, Balance: collector, ReadBy: "daemon"}
 	if r, err := conntrack.NewReader(0); err != nil {
 		klog.ErrorS(err, "proxyd explain will not show conntrack entries")
 	} else {

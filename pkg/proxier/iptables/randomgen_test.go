@@ -27,7 +27,7 @@ const genServices = 10
 // outside the ServiceCIDRs, the same endpoint in two Services.
 var (
 	genExternalIPs = addrs("192.0.2.10", "192.0.2.11", "2001:db8::10")
-	genLBIPs       = addrs("192.0.2.20", "192.0.2.21", "2001:db8::20")
+	genLBIPs       = addrs("192.0.2.20", "2001:db8::20")
 	genRanges      = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/28"), netip.MustParsePrefix("198.51.100.0/24"),
 		netip.MustParsePrefix("10.88.0.0/24"), netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("2001:db8::/64")}
 	genNodeIPs = [][]netip.Addr{addrs("10.88.0.2"), addrs("10.88.0.3"), addrs("10.88.0.2", "fd00:88::2")}
@@ -80,11 +80,34 @@ func subset[T any](g *snapGen, pool []T) []T {
 	return out
 }
 
+// hintsWith returns a copy of h (which ports share) with its zones, or
+// its nodes, replaced by to.
+func hintsWith(h *model.Hints, zones bool, to []string) *model.Hints {
+	var out model.Hints
+	if h != nil {
+		out = *h
+	}
+	if zones {
+		out.Zones = to
+	} else {
+		out.Nodes = to
+	}
+	return &out
+}
+
 func (g *snapGen) clusterIPs(i int) []netip.Addr {
 	v4 := netip.AddrFrom4([4]byte{10, 96, 0, byte(10 + i)})
 	v6 := netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 0, 0x96, 15: byte(10 + i)})
 	outside := netip.AddrFrom4([4]byte{10, 99, 0, byte(i % 3)})
 	return [][]netip.Addr{{v4}, {v6}, {v4, v6}, {v6, v4}, {outside}, {outside, v6}}[g.pick(6)]
+}
+
+// lbIPs are Service i's pool of load-balancer addresses: the shared ones
+// and one of its own. Two Services on one address and port conflict, and
+// the model leaves the younger one's address out; the address of its own
+// keeps every Service's load-balancer IPs reaching the rules.
+func lbIPs(i int) []netip.Addr {
+	return append(slices.Clone(genLBIPs), netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)}))
 }
 
 func (g *snapGen) newService(i int) *model.Service {
@@ -190,7 +213,7 @@ func (g *snapGen) mutateService() string {
 	case 7:
 		s.ExternalIPs, what = subset(g, genExternalIPs), "externalIPs"
 	case 8:
-		s.LoadBalancerIPs, what = subset(g, genLBIPs), "load-balancer IPs"
+		s.LoadBalancerIPs, what = subset(g, lbIPs(i)), "load-balancer IPs"
 	case 9:
 		s.LoadBalancerSourceRanges, what = subset(g, genRanges), "loadBalancerSourceRanges"
 	case 10:
@@ -198,7 +221,7 @@ func (g *snapGen) mutateService() string {
 	case 12:
 		// Load-balancer addresses that are external IPs too: only the
 		// model's LoadBalancerIPs change, not its ExternalIPs.
-		s.ExternalIPs, s.LoadBalancerIPs, what = genLBIPs, subset(g, genLBIPs), "load-balancer IPs among the external IPs"
+		s.ExternalIPs, s.LoadBalancerIPs, what = lbIPs(i), subset(g, lbIPs(i)), "load-balancer IPs among the external IPs"
 	case 11:
 		s.Ports[0].Protocol, what = []model.Protocol{model.TCP, model.UDP, model.SCTP}[g.pick(3)], "protocol"
 		g.setSlicePort(i, func(p *model.SlicePort) { p.Protocol = s.Ports[0].Protocol })
@@ -263,9 +286,9 @@ func (g *snapGen) mutateSlice() string {
 		case 5:
 			e.Zone, what = genZones[g.pick(len(genZones))], "zone"
 		case 6:
-			e.ZoneHints, what = subset(g, genZones[1:]), "zone hints"
+			e.Hints, what = hintsWith(e.Hints, true, subset(g, genZones[1:])), "zone hints"
 		case 7:
-			e.NodeHints, what = subset(g, genNodes), "node hints"
+			e.Hints, what = hintsWith(e.Hints, false, subset(g, genNodes)), "node hints"
 		case 8:
 			es.Ports[0].Port, what = []uint16{8080, 8081}[g.pick(2)], "target port"
 		case 10, 11:
@@ -273,9 +296,9 @@ func (g *snapGen) mutateSlice() string {
 			// hint them all at once, for zones or for nodes.
 			for k := range es.Endpoints {
 				if n == 10 {
-					es.Endpoints[k].ZoneHints = subset(g, genZones[1:])
+					es.Endpoints[k].Hints = hintsWith(es.Endpoints[k].Hints, true, subset(g, genZones[1:]))
 				} else {
-					es.Endpoints[k].NodeHints = subset(g, genNodes)
+					es.Endpoints[k].Hints = hintsWith(es.Endpoints[k].Hints, false, subset(g, genNodes))
 				}
 			}
 			what = "every endpoint hinted"

@@ -2,6 +2,7 @@ package nftables
 
 import (
 	"fmt"
+	"maps"
 	"testing"
 
 	"github.com/proxyd/proxyd/pkg/model"
@@ -22,28 +23,32 @@ func BenchmarkBuildAndRender(b *testing.B) {
 	}
 }
 
-// BenchmarkIncrementalPlan is the CPU side of a one-endpoint change:
-// Build with memory, the diff and the plan.
+// BenchmarkIncrementalPlan is the CPU side of a one-endpoint change, as
+// the runner drives it: the Builder's Update with the one changed slice,
+// the Diff of the keys it names against what was written, and the plan.
 func BenchmarkIncrementalPlan(b *testing.B) {
 	for _, n := range []int{1000, 10000, 30000} {
 		b.Run(fmt.Sprintf("services=%d/endpoints=10", n), func(b *testing.B) {
 			snap := bigSnapshot(n, 10)
 			var builder model.Builder
 			cfg := flowspec.Config()
-			prev := builder.Build(snap)
-			_, w := renderAll(prev, cfg, model.IPv4)
+			st := builder.Build(snap)
+			applied := &model.State{Services: maps.Clone(st.Services)}
+			_, w := renderAll(st, cfg, model.IPv4)
 			name := model.NamespacedName{Namespace: "bench", Name: fmt.Sprintf("svc-%05d-1", n/2)}
 			orig := snap.Slices[name]
 			b.ReportAllocs()
 			for i := 0; b.Loop(); i++ {
 				es := *orig
 				es.Endpoints = orig.Endpoints[1+i%2:]
-				snap.Slices[name] = &es
-				next := builder.Build(snap)
-				if p := w.update(next, model.Compute(prev, next).Changed(), cfg, model.IPv4); p.Size() == 0 {
+				st, keys := builder.Update(model.Changes{Slices: map[model.NamespacedName]*model.EndpointSlice{name: &es}})
+				d := model.ComputeKeys(applied, st, keys)
+				if p := w.update(st, d.Changed(), cfg, model.IPv4); p.Size() == 0 {
 					b.Fatal("empty plan")
 				}
-				prev = next
+				for _, k := range keys {
+					applied.Services[k] = st.Services[k]
+				}
 			}
 		})
 	}

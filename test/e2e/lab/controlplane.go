@@ -46,6 +46,12 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 		return fmt.Errorf("etcd: %w", err)
 	}
 
+	return l.startAPIServer(ctx)
+}
+
+// startAPIServer runs kube-apiserver in the node namespace and waits until
+// its /readyz says ok, recording how long that took in ReadyzDuration.
+func (l *Lab) startAPIServer(ctx context.Context) error {
 	f := l.pki.files
 	apiserver, err := l.startProcess(tierAPIServer, l.NodeNS, "kube-apiserver.log", filepath.Join(l.BinDir, "kube-apiserver"),
 		"--etcd-servers=http://127.0.0.1:2379",
@@ -69,6 +75,9 @@ func (l *Lab) startControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	l.mu.Lock()
+	l.apiserver = apiserver
+	l.mu.Unlock()
 	client, err := l.adminHTTPClient()
 	if err != nil {
 		return err

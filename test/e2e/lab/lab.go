@@ -101,10 +101,11 @@ type Lab struct {
 	// apiserver took from exec to /readyz 200.
 	StartDuration, ReadyzDuration time.Duration
 
-	logf  func(format string, args ...any)
-	pki   *pki
-	mu    sync.Mutex
-	procs []*Process
+	logf      func(format string, args ...any)
+	pki       *pki
+	mu        sync.Mutex
+	procs     []*Process
+	apiserver *Process // the running kube-apiserver
 	// extraNS are namespaces added with AddNamespace.
 	extraNS []string
 	rec     ownerRecord

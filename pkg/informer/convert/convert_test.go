@@ -1,22 +1,26 @@
-package informer
+package convert
 
 import (
 	"net/netip"
 	"reflect"
-	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/klog/v2"
-	"k8s.io/klog/v2/ktesting"
 
+	"github.com/proxyd/proxyd/pkg/informer/convert/converttest"
 	"github.com/proxyd/proxyd/pkg/model"
 )
 
 func ptr[T any](v T) *T { return &v }
+
+// The fixtures: a valid Service ns/web and a valid slice of it.
+var (
+	service   = converttest.Service
+	slice     = converttest.Slice
+	withLabel = converttest.WithLabel
+)
 
 func addrs(ss ...string) []netip.Addr {
 	var out []netip.Addr
@@ -24,33 +28,6 @@ func addrs(ss ...string) []netip.Addr {
 		out = append(out, netip.MustParseAddr(s))
 	}
 	return out
-}
-
-// service returns a valid single-stack ClusterIP Service ns/web with one
-// TCP port 80, changed by the given edits.
-func service(edits ...func(*v1.Service)) *v1.Service {
-	svc := &v1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
-		Spec: v1.ServiceSpec{
-			Type:       v1.ServiceTypeClusterIP,
-			ClusterIP:  "10.0.0.1",
-			ClusterIPs: []string{"10.0.0.1"},
-			Ports:      []v1.ServicePort{{Name: "http", Protocol: v1.ProtocolTCP, Port: 80}},
-		},
-	}
-	for _, e := range edits {
-		e(svc)
-	}
-	return svc
-}
-
-func withLabel(k, v string) func(*v1.Service) {
-	return func(s *v1.Service) {
-		if s.Labels == nil {
-			s.Labels = map[string]string{}
-		}
-		s.Labels[k] = v
-	}
 }
 
 func modelService(edits ...func(*model.Service)) *model.Service {
@@ -195,13 +172,32 @@ func TestConvertService(t *testing.T) {
 				s.Spec.SessionAffinityConfig = &v1.SessionAffinityConfig{ClientIP: &v1.ClientIPConfig{TimeoutSeconds: ptr[int32](60)}}
 			}),
 			want: modelService()},
+		{name: "IPv4 addresses with leading zeros are read as decimal, as kube-proxy reads them",
+			in: service(func(s *v1.Service) {
+				s.Spec.ClusterIPs, s.Spec.ExternalIPs = []string{"010.000.000.001"}, []string{"192.000.002.010"}
+			}),
+			want: modelService(func(m *model.Service) { m.ClusterIPs, m.ExternalIPs = addrs("10.0.0.1"), addrs("192.0.2.10") })},
+		{name: "an address with an IPv6 zone is dropped",
+			in: service(func(s *v1.Service) {
+				s.Spec.ClusterIPs = []string{"10.0.0.1", "fd00::1"}
+				s.Spec.ExternalIPs = []string{"fd00::5%eth0", "fd00::6"}
+			}),
+			want: modelService(func(m *model.Service) { m.ClusterIPs, m.ExternalIPs = addrs("10.0.0.1", "fd00::1"), addrs("fd00::6") })},
+		{name: "an external IP of a family the Service has no cluster IP of is dropped",
+			in:   service(func(s *v1.Service) { s.Spec.ExternalIPs = []string{"fd00::6", "192.0.2.1"} }),
+			want: modelService(func(m *model.Service) { m.ExternalIPs = addrs("192.0.2.1") })},
+		{name: "a port with a protocol proxyd does not program is dropped",
+			in: service(func(s *v1.Service) {
+				s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "icmp", Protocol: "ICMP", Port: 7})
+			}),
+			want: modelService()},
 		{name: "trafficDistribution is carried over",
 			in:   service(func(s *v1.Service) { s.Spec.TrafficDistribution = ptr(v1.ServiceTrafficDistributionPreferClose) }),
 			want: modelService(func(m *model.Service) { m.TrafficDistribution = "PreferClose" })},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := ConvertService(klog.Background(), tt.in, tt.proxyName)
+			got, _ := Service(tt.in, tt.proxyName)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ConvertService:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -209,36 +205,67 @@ func TestConvertService(t *testing.T) {
 	}
 }
 
-func TestConvertServiceLogsMalformedIPWithName(t *testing.T) {
-	logger := ktesting.NewLogger(t, ktesting.NewConfig(ktesting.Verbosity(2), ktesting.BufferLogs(true)))
-	ConvertService(logger, service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"nonsense"} }), "")
-	out := logger.GetSink().(ktesting.Underlier).GetBuffer().String()
-	if !strings.Contains(out, "ns/web") || !strings.Contains(out, "nonsense") {
-		t.Errorf("log does not name the service and the address:\n%s", out)
+func TestConversionsNameWhatTheyLeaveOut(t *testing.T) {
+	drops := func(ds []Drop) []string {
+		var out []string
+		for _, d := range ds {
+			out = append(out, d.String())
+		}
+		return out
 	}
-}
-
-// slice returns a valid IPv4 slice ns/web-abc for Service web with one
-// port and one endpoint, changed by the given edits.
-func slice(edits ...func(*discovery.EndpointSlice)) *discovery.EndpointSlice {
-	es := &discovery.EndpointSlice{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: "ns", Name: "web-abc",
-			Labels: map[string]string{discovery.LabelServiceName: "web"},
-		},
-		AddressType: discovery.AddressTypeIPv4,
-		Ports:       []discovery.EndpointPort{{Name: ptr("http"), Protocol: ptr(v1.ProtocolTCP), Port: ptr[int32](8080)}},
-		Endpoints: []discovery.Endpoint{{
-			Addresses:  []string{"10.1.0.1"},
-			Conditions: discovery.EndpointConditions{Ready: ptr(true), Serving: ptr(true), Terminating: ptr(false)},
-			NodeName:   ptr("node-a"),
-			Zone:       ptr("zone-a"),
-		}},
+	tests := []struct {
+		name string
+		got  []Drop
+		want []string
+	}{
+		{name: "a Service",
+			got: func() []Drop {
+				_, ds := Service(service(func(s *v1.Service) {
+					s.Spec.ClusterIPs = []string{"10.0.0.1", "bogus"}
+					s.Spec.ExternalIPs = []string{"fd00::1%eth0", "fd00::1"}
+					s.Spec.Ports = append(s.Spec.Ports, v1.ServicePort{Name: "x", Protocol: "ICMP", Port: 1}, v1.ServicePort{Name: "y", Port: 0})
+				}), "")
+				return ds
+			}(),
+			want: []string{
+				`spec.clusterIPs[1] "bogus": not an IP address`,
+				`spec.ports[1].protocol "ICMP": not a protocol proxyd programs (TCP, UDP, SCTP): the port is not proxied`,
+				`spec.ports[2].port "0": not a port number (1-65535): the port is not proxied`,
+				`spec.externalIPs[0] "fd00::1%eth0": an address with an IPv6 zone names an interface of another host`,
+				`spec.externalIPs[1] "fd00::1": the Service has no IPv6 cluster IP`,
+			}},
+		{name: "a Service without a usable cluster IP",
+			got: func() []Drop {
+				_, ds := Service(service(func(s *v1.Service) { s.Spec.ClusterIPs = []string{"fd00::1%eth0"} }), "")
+				return ds
+			}(),
+			want: []string{
+				`spec.clusterIPs[0] "fd00::1%eth0": an address with an IPv6 zone names an interface of another host`,
+				`no usable cluster IP: the Service is not proxied`,
+			}},
+		{name: "an EndpointSlice",
+			got: func() []Drop {
+				_, ds := EndpointSlice(slice(func(es *discovery.EndpointSlice) {
+					es.Ports = append(es.Ports, discovery.EndpointPort{Name: ptr("all")})
+					es.Endpoints[0].Addresses = []string{"10.1.0.1", "fd00::1"}
+					es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{"nope"}})
+				}), "")
+				return ds
+			}(),
+			want: []string{
+				`ports[1].port "": no port number: the port is not proxied`,
+				`endpoints[0].addresses[1] "fd00::1": not an address of the slice's type IPv4`,
+				`endpoints[1].addresses[0] "nope": not an IP address`,
+				`endpoints[1] "": no usable address: the endpoint is not used`,
+			}},
 	}
-	for _, e := range edits {
-		e(es)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := drops(tt.got); !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("drops:\n%q\nwant\n%q", got, tt.want)
+			}
+		})
 	}
-	return es
 }
 
 func modelSlice(edits ...func(*model.EndpointSlice)) *model.EndpointSlice {
@@ -332,14 +359,28 @@ func TestConvertEndpointSlice(t *testing.T) {
 				}
 			}),
 			want: modelSlice(func(m *model.EndpointSlice) {
-				m.Endpoints[0].ZoneHints = []string{"zone-a", "zone-b"}
-				m.Endpoints[0].NodeHints = []string{"node-a"}
+				m.Endpoints[0].Hints = &model.Hints{Zones: []string{"zone-a", "zone-b"}, Nodes: []string{"node-a"}}
 			})},
 		{name: "malformed and wrong-family addresses are dropped",
 			in: slice(func(es *discovery.EndpointSlice) {
 				es.Endpoints[0].Addresses = []string{"10.1.0.999", "fd00::1", "10.1.0.2"}
 			}),
 			want: modelSlice(func(m *model.EndpointSlice) { m.Endpoints[0].Addresses = addrs("10.1.0.2") })},
+		{name: "an address with a zone is dropped and leading zeros are decimal",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.AddressType = discovery.AddressTypeIPv6
+				es.Endpoints[0].Addresses = []string{"fe80::1%eth0", "fd00::1"}
+				es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{"fd00::2%1"}})
+			}),
+			want: modelSlice(func(m *model.EndpointSlice) { m.Family, m.Endpoints[0].Addresses = model.IPv6, addrs("fd00::1") })},
+		{name: "an IPv4 endpoint with leading zeros is read as decimal",
+			in:   slice(func(es *discovery.EndpointSlice) { es.Endpoints[0].Addresses = []string{"010.001.000.001"} }),
+			want: modelSlice()},
+		{name: "a port with a protocol proxyd does not program is dropped",
+			in: slice(func(es *discovery.EndpointSlice) {
+				es.Ports = append(es.Ports, discovery.EndpointPort{Name: ptr("x"), Protocol: ptr(v1.Protocol("ICMP")), Port: ptr[int32](1)})
+			}),
+			want: modelSlice()},
 		{name: "an endpoint left without addresses is dropped",
 			in: slice(func(es *discovery.EndpointSlice) {
 				es.Endpoints = append(es.Endpoints, discovery.Endpoint{Addresses: []string{"garbage"}})
@@ -348,7 +389,7 @@ func TestConvertEndpointSlice(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := ConvertEndpointSlice(klog.Background(), tt.in, tt.proxyName)
+			got, _ := EndpointSlice(tt.in, tt.proxyName)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ConvertEndpointSlice:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -399,72 +440,10 @@ func TestConvertNode(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := ConvertNode(klog.Background(), tt.in)
+			got, _ := Node(tt.in)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ConvertNode:\n got %+v\nwant %+v", got, tt.want)
 			}
 		})
-	}
-}
-
-func TestSelectors(t *testing.T) {
-	tests := []struct {
-		name   string
-		src    source
-		slices bool
-		want   string
-	}{
-		{"services of the default source exclude headless and named ones", sourceDefault, false,
-			"!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name"},
-		{"slices of the default source also need a service name", sourceDefault, true,
-			"!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name,kubernetes.io/service-name"},
-		{"services of the named source select our proxy name", sourceNamed, false,
-			"!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name=proxyd"},
-		{"slices of the named source select our proxy name and need a service name", sourceNamed, true,
-			"!service.kubernetes.io/headless,service.kubernetes.io/service-proxy-name=proxyd,kubernetes.io/service-name"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := selector(tt.src, "proxyd", tt.slices); got != tt.want {
-				t.Errorf("selector = %q, want %q", got, tt.want)
-			}
-		})
-	}
-}
-
-// The two sources' selectors together must admit exactly what Admitted
-// admits, and each source's client-side filter must agree with its selector.
-func TestSelectorsAgreeWithClientSideFilter(t *testing.T) {
-	labelSets := []map[string]string{
-		{},
-		{v1.IsHeadlessService: ""},
-		{LabelServiceProxyName: ""},
-		{LabelServiceProxyName: "proxyd"},
-		{LabelServiceProxyName: "other"},
-		{LabelServiceProxyName: "proxyd", v1.IsHeadlessService: ""},
-	}
-	for _, proxyName := range []string{"", "proxyd"} {
-		srcs := []source{sourceDefault}
-		if proxyName != "" {
-			srcs = append(srcs, sourceNamed)
-		}
-		for _, ls := range labelSets {
-			set := labels.Set(ls)
-			any := false
-			for _, src := range srcs {
-				sel, err := labels.Parse(selector(src, proxyName, false))
-				if err != nil {
-					t.Fatalf("selector for %v does not parse: %v", src, err)
-				}
-				m := sel.Matches(set)
-				any = any || m
-				if m && !src.admits(ls, proxyName) {
-					t.Errorf("proxy %q: %v selector matches %v but the client-side filter rejects it", proxyName, src, ls)
-				}
-			}
-			if want := Admitted(ls, proxyName); any != want {
-				t.Errorf("proxy %q, labels %v: selectors match = %v, Admitted = %v", proxyName, ls, any, want)
-			}
-		}
 	}
 }
