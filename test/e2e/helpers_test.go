@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -117,9 +118,9 @@ func (e *env) startProxyd(t *testing.T, mode string, extra ...string) *proxyd {
 // startDataplane runs proxyd in dp's mode for the rest of the (sub)test,
 // then stops it and removes everything it wrote, so the next dataplane
 // starts from a clean kernel.
-func (e *env) startDataplane(t *testing.T, dp dataplane) *proxyd {
+func (e *env) startDataplane(t *testing.T, dp dataplane, extra ...string) *proxyd {
 	t.Helper()
-	px := e.startProxyd(t, dp.mode, dp.args...)
+	px := e.startProxyd(t, dp.mode, append(slices.Clone(dp.args), extra...)...)
 	t.Cleanup(func() {
 		px.stop(t)
 		_, _ = e.lab.Exec(context.Background(), e.lab.NodeNS, os.Getenv("PROXYD_BIN"), "--cleanup")
