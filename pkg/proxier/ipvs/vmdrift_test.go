@@ -124,7 +124,7 @@ func TestVMDriftRepairedWithinASyncPeriod(t *testing.T) {
 	s := state(sp("web", model.TCP, "10.96.0.10", 80, "10.244.1.11:8080"))
 	s.ServiceCIDRs = prefixes("10.96.0.0/16")
 	m := metrics.New(Mode)
-	r := proxier.NewRunner(p, func() *model.State { return s }, proxier.RunnerOptions{MaxInterval: period, Metrics: m})
+	r := proxier.NewRunner(p, proxier.Rebuild(func() *model.State { return s }), proxier.RunnerOptions{MaxInterval: period, Metrics: m})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()
