@@ -113,6 +113,12 @@ func (v *nftView) chains(_ context.Context) (map[string]string, error) {
 	return out, nil
 }
 
+// endpoints reads how many endpoints the chain picks from. A chain that
+// looks a random number up in a named map (proxyd's endpoint maps) has as
+// many endpoints as the map has elements, counted without the ends of
+// intervals; a `numgen mod N` over an anonymous map or over rules
+// (kube-proxy, proxyd before its endpoint maps) has N; else the DNAT rules
+// count.
 func (v *nftView) endpoints(_ context.Context, chain string) (int, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -120,7 +126,7 @@ func (v *nftView) endpoints(_ context.Context, chain string) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	mod, nat := 0, 0
+	mod, nat, named := 0, 0, ""
 	for _, r := range rules {
 		for _, e := range r.Exprs {
 			switch x := e.(type) {
@@ -130,13 +136,40 @@ func (v *nftView) endpoints(_ context.Context, chain string) (int, error) {
 				if x.Type == expr.NATTypeDestNAT {
 					nat++
 				}
+			case *expr.Lookup:
+				if x.IsDestRegSet && x.SetName != "" && !strings.HasPrefix(x.SetName, "__") {
+					named = x.SetName
+				}
 			}
 		}
 	}
-	if mod > 0 {
+	switch {
+	case named != "":
+		return v.mapSize(named)
+	case mod > 0:
 		return mod, nil
 	}
 	return nat, nil
+}
+
+// mapSize counts the elements of a named map, an interval's end not
+// counting as one. The caller holds v.mu.
+func (v *nftView) mapSize(name string) (int, error) {
+	set, err := v.conn.GetSetByName(v.table, name)
+	if err != nil {
+		return -1, fmt.Errorf("map %s: %w", name, err)
+	}
+	elems, err := v.conn.GetSetElements(set)
+	if err != nil {
+		return -1, fmt.Errorf("elements of map %s: %w", name, err)
+	}
+	n := 0
+	for _, e := range elems {
+		if !e.IntervalEnd {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // iptView reads iptables by running iptables-save in the node netns.
