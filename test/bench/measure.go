@@ -19,7 +19,8 @@ import (
 // params are the knobs of one measurement run.
 type params struct {
 	n, k, connects int
-	syncTimeout    time.Duration
+	syncCap        time.Duration // full sync: stop and report "> syncCap"
+	syncTimeout    time.Duration // the restarted process's first sync
 	changeTimeout  time.Duration
 	idlePeriod     time.Duration
 	idlePeriods    int
@@ -30,7 +31,8 @@ type params struct {
 // metric keys of metricDefs, NaN when not measured.
 type result struct {
 	name     string
-	status   string // ok, skipped: ..., failed: ...
+	status   string        // ok, capped: ..., skipped: ..., failed: ...
+	capped   time.Duration // full sync still running when stopped after this
 	v        map[string]float64
 	leftover string
 	view     string
@@ -87,7 +89,7 @@ func waitProgrammed(ctx context.Context, r *running, v kernelView, w *workload, 
 			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%w: %d of %d Services programmed after %v", errTimeout, got, len(w.names), timeout)
+			return 0, fmt.Errorf("%w: %d of %d Services programmed after %v", errCapped, got, len(w.names), timeout)
 		}
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -101,6 +103,8 @@ func waitProgrammed(ctx context.Context, r *running, v kernelView, w *workload, 
 var (
 	errExited  = errors.New("process exited")
 	errTimeout = errors.New("timeout")
+	// errCapped: the full sync did not finish within -sync-cap.
+	errCapped = errors.New("full sync not done")
 	// errSyncFailing: nothing programmed and the contender keeps logging
 	// failed syncs; waiting for the timeout would only waste time.
 	errSyncFailing = errors.New("syncs keep failing")
@@ -123,20 +127,26 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 	if err != nil {
 		return res, err
 	}
-	d, err := waitProgrammed(ctx, r, v, w, p.syncTimeout)
+	d, err := waitProgrammed(ctx, r, v, w, p.syncCap)
 	if err != nil {
 		switch {
 		case errors.Is(err, errExited) && r.notAvailable():
 			res.status = "skipped: " + firstLine(r.exitReason())
 		case errors.Is(err, errExited):
 			res.status = "failed: " + r.exitReason()
-		case errors.Is(err, errTimeout), errors.Is(err, errSyncFailing):
+		case errors.Is(err, errCapped):
+			res.capped = p.syncCap
+			res.status = "capped: " + err.Error() + "; stopped"
+		case errors.Is(err, errSyncFailing):
 			res.status = "failed: full sync " + err.Error()
 		default:
-			_ = r.stop()
+			_ = r.stopAll(logf)
 			return res, err
 		}
-		_ = r.stop()
+		logf("%s: %s", c.name, res.status)
+		if err := r.stopAll(logf); err != nil {
+			logf("%v", err)
+		}
 		left, cerr := cleanNode(ctx, l, c, base)
 		res.leftover = left
 		return res, cerr
