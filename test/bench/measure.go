@@ -143,7 +143,6 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 			_ = r.stopAll(logf)
 			return res, err
 		}
-		logf("%s: %s", c.name, res.status)
 		if err := r.stopAll(logf); err != nil {
 			logf("%v", err)
 		}
