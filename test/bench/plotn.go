@@ -81,6 +81,8 @@ func vsNPlot(title, ylabel string, files []csvFile, ss []series) string {
 				switch {
 				case q.atLeast:
 					s.marker("triangle", px, py, c, tip)
+				case f.key.pods != defaultPods && se.dashed:
+					s.marker("dashed-diamond", px, py, c, tip)
 				case f.key.pods != defaultPods:
 					s.marker("diamond", px, py, c, tip)
 				case se.dashed:
@@ -112,8 +114,9 @@ func vsNPlot(title, ylabel string, files []csvFile, ss []series) string {
 	return s.String()
 }
 
-// marker draws one point: a dot, an open circle, an open diamond or an
-// open triangle pointing up, with tip as its tooltip.
+// marker draws one point: a dot, an open circle, an open diamond (dashed
+// for a dashed series) or an open triangle pointing up, with tip as its
+// tooltip.
 func (s *svgDoc) marker(kind string, x, y float64, contender, tip string) {
 	col := color(contender)
 	var shape string
@@ -122,9 +125,13 @@ func (s *svgDoc) marker(kind string, x, y float64, contender, tip string) {
 		shape = fmt.Sprintf(`<circle cx="%.1f" cy="%.1f" r="4" fill="%s">`, x, y, col)
 	case "open":
 		shape = fmt.Sprintf(`<circle cx="%.1f" cy="%.1f" r="4" fill="white" stroke="%s" stroke-width="2">`, x, y, col)
-	case "diamond":
-		shape = fmt.Sprintf(`<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="white" stroke="%s" stroke-width="2">`,
-			x, y-7, x+7, y, x, y+7, x-7, y, col)
+	case "diamond", "dashed-diamond":
+		dash := ""
+		if kind == "dashed-diamond" {
+			dash = ` stroke-dasharray="3 2"`
+		}
+		shape = fmt.Sprintf(`<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="white" stroke="%s" stroke-width="2"%s>`,
+			x, y-7, x+7, y, x, y+7, x-7, y, col, dash)
 	case "triangle":
 		shape = fmt.Sprintf(`<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="white" stroke="%s" stroke-width="2">`,
 			x, y-8, x+7, y+5, x-7, y+5, col)
