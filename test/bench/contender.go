@@ -108,7 +108,9 @@ func (r *running) stopAll(logf func(string, ...any)) error {
 		born[pid] = startTime(pid)
 	}
 	err := r.stop()
-	deadline := time.Now().Add(30 * time.Second)
+	// A killed nft finishes the commit it is in first: at 5k × 50 that
+	// can take a while.
+	deadline := time.Now().Add(2 * time.Minute)
 	for _, pid := range kids {
 		// The same process still, not a new one under a reused PID.
 		if born[pid] == "" || startTime(pid) != born[pid] {
