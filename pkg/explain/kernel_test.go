@@ -179,33 +179,8 @@ func TestKernelIPTablesInNetns(t *testing.T) {
 	web := netip.AddrPortFrom(flowspec.WebVIP, 80)
 	pods := []netip.AddrPort{netip.AddrPortFrom(flowspec.Pod1, 8080), netip.AddrPortFrom(flowspec.Pod2, 8080), netip.AddrPortFrom(flowspec.Pod3, 8080)}
 
-	t.Run("a client's connection to a ClusterIP: the Service, a third to each Pod, no masquerade, no drift", func(t *testing.T) {
-		r := explain(t, flowspec.Client, web)
-		if r.Service == nil || r.Service.Name != "web" || r.Service.Kind != "ClusterIP" || r.MatchedBy == nil ||
-			!strings.Contains(r.MatchedBy.Rule, `--comment "default/web:p cluster IP"`) {
-			t.Errorf("service %+v matched by %+v", r.Service, r.MatchedBy)
-		}
-		if len(r.Outcomes) != 3 {
-			t.Fatalf("%d outcomes, want 3", len(r.Outcomes))
-		}
-		for i, o := range r.Outcomes {
-			if o.Endpoint != pods[i] || math.Abs(o.Probability-1.0/3) > 1e-9 || o.Masquerade {
-				t.Errorf("outcome %d: %+v, want %v at 1/3 unmasqueraded", i, o, pods[i])
-			}
-		}
-		if r.Masquerade.Decision != "no" || !strings.Contains(strings.Join(r.Masquerade.Why, " "), "inside the cluster CIDR 10.244.0.0/16") {
-			t.Errorf("masquerade %+v", r.Masquerade)
-		}
-		if !r.Drift.Known || len(r.Drift.Differences) != 0 {
-			t.Errorf("drift %+v: the kernel holds exactly what proxyd wrote", r.Drift)
-		}
-	})
-
-	t.Run("the node's own connection is masqueraded, as it comes from outside the cluster CIDR", func(t *testing.T) {
-		r := explain(t, flowspec.NodeIP, web)
-		if !r.Query.FromNode || r.Masquerade.Decision != "yes" || !strings.Contains(r.Masquerade.Why[0], "outside the cluster CIDR") {
-			t.Errorf("from node %v, masquerade %+v", r.Query.FromNode, r.Masquerade)
-		}
+	clusterIPAndNodeCases(t, explain, web, pods, func(rule string) bool {
+		return strings.Contains(rule, `--comment "default/web:p cluster IP"`)
 	})
 
 	t.Run("a Pod reaching itself is masqueraded through its own endpoint only", func(t *testing.T) {
@@ -275,6 +250,41 @@ func TestKernelIPTablesInNetns(t *testing.T) {
 		_ = r.WriteText(&b2)
 		if !strings.Contains(b2.String(), "!!! DRIFT") {
 			t.Error("the text does not shout about the drift")
+		}
+	})
+}
+
+// clusterIPAndNodeCases are the cases every mode's kernel test shares: a
+// client's connection to web's ClusterIP (the Service, matched by a rule
+// isMatch accepts, a third to each Pod, no masquerade, no drift) and the
+// node's own connection (masqueraded: it comes from outside the cluster
+// CIDR).
+func clusterIPAndNodeCases(t *testing.T, explain explainFunc, web netip.AddrPort, pods []netip.AddrPort, isMatch func(rule string) bool) {
+	t.Run("a client's connection to a ClusterIP: the Service, a third to each Pod, no masquerade, no drift", func(t *testing.T) {
+		r := explain(t, flowspec.Client, web)
+		if r.Service == nil || r.Service.Name != "web" || r.Service.Kind != "ClusterIP" || r.MatchedBy == nil || !isMatch(r.MatchedBy.Rule) {
+			t.Errorf("service %+v matched by %+v", r.Service, r.MatchedBy)
+		}
+		if len(r.Outcomes) != 3 {
+			t.Fatalf("%d outcomes, want 3", len(r.Outcomes))
+		}
+		for i, o := range r.Outcomes {
+			if o.Endpoint != pods[i] || math.Abs(o.Probability-1.0/3) > 1e-9 || o.Masquerade {
+				t.Errorf("outcome %d: %+v, want %v at 1/3 unmasqueraded", i, o, pods[i])
+			}
+		}
+		if r.Masquerade.Decision != "no" || !strings.Contains(strings.Join(r.Masquerade.Why, " "), "inside the cluster CIDR 10.244.0.0/16") {
+			t.Errorf("masquerade %+v", r.Masquerade)
+		}
+		if !r.Drift.Known || len(r.Drift.Differences) != 0 {
+			t.Errorf("drift %+v: the kernel holds exactly what proxyd wrote", r.Drift)
+		}
+	})
+
+	t.Run("the node's own connection is masqueraded, as it comes from outside the cluster CIDR", func(t *testing.T) {
+		r := explain(t, flowspec.NodeIP, web)
+		if !r.Query.FromNode || r.Masquerade.Decision != "yes" || !strings.Contains(r.Masquerade.Why[0], "outside the cluster CIDR") {
+			t.Errorf("from node %v, masquerade %+v", r.Query.FromNode, r.Masquerade)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/proxyd/proxyd/pkg/model"
@@ -73,7 +74,7 @@ func (d *NFTables) Trace(ctx context.Context, q Query) (*Trace, error) {
 		return nil, err
 	}
 	out.Outcomes = outcomes
-	out.Service, out.MatchedBy = nftablesService(outs, q.Proto)
+	out.Service, out.MatchedBy = nftablesService(outs, q)
 	if out.MatchedBy == nil {
 		out.MatchedBy = nftDecidedBy(outs)
 	}
@@ -99,7 +100,8 @@ const (
 // nftablesService finds the first chain of a service port on any
 // outcome's path (nftables mode names them svc-, ext- and fw- followed by
 // NAMESPACE/NAME/PROTOCOL/PORT) and the rule that sent the packet there.
-func nftablesService(outs []nft.Outcome, proto model.Protocol) (*ServiceRef, *Step) {
+func nftablesService(outs []nft.Outcome, q Query) (*ServiceRef, *Step) {
+	proto := q.Proto
 	for _, o := range outs {
 		for i, s := range o.Path {
 			if s.Table == nil {
@@ -108,6 +110,16 @@ func nftablesService(outs []nft.Outcome, proto model.Protocol) (*ServiceRef, *St
 			kind := ""
 			var rest string
 			switch {
+			case dispatchComment(s, q) != "":
+				// A ClusterIP port without a chain of its own: its
+				// dispatch element names it.
+				kind, rest = "ClusterIP", dispatchComment(s, q)
+				parts := strings.Split(rest, "/")
+				if len(parts) != 4 {
+					continue
+				}
+				step := nftStep(s)
+				return &ServiceRef{Namespace: parts[0], Name: parts[1], Port: parts[3], Protocol: proto, Kind: kind}, &step
 			case strings.HasPrefix(s.Chain, svcPrefix):
 				kind, rest = "ClusterIP", strings.TrimPrefix(s.Chain, svcPrefix)
 			case strings.HasPrefix(s.Chain, fwPrefix):
@@ -133,6 +145,41 @@ func nftablesService(outs []nft.Outcome, proto model.Protocol) (*ServiceRef, *St
 		}
 	}
 	return nil, nil
+}
+
+// dispatchComment is the comment of the element of the verdict map that
+// step's rule dispatched q by, when the map is keyed by q's destination
+// (nftables mode names a ClusterIP port there when it has no chain).
+func dispatchComment(s nft.Step, q Query) string {
+	for _, st := range ruleOf(s) {
+		v, ok := st.(nft.Vmap)
+		if !ok || !hasDestination(v.Key) {
+			continue
+		}
+		m := s.Table.Set(v.Map)
+		if m == nil {
+			return ""
+		}
+		var key []nft.Value
+		for _, f := range v.Key {
+			switch f {
+			case nft.IPDaddr, nft.IP6Daddr:
+				key = append(key, nft.AddrValue(q.Dst.Addr()))
+			case nft.MetaL4Proto:
+				key = append(key, nft.NumValue(uint32(q.Proto.Number())))
+			case nft.THDport:
+				key = append(key, nft.NumValue(uint32(q.Dst.Port())))
+			default:
+				return ""
+			}
+		}
+		for _, e := range m.Elements {
+			if e.Comment != "" && slices.Equal(e.Key, key) {
+				return e.Comment
+			}
+		}
+	}
+	return ""
 }
 
 // readsDestination reports whether a rule's lookups read the destination

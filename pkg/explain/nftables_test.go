@@ -158,7 +158,7 @@ func TestNFTablesDriftIsLoudAndTheTraceFollowsTheKernel(t *testing.T) {
 	})
 	r := explainOK(t, explainer(d), Query{Src: flowspec.Client, Dst: netip.AddrPortFrom(flowspec.WebVIP, 80), Proto: model.TCP})
 	diff := strings.Join(r.Drift.Differences, "\n")
-	if !r.Drift.Known || !strings.Contains(diff, "ip proxyd: map service-ips: element missing: 10.96.0.10 . tcp . 80 : goto svc-default/web/tcp/p") {
+	if !r.Drift.Known || !strings.Contains(diff, "ip proxyd: map service-ips: element missing: 10.96.0.10 . tcp . 80 comment \"default/web/tcp/p\" : goto pick-tcp-3") {
 		t.Errorf("drift %+v", r.Drift)
 	}
 	if r.Verdict != "reject" || r.Service != nil {

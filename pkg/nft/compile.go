@@ -137,7 +137,8 @@ func sameExprs(f Family, a, b []expr.Any) bool {
 }
 
 // canonical drops what the kernel adds on its own when it dumps an
-// expression: a NAT range's upper registers default to the lower ones.
+// expression: a NAT range's upper registers default to the lower ones, and
+// a port register sets the "proto specified" flag.
 func canonical(e expr.Any) expr.Any {
 	if n, ok := e.(*expr.NAT); ok {
 		c := *n
@@ -147,6 +148,7 @@ func canonical(e expr.Any) expr.Any {
 		if c.RegProtoMax == c.RegProtoMin {
 			c.RegProtoMax = 0
 		}
+		c.Specified = c.Specified || c.RegProtoMin != 0
 		return &c
 	}
 	return e

@@ -91,6 +91,12 @@ func debugExpr(t *testing.T, f Family, e expr.Any) string {
 		return "immediate reg 0 " + verdicts[e.Kind]
 	case *expr.Immediate:
 		return fmt.Sprintf("immediate reg %d %s", e.Register, words(e.Data))
+	case *expr.Byteorder:
+		op := "hton"
+		if e.Op == expr.ByteorderNtoh {
+			op = "ntoh"
+		}
+		return fmt.Sprintf("byteorder reg %d = %s(reg %d, %d, %d)", e.DestRegister, op, e.SourceRegister, e.Size, e.Len)
 	case *expr.Numgen:
 		return fmt.Sprintf("numgen reg %d = random mod %d", e.Register, e.Modulus)
 	case *expr.NAT:

@@ -46,13 +46,27 @@ func (s DNAT) compile(c *compiler) error {
 }
 
 func (s DNAT) eval(x *exec) (step, error) {
-	if !x.natChain || (x.hook != Prerouting && x.hook != Output) {
-		return 0, fmt.Errorf("dnat outside a NAT chain of prerouting or output")
+	if err := x.canDNAT(); err != nil {
+		return 0, err
 	}
 	if s.To.Addr().Is4() != x.fl.Dst.Addr().Is4() {
 		return stepNext, nil // an inet table's dnat of the other family does nothing
 	}
-	x.fl.Redirect(s.To)
+	return x.dnat(s.To)
+}
+
+// canDNAT reports a dnat where the kernel refuses one.
+func (x *exec) canDNAT() error {
+	if !x.natChain || (x.hook != Prerouting && x.hook != Output) {
+		return fmt.Errorf("dnat outside a NAT chain of prerouting or output")
+	}
+	return nil
+}
+
+// dnat rewrites the destination to to, as the kernel's NAT does, and ends
+// the chain's evaluation with accept.
+func (x *exec) dnat(to netip.AddrPort) (step, error) {
+	x.fl.Redirect(to)
 	x.fl.ctDNAT, x.fl.dnatBound = true, true
 	return x.end(Accept)
 }

@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	gnft "github.com/google/nftables"
-
 	"github.com/proxyd/proxyd/internal/testns"
 )
 
@@ -51,6 +49,7 @@ func everyStatement(f Family) *Table {
 			{Key: []Value{NumValue(1)}, Data: []Value{AddrValue(ep.Addr()), NumValue(uint32(ep.Port()))}},
 		}},
 		{Name: "sticky", Key: []Type{AddrType(ip)}, Dynamic: true, Timeout: 3 * time.Hour, Size: 65535},
+		endpointMap("eps", ip, 6, ep, ep, ep),
 	}, Chains: []*Chain{
 		{Name: "pre", Base: &Base{Type: NAT, Hook: Prerouting, Priority: -100}, Rules: []Rule{
 			{Vmap{Key: tuple, Map: "dispatch"}},
@@ -81,7 +80,20 @@ func everyStatement(f Family) *Table {
 			{DPort{Proto: 6, Port: 80}, Goto("svc2")},
 		}},
 		{Name: "svc2", Rules: []Rule{{Proto{Proto: 17}, DNAT{To: ep}}}},
+		{Name: "svc3", Rules: []Rule{{Proto{Proto: 6}, DNATMap{Family: ip, Mod: 65536, Map: "eps"}}}},
 	}}
+}
+
+// endpointMap is an endpoint map of family ip and protocol proto that
+// splits 65536 numbers evenly among eps.
+func endpointMap(name string, ip Family, proto uint8, eps ...netip.AddrPort) *Set {
+	s := &Set{Name: name, Key: []Type{TypeInteger}, Data: []Type{AddrType(ip), TypeInetService}, Interval: true,
+		Typeof: &Typeof{Mod: 65536, Family: ip, Proto: proto}}
+	for i, ep := range eps {
+		lo, hi := uint32(i*65536/len(eps)), uint32((i+1)*65536/len(eps)-1)
+		s.Elements = append(s.Elements, Element{Key: []Value{NumRangeValue(lo, hi)}, Data: []Value{AddrValue(ep.Addr()), NumValue(uint32(ep.Port()))}})
+	}
+	return s
 }
 
 // rejectAfter is the reject nft writes after a match of family ip.
@@ -108,10 +120,11 @@ func addPairsAndDispatch2(t *Table) {
 
 func writeTable(t *testing.T, ns *testns.NS, tb *Table) {
 	t.Helper()
-	conn, err := gnft.New(gnft.WithNetNSFd(ns.FD))
+	conn, err := Dial(ns.FD)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer conn.Close()
 	if err := Queue(conn, tb); err != nil {
 		t.Fatal(err)
 	}
@@ -220,6 +233,67 @@ func TestKernelReadsLearnedElements(t *testing.T) {
 	}
 }
 
+// An endpoint map's endpoints change by elements alone, in one
+// transaction (old ranges out, new ones in), and the map reads back, lists
+// and reloads as the new one; traced, each endpoint gets its share.
+func TestKernelEndpointMapChangesByElements(t *testing.T) {
+	ns := testns.New(t, "nfteps")
+	ap := netip.MustParseAddrPort
+	a, b, c := ap("10.244.1.11:8080"), ap("10.244.1.12:8080"), ap("10.244.1.13:8080")
+	before := endpointMap("eps", IP, 17, a, b, c)
+	tb := &Table{Family: IP, Name: "eps", Sets: []*Set{before}, Chains: []*Chain{
+		{Name: "pre", Base: &Base{Type: NAT, Hook: Prerouting, Priority: -100}, Rules: []Rule{{Proto{Proto: 17}, DNATMap{Family: IP, Mod: 65536, Map: "eps"}}}},
+	}}
+	writeTable(t, ns, tb)
+	conn, err := Dial(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	after := endpointMap("eps", IP, 17, b, ap("10.244.1.14:8080"))
+	g := GTable(IP, "eps")
+	if err := DelElements(conn, g, before, before.Elements); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddElements(conn, g, after, after.Elements); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("replace the ranges: %v", err)
+	}
+	tb.Sets = []*Set{after}
+	got := ns.Run(t, "nft", "list", "table", "ip", "eps")
+	if CanonicalListing(got) != CanonicalListing(tb.String()) {
+		t.Errorf("nft lists\n%s\nwant\n%s", got, tb.String())
+	}
+	ns.Run(t, "nft", "delete", "table", "ip", "eps")
+	if out, err := ns.Try("sh", "-c", "nft -f - <<'EOF'\n"+got+"EOF\n"); err != nil {
+		t.Fatalf("nft -f of the listing: %v\n%s", err, out)
+	}
+	if again := ns.Run(t, "nft", "list", "table", "ip", "eps"); again != got {
+		t.Errorf("the listing reloaded lists as\n%s\nnot\n%s", again, got)
+	}
+	r, err := NewReader(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	back, err := r.Table(IP, "eps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(back.Canonical(), tb.Canonical()) {
+		t.Fatalf("read back\n%s\nwant\n%s", back, tb)
+	}
+	out, err := NewTracer(isNode, []*Table{back}).Enumerate(Packet{Src: clientIP, Dst: ap("10.96.0.20:53"), Proto: 17})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out) != 2 || out[0].Probability != 0.5 || out[1].Probability != 0.5 {
+		t.Errorf("outcomes %+v, want two endpoints at 1/2", out)
+	}
+}
+
 // Another table of the same family — iptables-nft's, as kubelet leaves on
 // every node — is none of the reader's business: the kernel dumps every
 // chain of a family whatever table was asked for, and the reader keeps
@@ -252,5 +326,31 @@ func TestKernelReadsOneTableAmongOthers(t *testing.T) {
 				t.Errorf("read back\n%s\nwrote\n%s", back.Canonical(), tb.Canonical())
 			}
 		})
+	}
+}
+
+// The generation counts every committed transaction by one, whoever
+// commits, and stays put while nobody does.
+func TestKernelGenerationCountsCommits(t *testing.T) {
+	ns := testns.New(t, "nftgen")
+	conn, err := Dial(ns.FD)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	g0, err := conn.Generation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, err := conn.Generation(); err != nil || g != g0 {
+		t.Fatalf("generation moved from %d to %d (%v) with nobody committing", g0, g, err)
+	}
+	conn.AddTable(GTable(IP, "mine"))
+	if err := conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ns.Run(t, "nft", "add", "table", "ip", "theirs")
+	if g, err := conn.Generation(); err != nil || g != g0+2 {
+		t.Fatalf("generation %d (%v) after two commits from %d, want %d", g, err, g0, g0+2)
 	}
 }

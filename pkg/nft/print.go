@@ -55,7 +55,11 @@ func (s *Set) write(b *strings.Builder) {
 	if s.IsMap() {
 		typ += " : " + typesText(s.Data)
 	}
-	fmt.Fprintf(b, "\t%s %s {\n\t\ttype %s\n", kind, s.Name, typ)
+	decl := "type " + typ
+	if s.Typeof != nil {
+		decl = s.Typeof.text()
+	}
+	fmt.Fprintf(b, "\t%s %s {\n\t\t%s\n", kind, s.Name, decl)
 	if s.Size > 0 {
 		fmt.Fprintf(b, "\t\tsize %d\n", s.Size)
 	}

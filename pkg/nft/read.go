@@ -203,11 +203,14 @@ func (r *Reader) rules(t *Table) error {
 	}
 	for _, m := range msgs {
 		var chain string
+		var handle uint64
 		var ex []expr.Any
 		err := attrs(m.Data[4:], func(typ uint16, ad *netlink.AttributeDecoder) error {
 			switch typ {
 			case unix.NFTA_RULE_CHAIN:
 				chain = ad.String()
+			case unix.NFTA_RULE_HANDLE:
+				handle = ad.Uint64()
 			case unix.NFTA_RULE_EXPRESSIONS:
 				var err error
 				ex, err = expressions(t.Family, ad.Bytes())
@@ -229,6 +232,7 @@ func (r *Reader) rules(t *Table) error {
 			return fmt.Errorf("chain %s rule %d: %w", chain, len(c.Rules), err)
 		}
 		c.Rules = append(c.Rules, rule)
+		c.Handles = append(c.Handles, handle)
 	}
 	return nil
 }
@@ -270,6 +274,14 @@ func expressions(f Family, b []byte) ([]expr.Any, error) {
 		}); err != nil {
 			return err
 		}
+		if name == "byteorder" {
+			e, err := byteorder(data)
+			if err != nil {
+				return fmt.Errorf("expression %d (byteorder): %w", len(out), err)
+			}
+			out = append(out, e)
+			return nil
+		}
 		mk, ok := exprTypes[name]
 		if !ok {
 			return fmt.Errorf("expression %d is %q, which proxyd never writes", len(out), name)
@@ -288,6 +300,30 @@ func expressions(f Family, b []byte) ([]expr.Any, error) {
 		return nil
 	})
 	return out, err
+}
+
+// byteorder decodes a byteorder expression, which google/nftables v0.3.0
+// cannot.
+func byteorder(data []byte) (*expr.Byteorder, error) {
+	e := &expr.Byteorder{}
+	err := attrs(data, func(typ uint16, ad *netlink.AttributeDecoder) error {
+		switch typ {
+		case unix.NFTA_BYTEORDER_SREG:
+			e.SourceRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_DREG:
+			e.DestRegister = ad.Uint32()
+		case unix.NFTA_BYTEORDER_OP:
+			e.Op = expr.ByteorderOp(ad.Uint32())
+		case unix.NFTA_BYTEORDER_LEN:
+			e.Len = ad.Uint32()
+		case unix.NFTA_BYTEORDER_SIZE:
+			e.Size = ad.Uint32()
+		default:
+			return fmt.Errorf("attribute %d", typ)
+		}
+		return nil
+	})
+	return e, err
 }
 
 // request sends one nf_tables request and returns the answers.

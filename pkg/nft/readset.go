@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/google/nftables/binaryutil"
@@ -178,23 +179,31 @@ func (rs rawSet) set() (*Set, error) {
 		}
 		s.Timeout = rs.timeout
 	}
-	if want := setUserdata(s); !bytes.Equal(rs.userdata, want) {
-		return nil, fmt.Errorf("userdata %x, want %x (a comment or typeof?)", rs.userdata, want)
+	if t, ok := parseTypeof(rs.userdata); ok {
+		s.Typeof = t
+		if err := s.check(); err != nil {
+			return nil, err
+		}
+	}
+	if want, err := setUserdata(s); err != nil || !bytes.Equal(rs.userdata, want) {
+		return nil, fmt.Errorf("userdata %x, want %x (a comment?)", rs.userdata, want)
 	}
 	return s, nil
 }
 
-// setUserdata is the userdata google/nftables writes for s: the key byte
-// order, big-endian for interval sets and host for a key of one host-order
-// field (which nft otherwise prints byte-swapped).
-func setUserdata(s *Set) []byte {
+// setUserdata is the userdata written for s: its typeof declaration, or
+// the key byte order, big-endian for interval sets and host for a key of
+// one host-order field (which nft otherwise prints byte-swapped).
+func setUserdata(s *Set) ([]byte, error) {
 	switch {
+	case s.Typeof != nil:
+		return s.Typeof.userdata()
 	case s.Interval:
-		return userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 2)
+		return userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 2), nil
 	case hostOrderKey(s):
-		return userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 1)
+		return userdata.AppendUint32(nil, userdata.NFTNL_UDATA_SET_KEYBYTEORDER, 1), nil
 	}
-	return nil
+	return nil, nil
 }
 
 // hostOrderKey reports whether s has a key of one field kept in host byte
@@ -211,18 +220,18 @@ func (r *Reader) elements(f Family, table string, s *Set) ([]Element, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list elements: %w", err)
 	}
-	var out []Element
+	var raw []rawElement
 	for _, m := range msgs {
 		err := attrs(m.Data[4:], func(typ uint16, ad *netlink.AttributeDecoder) error {
 			if typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
 				return nil
 			}
 			return attrs(ad.Bytes(), func(_ uint16, ad *netlink.AttributeDecoder) error {
-				e, err := s.element(ad.Bytes())
+				e, err := parseElement(ad.Bytes())
 				if err != nil {
-					return fmt.Errorf("element %d: %w", len(out), err)
+					return fmt.Errorf("element %d: %w", len(raw), err)
 				}
-				out = append(out, e)
+				raw = append(raw, e)
 				return nil
 			})
 		})
@@ -230,58 +239,91 @@ func (r *Reader) elements(f Family, table string, s *Set) ([]Element, error) {
 			return nil, err
 		}
 	}
+	if s.Interval && len(s.Key) == 1 {
+		return s.intervals(raw)
+	}
+	out := make([]Element, 0, len(raw))
+	for i, re := range raw {
+		if re.end {
+			return nil, fmt.Errorf("element %d: an interval end in a set that has none", i)
+		}
+		e, err := s.element(re)
+		if err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+		out = append(out, e)
+	}
 	return out, nil
 }
 
-// element decodes one NFTA_LIST_ELEM of a set element dump.
-func (s *Set) element(b []byte) (Element, error) {
-	var key, keyEnd, data []byte
-	var e Element
+// rawElement is one element as the kernel dumps it.
+type rawElement struct {
+	key, keyEnd, data []byte
+	verdict           Verdict
+	end               bool // an interval's end
+	timeout, expires  time.Duration
+	comment           string
+}
+
+func parseElement(b []byte) (rawElement, error) {
+	var e rawElement
 	err := attrs(b, func(typ uint16, ad *netlink.AttributeDecoder) error {
 		switch typ {
 		case unix.NFTA_SET_ELEM_KEY, attrElemKeyEnd:
 			v, err := dataValue(ad.Bytes())
 			if typ == attrElemKeyEnd {
-				keyEnd = v
+				e.keyEnd = v
 			} else {
-				key = v
+				e.key = v
 			}
 			return err
 		case unix.NFTA_SET_ELEM_DATA:
 			return attrs(ad.Bytes(), func(typ uint16, ad *netlink.AttributeDecoder) error {
 				switch typ {
 				case unix.NFTA_DATA_VALUE:
-					data = ad.Bytes()
+					e.data = ad.Bytes()
 				case unix.NFTA_DATA_VERDICT:
 					v, err := verdictData(ad.Bytes())
-					e.Verdict = v
+					e.verdict = v
 					return err
 				}
 				return nil
 			})
 		case unix.NFTA_SET_ELEM_FLAGS:
-			if ad.Uint32() != 0 {
-				return fmt.Errorf("element flags 0x%x: proxyd writes none", ad.Uint32())
+			flags := ad.Uint32()
+			if flags&^unix.NFT_SET_ELEM_INTERVAL_END != 0 {
+				return fmt.Errorf("element flags 0x%x: proxyd writes none", flags)
 			}
+			e.end = flags != 0
 		case unix.NFTA_SET_ELEM_TIMEOUT:
-			e.Timeout = time.Duration(ad.Uint64()) * time.Millisecond
+			e.timeout = time.Duration(ad.Uint64()) * time.Millisecond
 		case unix.NFTA_SET_ELEM_EXPIRATION:
-			e.Expires = time.Duration(ad.Uint64()) * time.Millisecond
+			e.expires = time.Duration(ad.Uint64()) * time.Millisecond
 		case unix.NFTA_SET_ELEM_USERDATA:
-			return errors.New("element userdata (a comment?): proxyd writes none")
+			ud := ad.Bytes()
+			c, ok := userdata.GetString(ud, userdata.NFTNL_UDATA_SET_ELEM_COMMENT)
+			if !ok || !bytes.Equal(userdata.AppendString(nil, userdata.NFTNL_UDATA_SET_ELEM_COMMENT, c), ud) {
+				return fmt.Errorf("element userdata %x: proxyd writes a comment only", ud)
+			}
+			e.comment = c
 		case unix.NFTA_SET_ELEM_EXPR, attrElemExprs:
 			return errors.New("element expressions (counters?): proxyd writes none")
 		}
 		return nil
 	})
-	if err != nil {
-		return Element{}, err
-	}
-	if e.Key, err = decode(s.Key, key, keyEnd); err != nil {
+	return e, err
+}
+
+// element decodes one element of a set that is not an interval set of one
+// field.
+func (s *Set) element(re rawElement) (Element, error) {
+	e := Element{Verdict: re.verdict, Timeout: re.timeout, Expires: re.expires, Comment: re.comment}
+	var err error
+	if e.Key, err = decode(s.Key, re.key, re.keyEnd); err != nil {
 		return Element{}, fmt.Errorf("key: %w", err)
 	}
 	if s.IsMap() && !s.IsVerdictMap() {
-		if e.Data, err = decode(s.Data, data, nil); err != nil {
+		if e.Data, err = decode(s.Data, re.data, nil); err != nil {
 			return Element{}, fmt.Errorf("data: %w", err)
 		}
 	}
@@ -289,6 +331,74 @@ func (s *Set) element(b []byte) (Element, error) {
 		return Element{}, err
 	}
 	return e, nil
+}
+
+// intervals pairs the start and end elements of an interval set of one
+// field (a number) into ranges: each start runs to the next end or start,
+// or to the largest number.
+func (s *Set) intervals(raw []rawElement) ([]Element, error) {
+	size := s.Key[0].size()
+	num := func(b []byte) (uint32, error) {
+		if len(b) != size {
+			return 0, fmt.Errorf("%d key bytes for %s", len(b), s.Key[0])
+		}
+		var n uint32
+		for _, c := range b {
+			n = n<<8 | uint32(c)
+		}
+		return n, nil
+	}
+	type point struct {
+		n uint32
+		e rawElement
+	}
+	var points []point
+	for i, re := range raw {
+		n, err := num(re.key)
+		if err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+		points = append(points, point{n, re})
+	}
+	// By number, an end before a start at the same number.
+	slices.SortFunc(points, func(a, b point) int {
+		if a.n != b.n {
+			return cmpU32(a.n, b.n)
+		}
+		return cmpBool(b.e.end, a.e.end)
+	})
+	var out []Element
+	for i, p := range points {
+		if p.e.end {
+			continue
+		}
+		last := uint32(uint64(1)<<(8*size) - 1)
+		if i+1 < len(points) {
+			last = points[i+1].n - 1
+		}
+		e := Element{Key: []Value{NumRangeValue(p.n, last)}, Verdict: p.e.verdict, Timeout: p.e.timeout, Expires: p.e.expires}
+		if s.IsMap() && !s.IsVerdictMap() {
+			var err error
+			if e.Data, err = decode(s.Data, p.e.data, nil); err != nil {
+				return nil, fmt.Errorf("data: %w", err)
+			}
+		}
+		if err := s.checkElement(e); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 func dataValue(b []byte) ([]byte, error) {

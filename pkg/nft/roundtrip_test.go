@@ -83,11 +83,14 @@ func randStmt(rng *rand.Rand, k int, f, ip Family) Stmt {
 		}
 		return Reject{}
 	}
+	if k == 15 {
+		return DNATMap{Family: ip, Mod: 1 + rng.Uint32N(1<<16), Map: "eps"}
+	}
 	vs := []Verdict{Accept, Drop, Return, Jump("c"), Goto("d")}
 	return vs[rng.IntN(len(vs))]
 }
 
-const stmtKinds = 16
+const stmtKinds = 17
 
 // Every statement kind, in every family, decompiles to itself, alone and
 // after any other statements (which change what the compiler emits for

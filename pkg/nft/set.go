@@ -22,7 +22,10 @@ type Set struct {
 	Timeout time.Duration
 	Dynamic bool
 	// Size bounds the number of elements (0: no bound).
-	Size     uint32
+	Size uint32
+	// Typeof, when set, declares the key and data as nft's typeof does;
+	// it prints instead of the types, which it must agree with.
+	Typeof   *Typeof
 	Elements []Element
 }
 
@@ -42,6 +45,9 @@ type Element struct {
 	// rule added to a dynamic set: its own timeout (when it differs from
 	// the set's) and the time it has left. Written elements have neither.
 	Timeout, Expires time.Duration
+	// Comment is the element's comment (nft's `comment "..."`), which
+	// names what the element stands for where its key cannot.
+	Comment string
 }
 
 // Type is the type of one field of a set's key or data.
@@ -219,6 +225,9 @@ func (e Element) Text(s *Set) string {
 	if e.Expires > 0 {
 		k += " expires " + Duration(e.Expires)
 	}
+	if e.Comment != "" {
+		k += fmt.Sprintf(" comment %q", e.Comment)
+	}
 	switch {
 	case s.IsVerdictMap():
 		return k + " : " + e.Verdict.text(0)
@@ -226,6 +235,22 @@ func (e Element) Text(s *Set) string {
 		return k + " : " + valuesText(e.Data, s.Data)
 	}
 	return k
+}
+
+// check reports a set whose typeof does not fit its types.
+func (s *Set) check() error {
+	if s.Typeof == nil {
+		return nil
+	}
+	key, data := s.Typeof.types()
+	if typesText(s.Key) != typesText(key) || typesText(s.Data) != typesText(data) || s.Interval == s.Typeof.Dest {
+		kind := "an interval map"
+		if s.Typeof.Dest {
+			kind = "a map without intervals"
+		}
+		return fmt.Errorf("set %s: %s needs %s of type %s : %s", s.Name, s.Typeof.text(), kind, typesText(key), typesText(data))
+	}
+	return nil
 }
 
 // checkElement reports an element that does not fit s.
@@ -239,6 +264,9 @@ func (s *Set) checkElement(e Element) error {
 		}
 		if v.IsRange() && !s.Interval {
 			return fmt.Errorf("set %s: element %s has a range but the set has no interval flag", s.Name, e.Text(s))
+		}
+		if v.addr.IsValid() && s.Interval && len(s.Key) == 1 {
+			return fmt.Errorf("set %s: intervals of one address field are not supported", s.Name)
 		}
 	}
 	switch {
@@ -326,3 +354,14 @@ func (s *Set) SortElements() { slices.SortStableFunc(s.Elements, compareElements
 // CompareElements orders elements by key, field by field: the order
 // SortElements gives.
 func CompareElements(a, b Element) int { return compareElements(a, b) }
+
+// netipAddrPort is an endpoint map's data, address . port, as an AddrPort.
+func netipAddrPort(data []Value) netip.AddrPort {
+	if len(data) != 2 {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(data[0].addr, uint16(data[1].num))
+}
+
+// NumEnd is the last number of a number value (Num, unless a range).
+func (v Value) NumEnd() uint32 { return v.end }

@@ -102,6 +102,9 @@ type Chain struct {
 	Name  string
 	Base  *Base
 	Rules []Rule
+	// Handles are the kernel's handles of Rules, in a chain read back
+	// from it (nil in a rendering): a new rule always gets a new one.
+	Handles []uint64
 }
 
 // Base makes a chain a base chain, attached to Hook at Priority.
@@ -148,8 +151,9 @@ func (r Rule) Text(f Family) string {
 	return string(b)
 }
 
-// Canonical returns a copy of t with its sets and chains in name order and
-// each set's elements in key order: the form in which a table read back
+// Canonical returns a copy of t with its sets and chains in name order,
+// each set's elements in key order and no rule handles: the form in which
+// a table read back
 // from the kernel (which lists objects in the order they were created and
 // hash sets in hash order) compares with a rendering.
 func (t *Table) Canonical() *Table {
@@ -162,7 +166,12 @@ func (t *Table) Canonical() *Table {
 		c.Sets[i] = &cs
 	}
 	slices.SortStableFunc(c.Sets, func(a, b *Set) int { return strings.Compare(a.Name, b.Name) })
-	c.Chains = slices.Clone(t.Chains)
+	c.Chains = make([]*Chain, len(t.Chains))
+	for i, ch := range t.Chains {
+		cc := *ch
+		cc.Handles = nil
+		c.Chains[i] = &cc
+	}
 	slices.SortStableFunc(c.Chains, func(a, b *Chain) int { return strings.Compare(a.Name, b.Name) })
 	return &c
 }

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -9,7 +10,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 )
 
-// The helpers here queue a Table's parts on a google/nftables connection;
+// The helpers here queue a Table's parts on a connection (see Conn);
 // nothing reaches the kernel until conn.Flush, which commits the batch all
 // or nothing.
 
@@ -71,9 +72,6 @@ func GSet(t *gnft.Table, s *Set) (*gnft.Set, error) {
 	}
 	g := &gnft.Set{Table: t, Name: s.Name, KeyType: key, Concatenation: len(s.Key) > 1, Interval: s.Interval,
 		Dynamic: s.Dynamic, HasTimeout: s.Timeout > 0, Timeout: s.Timeout, Size: s.Size}
-	if hostOrderKey(s) {
-		g.KeyByteOrder = binaryutil.NativeEndian
-	}
 	if s.IsMap() {
 		if g.DataType, err = gType(s.Data); err != nil {
 			return nil, fmt.Errorf("map %s: %w", s.Name, err)
@@ -83,14 +81,27 @@ func GSet(t *gnft.Table, s *Set) (*gnft.Set, error) {
 	return g, nil
 }
 
-// GElements encodes elements of s as the kernel stores them.
+// GElements encodes elements of s as the kernel stores them. An interval
+// of one field is two elements, as nft writes it: its start, with the
+// data, and an end element at the first number past it (none when it runs
+// to the field's largest number).
 func GElements(s *Set, elems []Element) ([]gnft.SetElement, error) {
+	if err := s.check(); err != nil {
+		return nil, err
+	}
 	out := make([]gnft.SetElement, 0, len(elems))
 	for _, e := range elems {
 		if err := s.checkElement(e); err != nil {
 			return nil, err
 		}
-		g := gnft.SetElement{Key: encode(s.Key, e.Key, false)}
+		g := gnft.SetElement{Key: encode(s.Key, e.Key, false), Comment: e.Comment}
+		var end *gnft.SetElement
+		if s.Interval && len(s.Key) == 1 {
+			g.Key = bigEndian(e.Key[0].num, s.Key[0].size())
+			if last := e.Key[0].end; uint64(last) < 1<<(8*s.Key[0].size())-1 {
+				end = &gnft.SetElement{Key: bigEndian(last+1, s.Key[0].size()), IntervalEnd: true}
+			}
+		}
 		switch {
 		case s.IsVerdictMap():
 			v, ok := e.Verdict.expr()
@@ -101,15 +112,22 @@ func GElements(s *Set, elems []Element) ([]gnft.SetElement, error) {
 		case s.IsMap():
 			g.Val = encode(s.Data, e.Data, false)
 		}
-		if s.Interval {
-			if len(s.Key) == 1 {
-				return nil, fmt.Errorf("set %s: intervals of a single field are not supported", s.Name)
-			}
+		if s.Interval && len(s.Key) > 1 {
 			g.KeyEnd = encode(s.Key, e.Key, true)
 		}
 		out = append(out, g)
+		if end != nil {
+			out = append(out, *end)
+		}
 	}
 	return out, nil
+}
+
+// bigEndian is n in size bytes, most significant first: how an interval
+// set of one field keeps its numbers, whatever their type's byte order.
+func bigEndian(n uint32, size int) []byte {
+	b := binary.BigEndian.AppendUint32(nil, n)
+	return b[4-size:]
 }
 
 // encode lays values out as the kernel stores a key or data: each field in
@@ -149,9 +167,15 @@ const ElementsPerMessage = 256
 
 // AddSet queues set s of table t, without its elements: a verdict map's
 // elements may name chains that must exist first.
-func AddSet(conn *gnft.Conn, t *gnft.Table, s *Set) error {
+func AddSet(conn *Conn, t *gnft.Table, s *Set) error {
 	g, err := GSet(t, s)
 	if err != nil {
+		return err
+	}
+	if err := s.check(); err != nil {
+		return err
+	}
+	if err := conn.register(t, s); err != nil {
 		return err
 	}
 	if err := conn.AddSet(g, nil); err != nil {
@@ -161,12 +185,12 @@ func AddSet(conn *gnft.Conn, t *gnft.Table, s *Set) error {
 }
 
 // AddElements queues elems for addition to s.
-func AddElements(conn *gnft.Conn, t *gnft.Table, s *Set, elems []Element) error {
+func AddElements(conn *Conn, t *gnft.Table, s *Set, elems []Element) error {
 	return writeElements(conn.SetAddElements, t, s, elems)
 }
 
 // DelElements queues elems for deletion from s.
-func DelElements(conn *gnft.Conn, t *gnft.Table, s *Set, elems []Element) error {
+func DelElements(conn *Conn, t *gnft.Table, s *Set, elems []Element) error {
 	return writeElements(conn.SetDeleteElements, t, s, elems)
 }
 
@@ -182,6 +206,9 @@ func writeElements(write func(*gnft.Set, []gnft.SetElement) error, t *gnft.Table
 	if err != nil {
 		return err
 	}
+	if s.Interval && len(s.Key) == 1 {
+		SortIntervalElements(enc)
+	}
 	for chunk := range slices.Chunk(enc, ElementsPerMessage) {
 		if err := write(g, chunk); err != nil {
 			return fmt.Errorf("elements of %s: %w", s.Name, err)
@@ -191,7 +218,7 @@ func writeElements(write func(*gnft.Set, []gnft.SetElement) error, t *gnft.Table
 }
 
 // AddRule queues rule r at the end of chain c of table t.
-func AddRule(conn *gnft.Conn, t *gnft.Table, c *Chain, r Rule) error {
+func AddRule(conn *Conn, t *gnft.Table, c *Chain, r Rule) error {
 	ex, err := CompileRule(Family(t.Family), r)
 	if err != nil {
 		return fmt.Errorf("rule in chain %s: %w", c.Name, err)
@@ -202,7 +229,7 @@ func AddRule(conn *gnft.Conn, t *gnft.Table, c *Chain, r Rule) error {
 
 // Queue queues everything of t (which must not exist yet, or be empty):
 // the table, its sets, its chains, their rules, then the sets' elements.
-func Queue(conn *gnft.Conn, t *Table) error {
+func Queue(conn *Conn, t *Table) error {
 	g := conn.AddTable(GTable(t.Family, t.Name))
 	for _, s := range t.Sets {
 		if err := AddSet(conn, g, s); err != nil {
@@ -225,4 +252,17 @@ func Queue(conn *gnft.Conn, t *Table) error {
 		}
 	}
 	return nil
+}
+
+// SortIntervalElements puts the elements of an interval set of one field in
+// the order the kernel takes them in one transaction: by key, and at one
+// key an interval's end before the next interval's start (deleting the
+// start first, the kernel finds neither).
+func SortIntervalElements(enc []gnft.SetElement) {
+	slices.SortStableFunc(enc, func(a, b gnft.SetElement) int {
+		if c := bytes.Compare(a.Key, b.Key); c != 0 {
+			return c
+		}
+		return cmpBool(b.IntervalEnd, a.IntervalEnd)
+	})
 }

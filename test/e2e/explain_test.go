@@ -131,7 +131,7 @@ func TestExplain(t *testing.T) {
 					// meets the refusal of unknown ClusterIP ports.
 					deleted = "element ip proxyd service-ips { " + vip + " . tcp . 80 }"
 					e.nft(t, "delete", "element", "ip", "proxyd", "service-ips", "{ "+vip+" . tcp . 80 }")
-					want = "ip proxyd: map service-ips: element missing: " + vip + " . tcp . 80 : goto svc-default/explained/tcp/tcp"
+					want = "ip proxyd: map service-ips: element missing: " + vip + " . tcp . 80 comment \"default/explained/tcp/tcp\" : goto pick-tcp-3"
 				} else {
 					n, rule := e.natRule(t, dp, "PROXYD-SERVICES", "-A PROXYD-SERVICES -d "+vip+"/32 ")
 					e.iptables(t, dp, "-t", "nat", "-D", "PROXYD-SERVICES", strconv.Itoa(n))

@@ -47,12 +47,11 @@ func TestFlowSpecFailsOnAWrongExpressionInTheFilterTable(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tab := Render(flowspec.State(), "rr")
-			r := RenderNetfilter(tab, flowspec.Config())
-			broken := r.Table()
+			broken := RenderNetfilter(tab, flowspec.Config()).Table()
 			for _, rule := range broken.Chain(c.chain).Rules {
 				c.mutate(rule)
 			}
-			flowspec.WantFailure(t, TracerFor(tab, r), TracerOver(tab, broken), c.breaks)
+			flowspec.WantFailure(t, TracerOver(tab, broken), c.breaks)
 		})
 	}
 }

@@ -47,13 +47,9 @@ func (n *nftFirewall) withNetns(fn func(fd int) error) error {
 	return fn(int(f.Fd()))
 }
 
-// conn opens a google/nftables connection in the namespace open at fd.
-func conn(fd int) (*gnft.Conn, error) {
-	var opts []gnft.ConnOption
-	if fd > 0 {
-		opts = append(opts, gnft.WithNetNSFd(fd))
-	}
-	c, err := gnft.New(opts...)
+// conn opens a connection in the namespace open at fd.
+func conn(fd int) (*nft.Conn, error) {
+	c, err := nft.Dial(fd)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -69,6 +65,7 @@ func (n *nftFirewall) Apply(r *Ruleset) error {
 		if err != nil {
 			return err
 		}
+		defer c.Close()
 		t := nft.GTable(nft.INet, TableName)
 		c.AddTable(t)
 		c.DelTable(t)
@@ -89,6 +86,7 @@ func (n *nftFirewall) Delete() error {
 		if err != nil {
 			return err
 		}
+		defer c.Close()
 		if _, err := c.ListTableOfFamily(TableName, gnft.TableFamilyINet); err != nil {
 			if notPresent(err) {
 				return nil

@@ -3,7 +3,6 @@ package nftables
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"slices"
 
 	gnft "github.com/google/nftables"
@@ -20,7 +19,7 @@ func table(f model.IPFamily) *gnft.Table { return nft.GTable(nftFamily(f), Table
 // queue adds the plan's operations to conn's pending batch; nothing reaches
 // the kernel until conn.Flush, which commits them all or none. old is the
 // table a full plan replaces, as listed just before (nil: none, or unknown).
-func queue(conn *gnft.Conn, p Plan, old *kernelTable) error {
+func queue(conn *nft.Conn, p Plan, old *kernelTable) error {
 	t := table(p.Family)
 	for _, op := range p.Ops {
 		switch op.Kind {
@@ -95,8 +94,8 @@ type kernelChain struct {
 
 // listTable lists the chains and sets of proxyd's table of family f; nil
 // when there is no such table.
-func listTable(conn *gnft.Conn, f model.IPFamily) (*kernelTable, error) {
-	exists, _, err := tableState(conn, f)
+func listTable(conn *nft.Conn, f model.IPFamily) (*kernelTable, error) {
+	exists, err := tableExists(conn, f)
 	if err != nil || !exists {
 		return nil, err
 	}
@@ -141,10 +140,10 @@ func listTable(conn *gnft.Conn, f model.IPFamily) (*kernelTable, error) {
 // not write again are deleted (p's add of an element already there with the
 // same verdict changes nothing). A set whose definition differs makes the
 // kernel refuse p's add, and the caller recreates the table instead.
-func queueInPlace(conn *gnft.Conn, t *gnft.Table, p Plan, old *kernelTable) error {
+func queueInPlace(conn *nft.Conn, t *gnft.Table, p Plan, old *kernelTable) error {
 	wantChain := map[string]bool{}
 	wantSet := map[string]*nft.Set{}
-	wantElems := map[string]map[string]string{} // set: key: goto
+	wantElems := map[string]map[string]string{} // set: element: what it maps to
 	for _, op := range p.Ops {
 		switch op.Kind {
 		case OpAddChain:
@@ -162,7 +161,7 @@ func queueInPlace(conn *gnft.Conn, t *gnft.Table, p Plan, old *kernelTable) erro
 				return err
 			}
 			for _, e := range enc {
-				m[string(e.Key)] = gotoOf(e)
+				m[elementKey(e)] = elementData(e)
 			}
 		}
 	}
@@ -179,13 +178,16 @@ func queueInPlace(conn *gnft.Conn, t *gnft.Table, p Plan, old *kernelTable) erro
 		}
 		var stale []gnft.SetElement
 		for _, e := range elems {
-			if g, ok := wantElems[name][string(e.Key)]; !ok || g != gotoOf(e) {
-				stale = append(stale, gnft.SetElement{Key: e.Key})
+			if d, ok := wantElems[name][elementKey(e)]; !ok || d != elementData(e) {
+				stale = append(stale, gnft.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd})
 			}
 		}
 		set, err := nft.GSet(t, s)
 		if err != nil {
 			return err
+		}
+		if s.Interval {
+			nft.SortIntervalElements(stale)
 		}
 		for chunk := range slices.Chunk(stale, nft.ElementsPerMessage) {
 			if err := conn.SetDeleteElements(set, chunk); err != nil {
@@ -201,11 +203,18 @@ func queueInPlace(conn *gnft.Conn, t *gnft.Table, p Plan, old *kernelTable) erro
 	return nil
 }
 
-func gotoOf(e gnft.SetElement) string {
-	if e.VerdictData == nil {
-		return ""
+// elementKey identifies an element as the kernel does: its key (and an
+// interval's end, or its being one).
+func elementKey(e gnft.SetElement) string {
+	return fmt.Sprintf("%x/%x/%v", e.Key, e.KeyEnd, e.IntervalEnd)
+}
+
+// elementData is what an element maps to: a verdict's chain, or data.
+func elementData(e gnft.SetElement) string {
+	if e.VerdictData != nil {
+		return e.VerdictData.Chain
 	}
-	return e.VerdictData.Chain
+	return string(e.Val)
 }
 
 // keepsBaseChains reports whether a full rewrite of p can keep every base
@@ -233,32 +242,24 @@ func (kt *kernelTable) keepsBaseChains(p Plan) bool {
 	return true
 }
 
-// tableState is what the kernel says about proxyd's table, cheaply (one
-// table dump, not a listing of its chains): whether it exists and its use
-// count, the number of chains and sets in it.
-func tableState(conn *gnft.Conn, f model.IPFamily) (exists bool, use uint32, err error) {
+// tableExists reports whether proxyd's table of family f exists (one
+// table dump, not a listing of its chains).
+func tableExists(conn *nft.Conn, f model.IPFamily) (bool, error) {
 	tables, err := conn.ListTablesOfFamily(tableFamily(f))
 	if err != nil {
-		return false, 0, fmt.Errorf("list nftables tables: %w", err)
+		return false, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
 		if t.Name == TableName {
-			return true, t.Use, nil
+			return true, nil
 		}
 	}
-	return false, 0, nil
-}
-
-// useMatches compares the kernel's use count with ours. google/nftables
-// v0.3.0 decodes the attribute in the wrong byte order; accept either
-// reading so a fixed library keeps working.
-func useMatches(use uint32, want int) bool {
-	return int(use) == want || int(bits.ReverseBytes32(use)) == want
+	return false, nil
 }
 
 // deleteTable removes proxyd's table of family f if it exists.
-func deleteTable(conn *gnft.Conn, f model.IPFamily) error {
-	exists, _, err := tableState(conn, f)
+func deleteTable(conn *nft.Conn, f model.IPFamily) error {
+	exists, err := tableExists(conn, f)
 	if err != nil || !exists {
 		return err
 	}

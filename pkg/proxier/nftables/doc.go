@@ -8,9 +8,14 @@
 //
 // The ruleset's shape is chosen for the kernel's commit cost: one verdict
 // map dispatches VIP . protocol . port to a chain per service port, and that
-// chain picks its endpoint with one `numgen random mod k 0` rule per
-// endpoint (the nftables form of iptables' statistic match), so there are
-// no per-endpoint chains and no jumps beyond the one goto per service.
+// chain picks its endpoint by looking a random number up in the port's
+// endpoint map ("dnat ip to numgen random mod 65536 map @eps-…", an
+// interval map with one range of numbers per endpoint). An endpoint change
+// is then a change of map elements: no rule is written, and the kernel
+// validates no rule on commit, which it does for every rule it reaches
+// whenever a rule with NAT is added. Services with session affinity keep
+// one rule per endpoint (numgen random mod k 0, as iptables' statistic
+// match), which the affinity sets need.
 package nftables
 
 import (

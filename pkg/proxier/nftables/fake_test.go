@@ -18,18 +18,22 @@ import (
 // element, re-adding an element with other data), so tests assert the
 // resulting table, not the calls.
 type fakeTable struct {
-	chains map[string][]string          // chain → rule texts
-	sets   map[string]map[string]string // set → element key → goto
+	chains map[string][]string               // chain → rule texts
+	sets   map[string]map[string]string      // set → element key → element
+	ranges map[string]map[string]nft.Element // interval set → key → element
 }
 
 func newFakeTable() *fakeTable {
-	return &fakeTable{chains: map[string][]string{}, sets: map[string]map[string]string{}}
+	return &fakeTable{chains: map[string][]string{}, sets: map[string]map[string]string{}, ranges: map[string]map[string]nft.Element{}}
 }
 
 func (t *fakeTable) clone() *fakeTable {
-	c := &fakeTable{chains: maps.Clone(t.chains), sets: map[string]map[string]string{}}
+	c := &fakeTable{chains: maps.Clone(t.chains), sets: map[string]map[string]string{}, ranges: map[string]map[string]nft.Element{}}
 	for k, v := range t.sets {
 		c.sets[k] = maps.Clone(v)
+	}
+	for k, v := range t.ranges {
+		c.ranges[k] = maps.Clone(v)
 	}
 	return c
 }
@@ -52,6 +56,7 @@ func (t *fakeTable) op(p Plan, op Op) error {
 	case OpAddSet:
 		if _, ok := t.sets[op.Set.Name]; !ok {
 			t.sets[op.Set.Name] = map[string]string{}
+			t.ranges[op.Set.Name] = map[string]nft.Element{}
 		}
 	case OpDelSet:
 		if _, ok := t.sets[op.Set.Name]; !ok {
@@ -65,6 +70,7 @@ func (t *fakeTable) op(p Plan, op Op) error {
 			}
 		}
 		delete(t.sets, op.Set.Name)
+		delete(t.ranges, op.Set.Name)
 	case OpAddChain:
 		if _, ok := t.chains[op.Chain.Name]; !ok {
 			t.chains[op.Chain.Name] = nil
@@ -115,13 +121,26 @@ func (t *fakeTable) op(p Plan, op Op) error {
 				return fmt.Errorf("element %s: %w", key, syscall.ENOENT)
 			case op.Kind == OpDelElements:
 				delete(set, key)
-			case exists && old != e.Verdict.Chain:
+			case exists && old != e.Text(op.Set):
 				return fmt.Errorf("element %s: %w", key, syscall.EBUSY)
 			default:
 				if _, ok := t.chains[e.Verdict.Chain]; e.Verdict.Chain != "" && !ok {
 					return fmt.Errorf("goto %s: %w", e.Verdict.Chain, syscall.ENOENT)
 				}
-				set[key] = e.Verdict.Chain
+				if op.Set.Interval {
+					for k, o := range t.ranges[op.Set.Name] {
+						if k != key && o.Key[0].Num() <= e.Key[0].NumEnd() && e.Key[0].Num() <= o.Key[0].NumEnd() {
+							return fmt.Errorf("interval %s overlaps %s: %w", key, k, syscall.EEXIST)
+						}
+					}
+				}
+				set[key] = e.Text(op.Set)
+				if op.Set.Interval {
+					t.ranges[op.Set.Name][key] = e
+				}
+			}
+			if op.Kind == OpDelElements {
+				delete(t.ranges[op.Set.Name], key)
 			}
 		}
 	default:
@@ -139,8 +158,8 @@ func (t *fakeTable) referenced(chain string) bool {
 		}
 	}
 	for _, set := range t.sets {
-		for _, g := range set {
-			if g == chain {
+		for _, e := range set {
+			if strings.HasSuffix(e, " : goto "+chain) || strings.HasSuffix(e, " : jump "+chain) {
 				return true
 			}
 		}
@@ -154,7 +173,7 @@ func (t *fakeTable) String() string {
 	for _, name := range slices.Sorted(maps.Keys(t.sets)) {
 		fmt.Fprintf(&b, "set %s\n", name)
 		for _, k := range slices.Sorted(maps.Keys(t.sets[name])) {
-			fmt.Fprintf(&b, "\t%s : %s\n", k, t.sets[name][k])
+			fmt.Fprintf(&b, "\t%s\n", t.sets[name][k])
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(t.chains)) {

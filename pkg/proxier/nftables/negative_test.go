@@ -26,12 +26,9 @@ func TestFlowSpecFailsOnAWrongBaseChainPriority(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			st := flowspec.State()
-			render := func() (*nft.Table, *nft.Table) {
-				return Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6)
-			}
-			v4, v6 := render()
+			v4, v6 := Render(st, flowspec.Config(), model.IPv4), Render(st, flowspec.Config(), model.IPv6)
 			c.move(v4.Chain(c.chain).Base)
-			flowspec.WantFailure(t, newTracer(render()), newTracer(v4, v6), c.breaks)
+			flowspec.WantFailure(t, newTracer(v4, v6), c.breaks)
 		})
 	}
 }

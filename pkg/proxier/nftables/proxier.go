@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	gnft "github.com/google/nftables"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/proxyd/proxyd/pkg/model"
+	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier"
 )
 
@@ -20,12 +22,17 @@ import (
 type Proxier struct {
 	cfg      proxier.Config
 	families []model.IPFamily
-	conn     *gnft.Conn
-	sock     *netlink.Conn // conn's socket, for deadlines
+	conn     *nft.Conn
+	sock     *netlink.Conn // conn's real socket, for deadlines
 	// written is what the kernel holds per family as proxyd last wrote it;
 	// none means "don't trust the kernel's view, rewrite in full".
 	written map[model.IPFamily]*written
 	stats   proxier.SyncStats
+	drift   driftCheck
+	commits int // transactions this sync committed
+	// refused holds the service ports left out because the kernel refused
+	// their rules, and that refusal.
+	refused proxier.RefusedError
 }
 
 // Option configures a Proxier.
@@ -49,20 +56,14 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}}
-	connOpts := []gnft.ConnOption{gnft.AsLasting(), gnft.WithSockOptions(largeBuffers, func(c *netlink.Conn) error {
-		p.sock = c // set again should the library ever redial
-		return nil
-	})}
-	if o.netnsFD > 0 {
-		connOpts = append(connOpts, gnft.WithNetNSFd(o.netnsFD))
-	}
-	conn, err := gnft.New(connOpts...)
+	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}, drift: driftCheck{netnsFD: o.netnsFD}}
+	conn, err := nft.Dial(o.netnsFD, largeBuffers)
 	if err != nil {
 		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
 	}
+	p.sock = conn.Socket()
 	if _, err := conn.ListTablesOfFamily(gnft.TableFamilyIPv4); err != nil {
-		_ = conn.CloseLasting()
+		_ = conn.Close()
 		if errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("nftables mode needs CAP_NET_ADMIN: %w", err)
 		}
@@ -85,7 +86,7 @@ func (p *Proxier) Families() []model.IPFamily { return p.families }
 func (p *Proxier) LastSyncStats() proxier.SyncStats { return p.stats }
 
 // Close releases the netlink connection.
-func (p *Proxier) Close() error { return p.conn.CloseLasting() }
+func (p *Proxier) Close() error { return p.conn.Close() }
 
 // Sync implements proxier.Backend: one transaction per family, holding only
 // what d changed since the last successful sync, or everything when proxyd
@@ -94,18 +95,56 @@ func (p *Proxier) Close() error { return p.conn.CloseLasting() }
 func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error {
 	stats := proxier.SyncStats{}
 	changed := d.Changed()
-	for _, f := range p.families {
-		if err := p.syncFamily(ctx, s, changed, f, &stats); err != nil {
-			delete(p.written, f)
-			return &proxier.FamilyError{Family: f, Err: err}
+	p.commits = 0
+	gen, clean := p.drift.start(p.conn)
+	if !clean {
+		for _, f := range p.families {
+			if p.written[f] != nil && p.drift.repairNeeded(p.cfg, f) {
+				delete(p.written, f) // the full rewrite below repairs it
+				stats.DriftRepairs++
+			}
 		}
 	}
+	// Ports the kernel refused stay out until they change.
+	out := slices.DeleteFunc(slices.Clone(p.refused.Ports), func(k model.ServicePortKey) bool { return slices.Contains(changed, k) })
+	programmed := p.without(s, out)
+	err := p.syncAll(ctx, programmed, changed, &stats)
+	if refusal(err) {
+		var culprits []model.ServicePortKey
+		culprits, programmed, err = p.contain(ctx, s, changed, out, err, &stats)
+		out = append(out, culprits...)
+	}
+	if err != nil {
+		p.drift.forget()
+		return err
+	}
+	p.drift.done(p.conn, gen, programmed, p.commits)
 	stats.Skipped = stats.KernelOps == 0
 	p.stats = stats
 	if stats.Full && stats.KernelOps > bigTransaction {
 		// A large batch of netlink messages was just garbage; give the
 		// memory back now rather than keep the peak as resident size.
 		debug.FreeOSMemory()
+	}
+	p.refused.Ports = out
+	if len(out) > 0 {
+		slices.SortFunc(p.refused.Ports, model.ServicePortKey.Compare)
+		return &p.refused
+	}
+	return nil
+}
+
+// syncAll writes every family's transaction. A family whose transaction
+// failed otherwise than by the kernel's refusal (which leaves the kernel
+// as it was) is rewritten in full next time.
+func (p *Proxier) syncAll(ctx context.Context, s *model.State, changed []model.ServicePortKey, stats *proxier.SyncStats) error {
+	for _, f := range p.families {
+		if err := p.syncFamily(ctx, s, changed, f, stats); err != nil {
+			if !refusal(err) {
+				delete(p.written, f)
+			}
+			return &proxier.FamilyError{Family: f, Err: err}
+		}
 	}
 	return nil
 }
@@ -157,6 +196,7 @@ func (p *Proxier) write(plan Plan, old *kernelTable) error {
 	if err := p.flush(plan.Size()); err != nil {
 		return fmt.Errorf("sync nftables table %s %s (%d objects, full=%v): %w", nftFamily(f), TableName, plan.Size(), plan.Full, err)
 	}
+	p.commits++
 	return nil
 }
 
@@ -180,21 +220,11 @@ func (p *Proxier) flush(objects int) error {
 // replaces p.written[f] once the plan is in the kernel.
 func (p *Proxier) plan(s *model.State, changed []model.ServicePortKey, f model.IPFamily) (Plan, *written, error) {
 	w := p.written[f]
-	if w != nil && len(changed) == 0 {
-		exists, use, err := tableState(p.conn, f)
-		if err != nil {
-			return Plan{}, nil, err
-		}
-		if !exists || !useMatches(use, w.objects()) {
-			klog.InfoS("nftables table changed outside proxyd, rewriting it", "family", f, "exists", exists, "objects", use, "expected", w.objects())
-			w = nil
-		}
-	}
 	if w == nil {
 		desired, fresh := renderAll(s, p.cfg, f)
 		return FullPlan(f, desired), fresh, nil
 	}
-	delete(p.written, f) // w is updated in place; only a success puts it back
+	w = w.clone() // p.written[f] stays what the kernel holds until the plan is in
 	plan := w.update(s, changed, p.cfg, f)
 	if w.needFull {
 		desired, fresh := renderAll(s, p.cfg, f)

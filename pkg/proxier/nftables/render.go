@@ -31,6 +31,7 @@ const (
 	chainFilterForward  = "filter-forward"
 	chainFilterOutput   = "filter-output"
 	serviceChainPrefix  = "svc-"
+	pickChainPrefix     = "pick-"
 )
 
 // ServiceChain names the chain of one service port: readable, unique and
@@ -55,12 +56,33 @@ func FirewallChain(k model.ServicePortKey) string {
 // service ports.
 type tableSets struct {
 	serviceIPs, noEndpoints, clusterIPs, hairpin, nodePorts, noEndpointNodePorts *nft.Set
+	endpoints                                                                    map[model.Protocol]*nft.Set
 }
+
+// protocols are the protocols of the endpoint maps, in the order the table
+// prints them.
+var protocols = []model.Protocol{model.TCP, model.UDP, model.SCTP}
+
+// EndpointsMap names the map that holds the endpoints of every ClusterIP
+// service port of protocol p, by address, port and index
+// ("endpoints-tcp").
+func EndpointsMap(p model.Protocol) string { return "endpoints-" + p.Lower() }
+
+// endpointsLabel is the modulus the endpoint maps' typeof names: a label
+// only, each rule's numgen decides its numbers.
+const endpointsLabel = 1 << 16
 
 func newSets(f model.IPFamily) tableSets {
 	addr := nft.AddrType(nftFamily(f))
 	verdict := []nft.Type{nft.TypeVerdict}
+	fam := nftFamily(f)
+	eps := map[model.Protocol]*nft.Set{}
+	for _, p := range protocols {
+		eps[p] = &nft.Set{Name: EndpointsMap(p), Key: []nft.Type{addr, nft.TypeInetService, nft.TypeInteger},
+			Data: []nft.Type{addr, nft.TypeInetService}, Typeof: &nft.Typeof{Mod: endpointsLabel, Family: fam, Proto: p.Number(), Dest: true}}
+	}
 	return tableSets{
+		endpoints:           eps,
 		serviceIPs:          &nft.Set{Name: ServiceIPsMap, Key: nft.KeyTypes(tuple(f)...), Data: verdict},
 		noEndpoints:         &nft.Set{Name: NoEndpointsSet, Key: nft.KeyTypes(tuple(f)...)},
 		clusterIPs:          &nft.Set{Name: ClusterIPsSet, Key: []nft.Type{addr}},
@@ -72,7 +94,11 @@ func newSets(f model.IPFamily) tableSets {
 
 // all lists the sets in the order the table prints them.
 func (t tableSets) all() []*nft.Set {
-	return []*nft.Set{t.serviceIPs, t.nodePorts, t.noEndpoints, t.noEndpointNodePorts, t.clusterIPs, t.hairpin}
+	out := []*nft.Set{t.serviceIPs, t.nodePorts, t.noEndpoints, t.noEndpointNodePorts, t.clusterIPs, t.hairpin}
+	for _, p := range protocols {
+		out = append(out, t.endpoints[p])
+	}
+	return out
 }
 
 // serviceRules is everything one service port contributes to a family's
@@ -86,8 +112,11 @@ type serviceRules struct {
 	noEndpointNodePort []nft.Element // in no-endpoint-nodeports
 	clusterIP          netip.Addr
 	hairpin            []netip.Addr
-	sets               []*nft.Set // session affinity: one dynamic set per endpoint
-	fw                 *nft.Chain // the firewall chain while it is being built
+	sets               []*nft.Set    // session affinity: one dynamic set per endpoint
+	maps               []*nft.Set    // endpoint maps the DNAT picks from
+	endpoints          []nft.Element // in the protocol's endpoint map
+	pick               pickKey       // the shared chain its ClusterIP goes to, if any
+	fw                 *nft.Chain    // the firewall chain while it is being built
 }
 
 // renderServicePort renders one service port for family f; ok is false
@@ -115,13 +144,19 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 		out.dispatch = append(out.dispatch, elem(vip, nft.Goto(c.Name)))
 	case len(clusterEPs) == 0:
 		out.noEndpoint = append(out.noEndpoint, elem(vip, nft.Verdict{}))
+	case aff == nil && !sp.HasExternal():
+		out.pickFrom(sp, vip, clusterEPs)
+		e := elem(vip, nft.Goto(out.pick.chain()))
+		e.Comment = portName(sp.Key)
+		out.dispatch = append(out.dispatch, e)
+		out.addHairpin(clusterEPs)
 	default:
 		svcChain = ServiceChain(sp.Key)
 		c := &nft.Chain{Name: svcChain}
 		if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
 			c.Rules = append(c.Rules, r)
 		}
-		c.Rules = append(c.Rules, dnatRules(proto, clusterEPs, aff, f)...)
+		c.Rules = append(c.Rules, out.dnat(proto, clusterEPs, aff, f, EndpointMap(sp.Key))...)
 		out.chains = append(out.chains, c)
 		out.dispatch = append(out.dispatch, elem(vip, nft.Goto(svcChain)))
 		out.addHairpin(clusterEPs)
@@ -152,7 +187,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 	if !sp.ExternalLocal {
 		// The client's address cannot come back through another node.
 		ext.Rules = append(ext.Rules, nft.Rule{setMark})
-		ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
+		ext.Rules = append(ext.Rules, out.dnat(proto, extEPs, aff, f, ExternalEndpointMap(sp.Key))...)
 	} else {
 		// Local policy keeps the client's address, so only this node's
 		// endpoints serve; Pods and the node itself still get the whole
@@ -164,7 +199,7 @@ func renderServicePort(sp *model.ServicePort, cfg proxier.Config, f model.IPFami
 			ext.Rules = append(ext.Rules, nft.Rule{nft.FibLocal{Source: true}, setMark, nft.Goto(svcChain)})
 		}
 		if len(extEPs) > 0 {
-			ext.Rules = append(ext.Rules, dnatRules(proto, extEPs, aff, f)...)
+			ext.Rules = append(ext.Rules, out.dnat(proto, extEPs, aff, f, ExternalEndpointMap(sp.Key))...)
 		} else {
 			ext.Rules = append(ext.Rules, nft.Rule{nft.Drop})
 		}
@@ -224,6 +259,100 @@ func (sr *serviceRules) finishFirewall(admit nft.Verdict) {
 	sr.fw.Rules = append(sr.fw.Rules, nft.Rule{nft.Drop})
 	sr.chains = append(sr.chains, sr.fw)
 	sr.fw = nil
+}
+
+// EndpointMap names the map the service chain of a port picks its
+// endpoint from ("eps-default/web/tcp/http").
+func EndpointMap(k model.ServicePortKey) string {
+	return "eps-" + k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
+}
+
+// ExternalEndpointMap names the map of the external chain, when its
+// endpoints are not the service chain's ("ext-eps-default/web/tcp/http").
+func ExternalEndpointMap(k model.ServicePortKey) string { return "ext-" + EndpointMap(k) }
+
+// endpointNumbers is the range of random numbers an endpoint map splits
+// among the endpoints: uneven by at most one number in 65536.
+const endpointNumbers = 1 << 16
+
+// dnat picks one of eps uniformly for a new connection. Without session
+// affinity that is one rule that looks a random number up in an endpoint
+// map, the interval map name: only the map's elements change with the
+// endpoints, which the kernel commits without validating any rule again
+// (the map is the chain's of the same endpoints, when there is one). With
+// affinity it is dnatRules.
+func (sr *serviceRules) dnat(proto model.Protocol, eps []model.Endpoint, aff map[netip.AddrPort]string, f model.IPFamily, name string) []nft.Rule {
+	if aff != nil {
+		return dnatRules(proto, eps, aff, f)
+	}
+	fam := nftFamily(f)
+	m := &nft.Set{Name: name, Key: []nft.Type{nft.TypeInteger}, Data: []nft.Type{nft.AddrType(fam), nft.TypeInetService},
+		Interval: true, Typeof: &nft.Typeof{Mod: endpointNumbers, Family: fam, Proto: proto.Number()}}
+	for i, e := range eps {
+		lo, hi := uint32(i*endpointNumbers/len(eps)), uint32((i+1)*endpointNumbers/len(eps)-1)
+		m.Elements = append(m.Elements, nft.Element{Key: []nft.Value{nft.NumRangeValue(lo, hi)},
+			Data: []nft.Value{nft.AddrValue(e.IP), nft.NumValue(uint32(e.Port))}})
+	}
+	for _, have := range sr.maps {
+		if slices.EqualFunc(have.Elements, m.Elements, func(a, b nft.Element) bool { return a.Text(have) == b.Text(m) }) {
+			m = have
+			break
+		}
+	}
+	if !slices.Contains(sr.maps, m) {
+		sr.maps = append(sr.maps, m)
+	}
+	return []nft.Rule{{nft.Proto{Proto: proto.Number()}, nft.DNATMap{Family: fam, Mod: endpointNumbers, Map: m.Name}}}
+}
+
+// pick sends a ClusterIP service port without session affinity or
+// external traffic to the shared chain of its protocol and endpoint count
+// (PickChain), and puts its endpoints, by index, in the protocol's
+// endpoint map. Such a port has no chain or map of its own, so that adding
+// one, removing one or changing its endpoints writes elements only (and,
+// for an endpoint count no port had yet, one chain): the kernel commits
+// that without validating the rules of every other port again. (A port
+// with external traffic keeps a chain and an interval map of its own: its
+// external chain's packets are not addressed to the ClusterIP.)
+func (sr *serviceRules) pickFrom(sp *model.ServicePort, vip netip.Addr, eps []model.Endpoint) {
+	for i, e := range eps {
+		sr.endpoints = append(sr.endpoints, nft.Element{Key: []nft.Value{nft.AddrValue(vip), nft.NumValue(uint32(sp.Port)), nft.NumValue(uint32(i))},
+			Data: []nft.Value{nft.AddrValue(e.IP), nft.NumValue(uint32(e.Port))}})
+	}
+	sr.pick = pickKey{proto: sp.Key.Protocol, n: len(eps)}
+}
+
+// pickKey identifies a pick chain: a protocol and an endpoint count (the
+// zero value: none).
+type pickKey struct {
+	proto model.Protocol
+	n     int
+}
+
+func (k pickKey) chain() string { return PickChain(k.proto, k.n) }
+
+// PickChain names the chain shared by the ClusterIP service ports of
+// protocol p with n endpoints ("pick-tcp-3").
+func PickChain(p model.Protocol, n int) string {
+	return fmt.Sprintf("%s%s-%d", pickChainPrefix, p.Lower(), n)
+}
+
+// renderPickChain is the chain PickChain names: the masquerade mark, then
+// the DNAT to endpoint number (random mod n) of the destination's entry in
+// the protocol's endpoint map.
+func renderPickChain(k pickKey, cfg proxier.Config, f model.IPFamily) *nft.Chain {
+	c := &nft.Chain{Name: k.chain()}
+	if r := masqueradeRule(cfg, f, cfg.Mark()); r != nil {
+		c.Rules = append(c.Rules, r)
+	}
+	c.Rules = append(c.Rules, nft.Rule{nft.DNATPick{Family: nftFamily(f), Proto: k.proto.Number(), Mod: uint32(k.n), Map: EndpointsMap(k.proto)}})
+	return c
+}
+
+// portName is how a dispatch element's comment names its service port
+// ("default/web/tcp/http"), for readers of the table such as explain.
+func portName(k model.ServicePortKey) string {
+	return k.Namespace + "/" + k.Name + "/" + k.Protocol.Lower() + "/" + k.Port
 }
 
 // dnatRules picks endpoint i of n with probability 1/(n-i). With session
@@ -371,7 +500,7 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 	w := newWritten(renderBase(s, cfg, f), f)
 	sets := newSets(f)
 	var serviceChains []*nft.Chain
-	var affinitySets []*nft.Set
+	var affinitySets, endpointMaps []*nft.Set
 	for _, sp := range s.Sorted() {
 		sr, ok := renderServicePort(sp, cfg, f)
 		if !ok {
@@ -379,11 +508,19 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 		}
 		w.add(sp.Key, sr)
 		affinitySets = append(affinitySets, sr.sets...)
+		endpointMaps = append(endpointMaps, sr.maps...)
 		sets.serviceIPs.Elements = append(sets.serviceIPs.Elements, sr.dispatch...)
 		sets.nodePorts.Elements = append(sets.nodePorts.Elements, sr.nodePort...)
 		sets.noEndpoints.Elements = append(sets.noEndpoints.Elements, sr.noEndpoint...)
 		sets.noEndpointNodePorts.Elements = append(sets.noEndpointNodePorts.Elements, sr.noEndpointNodePort...)
+		if len(sr.endpoints) > 0 {
+			m := sets.endpoints[sp.Key.Protocol]
+			m.Elements = append(m.Elements, sr.endpoints...)
+		}
 		serviceChains = append(serviceChains, sr.chains...)
+	}
+	for k := range w.picks {
+		serviceChains = append(serviceChains, renderPickChain(k, cfg, f))
 	}
 	for ip := range w.clusterIPs {
 		sets.clusterIPs.Elements = append(sets.clusterIPs.Elements, vipElement(ip))
@@ -395,8 +532,10 @@ func renderAll(s *model.State, cfg proxier.Config, f model.IPFamily) (*nft.Table
 		set.SortElements()
 	}
 	slices.SortFunc(serviceChains, func(a, b *nft.Chain) int { return cmp.Compare(a.Name, b.Name) })
-	slices.SortFunc(affinitySets, func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) })
-	return &nft.Table{Family: nftFamily(f), Name: TableName, Sets: append(sets.all(), affinitySets...),
+	byName := func(a, b *nft.Set) int { return cmp.Compare(a.Name, b.Name) }
+	slices.SortFunc(affinitySets, byName)
+	slices.SortFunc(endpointMaps, byName)
+	return &nft.Table{Family: nftFamily(f), Name: TableName, Sets: slices.Concat(sets.all(), endpointMaps, affinitySets),
 		Chains: append(slices.Clone(w.base), serviceChains...)}, w
 }
 

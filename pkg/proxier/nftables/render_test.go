@@ -37,20 +37,25 @@ func TestRenderIsDeterministic(t *testing.T) {
 	}
 }
 
-// The ruleset grows by one chain per service port and one rule per
-// endpoint (plus the masquerade rule): nothing per endpoint beyond that.
-func TestRuleCountGrowsLinearly(t *testing.T) {
+// The rules do not grow with ClusterIP service ports: each is one
+// dispatch element and one endpoint-map element per endpoint, and all
+// ports of a protocol and endpoint count share one pick chain.
+func TestRulesDoNotGrowWithClusterIPPorts(t *testing.T) {
 	st := bigState(100, 10)
 	r := Render(st, flowspec.Config(), model.IPv4)
-	chains, rules := 0, 0
+	var perPort []string
 	for _, c := range r.Chains {
-		if strings.HasPrefix(c.Name, serviceChainPrefix) {
-			chains++
-			rules += len(c.Rules)
+		if c.Base == nil && !strings.HasPrefix(c.Name, pickChainPrefix) {
+			perPort = append(perPort, c.Name)
 		}
 	}
-	if chains != 100 || rules != 100*(10+1) {
-		t.Errorf("100 services × 10 endpoints: %d service chains, %d rules; want 100 and 1100", chains, rules)
+	counts := map[string]int{}
+	for _, s := range r.Sets {
+		counts[s.Name] = len(s.Elements)
+	}
+	if len(perPort) != 0 || r.Chain(PickChain(model.TCP, 10)) == nil || counts[ServiceIPsMap] != 100 || counts[EndpointsMap(model.TCP)] != 100*10 {
+		t.Errorf("100 services × 10 endpoints: chains of their own %v, %d dispatch elements, %d endpoint elements; want none, 100 and 1000",
+			perPort, counts[ServiceIPsMap], counts[EndpointsMap(model.TCP)])
 	}
 }
 
@@ -78,7 +83,7 @@ func TestIncrementalPlanWritesOnlyWhatChanged(t *testing.T) {
 			t.Errorf("plan:\n%s", p)
 		}
 	})
-	t.Run("an endpoint change rewrites one chain", func(t *testing.T) {
+	t.Run("an endpoint change writes map elements and no rule", func(t *testing.T) {
 		after := withEndpoints(before, 1, 2)
 		golden.Check(t, "plan-endpoint-removed.txt", incremental(t, before, after).String())
 	})

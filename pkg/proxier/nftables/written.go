@@ -1,6 +1,7 @@
 package nftables
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -17,8 +18,9 @@ type written struct {
 	services   map[model.ServicePortKey]serviceRules
 	clusterIPs map[netip.Addr]int // reference counts: ports sharing a VIP
 	hairpin    map[netip.Addr]int // reference counts: endpoints in several ports
+	picks      map[pickKey]int    // reference counts: ports sharing a pick chain
 	chains     int
-	dynSets    int // session-affinity sets
+	svcSets    int // sets of service ports: affinity sets and endpoint maps
 	// needFull is set when an update cannot be written incrementally (an
 	// affinity set whose definition, its timeout, changed must be
 	// recreated).
@@ -27,12 +29,8 @@ type written struct {
 
 func newWritten(base []*nft.Chain, f model.IPFamily) *written {
 	return &written{family: f, base: base, services: map[model.ServicePortKey]serviceRules{},
-		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, chains: len(base)}
+		clusterIPs: map[netip.Addr]int{}, hairpin: map[netip.Addr]int{}, picks: map[pickKey]int{}, chains: len(base)}
 }
-
-// objects is how many chains and sets the table holds: what the kernel
-// reports as the table's use count.
-func (w *written) objects() int { return w.chains + len(newSets(w.family).all()) + w.dynSets }
 
 func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 	w.services[k] = sr
@@ -41,7 +39,10 @@ func (w *written) add(k model.ServicePortKey, sr serviceRules) {
 		w.hairpin[ip]++
 	}
 	w.chains += len(sr.chains)
-	w.dynSets += len(sr.sets)
+	w.svcSets += len(sr.sets) + len(sr.maps)
+	if sr.pick.n > 0 {
+		w.picks[sr.pick]++
+	}
 }
 
 func (w *written) remove(k model.ServicePortKey) {
@@ -55,7 +56,12 @@ func (w *written) remove(k model.ServicePortKey) {
 		decrement(w.hairpin, ip)
 	}
 	w.chains -= len(sr.chains)
-	w.dynSets -= len(sr.sets)
+	w.svcSets -= len(sr.sets) + len(sr.maps)
+	if sr.pick.n > 0 {
+		if w.picks[sr.pick]--; w.picks[sr.pick] <= 0 {
+			delete(w.picks, sr.pick)
+		}
+	}
 }
 
 func decrement(m map[netip.Addr]int, a netip.Addr) {
@@ -95,7 +101,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	p := Plan{Family: f}
 	sets := newSets(f)
 	var newChains, changedChains, goneChains []*nft.Chain
-	var newSets, goneSets []*nft.Set
+	var newSets, goneSets, newMaps, keptMaps []*nft.Set
 	del, add := map[*nft.Set][]nft.Element{}, map[*nft.Set][]nft.Element{}
 
 	base := renderBase(s, cfg, f)
@@ -107,6 +113,7 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 	w.base = base
 
 	vips, pins := presence{}, presence{}
+	picksBefore := map[pickKey]bool{}
 	for _, k := range changed {
 		old, hadOld := w.services[k]
 		var next serviceRules
@@ -115,11 +122,17 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			next, hasNext = renderServicePort(sp, cfg, f)
 		}
 		if hadOld {
+			if _, seen := picksBefore[old.pick]; !seen && old.pick.n > 0 {
+				picksBefore[old.pick] = true
+			}
 			vips.note(w.clusterIPs, old.clusterIP)
 			pins.note(w.hairpin, old.hairpin...)
 			w.remove(k)
 		}
 		if hasNext {
+			if _, seen := picksBefore[next.pick]; !seen && next.pick.n > 0 {
+				picksBefore[next.pick] = w.picks[next.pick] > 0
+			}
 			vips.note(w.clusterIPs, next.clusterIP)
 			pins.note(w.hairpin, next.hairpin...)
 			w.add(k, next)
@@ -136,15 +149,34 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			}
 		})
 		newSets, goneSets = append(newSets, addedSets...), append(goneSets, droppedSets...)
+		addedMaps, droppedMaps := matchByName(old.maps, next.maps, func(s *nft.Set) string { return s.Name }, func(o, n *nft.Set) {
+			if o.Definition() != n.Definition() {
+				w.needFull = true
+			}
+			diffElements(del, add, n, o.Elements, n.Elements)
+			keptMaps = append(keptMaps, n)
+		})
+		newMaps, goneSets = append(newMaps, addedMaps...), append(goneSets, droppedMaps...)
 		diffElements(del, add, sets.serviceIPs, old.dispatch, next.dispatch)
 		diffElements(del, add, sets.nodePorts, old.nodePort, next.nodePort)
 		diffElements(del, add, sets.noEndpoints, old.noEndpoint, next.noEndpoint)
 		diffElements(del, add, sets.noEndpointNodePorts, old.noEndpointNodePort, next.noEndpointNodePort)
+		diffElements(del, add, sets.endpoints[k.Protocol], old.endpoints, next.endpoints)
+	}
+	// A pick chain comes with the first port of its protocol and count,
+	// and goes with the last.
+	for k, was := range picksBefore {
+		switch now := w.picks[k] > 0; {
+		case !was && now:
+			newChains = append(newChains, renderPickChain(k, cfg, f))
+		case was && !now:
+			goneChains = append(goneChains, renderPickChain(k, cfg, f))
+		}
 	}
 	del[sets.clusterIPs], add[sets.clusterIPs] = vips.changes(w.clusterIPs, vipElement)
 	del[sets.hairpin], add[sets.hairpin] = pins.changes(w.hairpin, hairpinElement)
 
-	for _, set := range newSets {
+	for _, set := range slices.Concat(newSets, newMaps) {
 		p.Ops = append(p.Ops, Op{Kind: OpAddSet, Set: set})
 	}
 	for _, c := range newChains {
@@ -159,17 +191,20 @@ func (w *written) update(s *model.State, changed []model.ServicePortKey, cfg pro
 			p.Ops = append(p.Ops, Op{Kind: OpAddRule, Chain: c, Rule: r})
 		}
 	}
-	for _, set := range sets.all() {
+	for _, set := range slices.Concat(sets.all(), keptMaps) {
 		if len(del[set]) > 0 {
 			slices.SortFunc(del[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpDelElements, Set: set, Elements: del[set]})
 		}
 	}
-	for _, set := range sets.all() {
+	for _, set := range slices.Concat(sets.all(), keptMaps) {
 		if len(add[set]) > 0 {
 			slices.SortFunc(add[set], nft.CompareElements)
 			p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: set, Elements: add[set]})
 		}
+	}
+	for _, m := range newMaps {
+		p.Ops = append(p.Ops, Op{Kind: OpAddElements, Set: m, Elements: m.Elements})
 	}
 	// An external chain may jump to the service chain: flush every gone
 	// chain before deleting any.
@@ -234,4 +269,15 @@ func diffElements(del, add map[*nft.Set][]nft.Element, set *nft.Set, old, next [
 func vipElement(ip netip.Addr) nft.Element { return nft.Element{Key: []nft.Value{nft.AddrValue(ip)}} }
 func hairpinElement(ip netip.Addr) nft.Element {
 	return nft.Element{Key: []nft.Value{nft.AddrValue(ip), nft.AddrValue(ip)}}
+}
+
+// clone is a copy of w that update can change while w stays what the
+// kernel holds.
+func (w *written) clone() *written {
+	c := *w
+	c.services = maps.Clone(w.services)
+	c.clusterIPs = maps.Clone(w.clusterIPs)
+	c.hairpin = maps.Clone(w.hairpin)
+	c.picks = maps.Clone(w.picks)
+	return &c
 }
