@@ -11,22 +11,27 @@ import (
 )
 
 // The endpoint count the latency phase waits for, read from each shape of
-// service chain the contenders write: an endpoint map (proxyd), a numgen
-// over an anonymous verdict map (kube-proxy), numgen-guarded DNAT rules
-// (proxyd before its endpoint maps).
+// service port the contenders write: proxyd's service-ips element going to
+// a shared pick chain (or to a chain of its own), kube-proxy's numgen over
+// an anonymous verdict map, and proxyd's older numgen-guarded DNAT rules.
 const shapes = `table ip proxyd {
-	map eps-default/bench-00001/tcp/http {
-		typeof numgen random mod 65536 : ip daddr . tcp dport
-		flags interval
-		elements = { 0-21844 : 10.244.1.11 . 8080,
-			     21845-43689 : 10.244.1.12 . 8080,
-			     43690-65535 : 10.244.1.13 . 8080 }
+	map service-ips {
+		type ipv4_addr . inet_proto . inet_service : verdict
+		elements = { 10.96.0.1 . tcp . 80 comment "default/bench-00001/tcp/http" : goto pick-tcp-3,
+			     10.96.0.2 . tcp . 80 comment "default/bench-00002/tcp/http" : goto svc-default/bench-00002/tcp/http,
+			     10.96.0.9 . tcp . 80 comment "default/other/tcp/http" : goto pick-tcp-3 }
+	}
+	map endpoints-tcp {
+		typeof ip daddr . tcp dport . numgen random mod 65536 : ip daddr . tcp dport
+		elements = { 10.96.0.1 . 80 . 0 : 10.244.1.11 . 8080,
+			     10.96.0.1 . 80 . 1 : 10.244.1.12 . 8080,
+			     10.96.0.1 . 80 . 2 : 10.244.1.13 . 8080 }
+	}
+	chain pick-tcp-3 {
+		dnat ip to ip daddr . tcp dport . numgen random mod 3 map @endpoints-tcp
 	}
 	chain endpoint-a {
 		meta l4proto tcp dnat to 10.244.1.11:8080
-	}
-	chain svc-default/bench-00001/tcp/http {
-		meta l4proto tcp dnat ip to numgen random mod 65536 map @eps-default/bench-00001/tcp/http
 	}
 	chain svc-default/bench-00002/tcp/http {
 		numgen random mod 4 vmap { 0 : goto endpoint-a, 1 : goto endpoint-a, 2 : goto endpoint-a, 3 : goto endpoint-a }
@@ -38,7 +43,7 @@ const shapes = `table ip proxyd {
 }
 `
 
-func TestNFTViewCountsEndpointsOfEveryChainShape(t *testing.T) {
+func TestNFTViewCountsEndpointsOfEveryPortShape(t *testing.T) {
 	nft := testenv.NeedTool(t, "nft")
 	ns := testns.New(t, "benchview")
 	path := filepath.Join(t.TempDir(), "shapes.nft")
@@ -51,18 +56,22 @@ func TestNFTViewCountsEndpointsOfEveryChainShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(v.close)
-	for chain, want := range map[string]int{
-		"svc-default/bench-00001/tcp/http": 3,
-		"svc-default/bench-00002/tcp/http": 4,
-		"svc-default/bench-00003/tcp/http": 2,
-	} {
-		got, err := v.endpoints(context.Background(), chain)
+	ports, err := v.ports(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != 3 || ports["bench-00001"].key == nil || ports["bench-00003"].chain != "svc-default/bench-00003/tcp/http" {
+		t.Fatalf("ports = %v", ports)
+	}
+	for name, want := range map[string]int{"bench-00001": 3, "bench-00002": 4, "bench-00003": 2} {
+		got, err := v.endpoints(context.Background(), ports[name])
 		if err != nil || got != want {
-			t.Errorf("%s: %d endpoints (%v), want %d", chain, got, err, want)
+			t.Errorf("%s: %d endpoints (%v), want %d", name, got, err, want)
 		}
 	}
-	chains, err := v.chains(context.Background())
-	if err != nil || len(chains) != 3 || chains["bench-00001"] != "svc-default/bench-00001/tcp/http" {
-		t.Errorf("chains = %v (%v)", chains, err)
+	// A change moves the element to another pick chain, in one transaction.
+	ns.Run(t, nft, "add chain ip proxyd pick-tcp-2; delete element ip proxyd service-ips { 10.96.0.1 . tcp . 80 }; add element ip proxyd service-ips { 10.96.0.1 . tcp . 80 comment \"default/bench-00001/tcp/http\" : goto pick-tcp-2 }")
+	if got, err := v.endpoints(context.Background(), ports["bench-00001"]); err != nil || got != 2 {
+		t.Errorf("after the change: %d endpoints (%v), want 2", got, err)
 	}
 }

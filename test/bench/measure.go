@@ -162,21 +162,21 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 	if _, err := waitFirstSync(ctx, l, r, p.syncTimeout); err != nil {
 		logf("%s: %v", c.name, err)
 	}
-	chains, err := v.chains(ctx)
-	for try := 0; err == nil && len(chains) < p.n && try < 50; try++ {
+	ports, err := v.ports(ctx)
+	for try := 0; err == nil && len(ports) < p.n && try < 50; try++ {
 		time.Sleep(100 * time.Millisecond)
-		chains, err = v.chains(ctx)
+		ports, err = v.ports(ctx)
 	}
 	if err != nil {
 		_ = r.stop()
-		return res, fmt.Errorf("%s: list service chains: %w", c.name, err)
+		return res, fmt.Errorf("%s: find the service ports: %w", c.name, err)
 	}
 	m0, err := waitMetrics(ctx, l, r, 20*time.Second)
 	if err != nil {
 		logf("%s: %v", c.name, err)
 	}
 	c0, _ := readProc(r.p.PID())
-	lat, apiLat, polls, pollTime, timeouts, err := programmingLatency(ctx, r, v, w, chains, p)
+	lat, apiLat, polls, pollTime, timeouts, err := programmingLatency(ctx, r, v, w, ports, p)
 	if err != nil {
 		_ = r.stop()
 		return res, err
@@ -245,14 +245,14 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 
 // programmingLatency makes p.k single-endpoint changes one after another,
 // each on another Service, and times API write → visible in the kernel.
-func programmingLatency(ctx context.Context, r *running, v kernelView, w *workload, chains map[string]string, p params) (
+func programmingLatency(ctx context.Context, r *running, v kernelView, w *workload, ports map[string]portRef, p params) (
 	lat, api []time.Duration, polls int, pollTime time.Duration, timeouts int, err error) {
 	order := rand.Perm(len(w.names))
 	for k := 0; k < p.k; k++ {
 		i := order[k%len(order)]
-		chain, ok := chains[w.names[i]]
+		port, ok := ports[w.names[i]]
 		if !ok {
-			return nil, nil, 0, 0, 0, fmt.Errorf("%s: no kernel chain found for %s", r.c.name, w.names[i])
+			return nil, nil, 0, 0, 0, fmt.Errorf("%s: %s not found in the kernel", r.c.name, w.names[i])
 		}
 		want, before, after, err := w.toggle(ctx, i)
 		if err != nil {
@@ -262,7 +262,7 @@ func programmingLatency(ctx context.Context, r *running, v kernelView, w *worklo
 		deadline := before.Add(p.changeTimeout)
 		for {
 			t := time.Now()
-			n, err := v.endpoints(ctx, chain)
+			n, err := v.endpoints(ctx, port)
 			now := time.Now()
 			polls++
 			pollTime += now.Sub(t)

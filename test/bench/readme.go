@@ -105,8 +105,9 @@ against the pre-contender baseline (leftovers are reported, then flushed).
   its other rows are n/a, and a ratio against it is a bound ("< 0.013x").
 - programming latency: K changes one after another, each on another Service, toggling one
   endpoint's readiness; from just before the API write until the service chain shows the new
-  endpoint count (nftables over netlink: the elements of the endpoint map the chain looks a
-  random number up in, else the numgen modulus; iptables: ` + "`-j <PREFIX>SEP-`" + ` rules in
+  endpoint count (nftables over netlink: proxyd's port is found by the comment of its
+  ` + "`service-ips`" + ` element, which is read alone each poll and whose verdict goes to ` + "`pick-<proto>-N`" + `, N
+  endpoints; kube-proxy's service chain's numgen modulus; iptables: ` + "`-j <PREFIX>SEP-`" + ` rules in
   ` + "`iptables -S <chain>`" + `). The poll granularity row is the mean time of one poll: latencies are
   late by up to that much.
 - restart + idle: the contender is restarted with ` + "`--sync-period 2s`" + ` over the rules its first process
