@@ -17,7 +17,7 @@ E2E_TIMEOUT ?= 30m
 
 export CGO_ENABLED := 0
 
-.PHONY: all build test unit race lab e2e e2e-node e2e-cluster e2e-upstream e2e-tools e2e-images images lint deps tools demo bench bench-smoke clean ipvs-vm help kind-up kind-deploy kind-down
+.PHONY: all build test unit race lab e2e e2e-node e2e-cluster e2e-upstream e2e-tools e2e-images images lint deps tools demo bench bench-smoke soak clean ipvs-vm help kind-up kind-deploy kind-down
 
 all: build
 
@@ -26,6 +26,7 @@ help:
 	@echo "make test    - lint, unit, kernel and e2e tests (what CI runs; needs root)"
 	@echo "make demo    - a real control plane + node lab, proxyd, traffic, metrics"
 	@echo "make bench   - the performance harness against upstream kube-proxy"
+	@echo "make soak    - an hour of churn (SOAK_DURATION): 0 failed connections, flat RSS, kernel = model"
 	@echo "make e2e-upstream - the upstream e2e Service tests, proxyd and kube-proxy side by side (hours)"
 	@echo "make lint    - gofmt, go vet, staticcheck"
 
@@ -148,6 +149,13 @@ bench: build tools
 	$(BENCH_RUN) -n 10000 $(BENCH_NFT)
 	$(if $(BENCH_30K),$(BENCH_RUN) -n 30000 $(BENCH_NFT))
 	$(if $(BENCH_135639),$(BENCH_RUN) -n 5000 -pods 50 -sync-cap 20m $(BENCH_NFT))
+
+# soak runs proxyd (nftables mode) in the lab under an hour of Service and
+# EndpointSlice churn while a client connects to an untouched Service every
+# 50 ms, and writes docs/soak/soak-<duration>.{csv,svg,png,md}. Not in CI.
+SOAK_DURATION ?= 1h
+soak: build tools
+	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/soak -duration $(SOAK_DURATION) -proxyd $(BIN)/proxyd -out docs/soak
 
 # bench-smoke is CI's 1k row: it fails only if the harness breaks, and
 # writes its results under the cache, not into docs/.

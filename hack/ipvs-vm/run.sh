@@ -14,6 +14,9 @@
 #                       linux-image-cloud-amd64 depends on)
 #   IPVS_VM_RUN         -test.run pattern (default ^TestVM)
 #   IPVS_VM_TIMEOUT     seconds before the VM is killed (default 300)
+#   IPVS_VM_ARGS        more arguments for the test binary, e.g.
+#                       "-test.bench=VMCheckCost -test.benchtime=5x"
+#   IPVS_VM_MEM         the VM's memory in MiB (default 512)
 #
 # Exit status: the test binary's inside the VM; 2 when the kernel cannot be
 # had or a tool is missing; 3 when the VM gave no result (crash, timeout).
@@ -33,6 +36,8 @@ CACHE=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 RUN_PATTERN=${IPVS_VM_RUN:-^TestVM}
 VM_TIMEOUT=${IPVS_VM_TIMEOUT:-300}
+VM_ARGS=${IPVS_VM_ARGS:-}
+VM_MEM=${IPVS_VM_MEM:-512}
 
 for tool in apt-get apt-cache dpkg-deb qemu-system-x86_64 cpio gzip go; do
 	command -v "$tool" >/dev/null || die 2 "$tool not found (apt-get install qemu-system-x86 busybox-static cpio)"
@@ -144,7 +149,7 @@ for m in \$(cat /modules.order); do
 	insmod /lib/modules/\$m.ko || echo "PXD-VM: insmod \$m failed"
 done
 echo "PXD-VM: modules loaded"
-PROXYD_IPVS_VM=1 /pxd-ipvs.test -test.v -test.timeout 200s -test.run '$RUN_PATTERN'
+PROXYD_IPVS_VM=1 /pxd-ipvs.test -test.v -test.timeout $((VM_TIMEOUT > 100 ? VM_TIMEOUT - 100 : VM_TIMEOUT))s -test.run '$RUN_PATTERN' $VM_ARGS
 rc=\$?
 if [ \$rc -eq 0 ]; then echo "PXD-VM-RESULT: PASS"; else echo "PXD-VM-RESULT: FAIL rc=\$rc"; fi
 poweroff -f
@@ -157,7 +162,7 @@ say "booting $KVER under qemu (TCG, timeout ${VM_TIMEOUT}s)"
 LOG=$WORK/console.log
 start=$(date +%s.%N)
 set +e
-timeout --kill-after=10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m 512 -nodefaults -no-reboot \
+timeout --kill-after=10 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -m "$VM_MEM" -nodefaults -no-reboot \
 	-display none -kernel "$VMLINUZ" -initrd "$WORK/initramfs.gz" \
 	-append "console=ttyS0 panic=-1 quiet" -serial "file:$LOG"
 qrc=$?

@@ -17,8 +17,10 @@ import (
 // IPTables reads iptables mode's rules with iptables-save of one variant.
 type IPTables struct {
 	Variant iptables.Variant
-	// Config is what proxyd renders with; drift needs it.
-	Config proxier.Config
+	// Config is what proxyd renders with; drift needs it, and Counters
+	// (when set) the nfacct counters its rules bump.
+	Config   proxier.Config
+	Counters func() iptables.Counters
 	// Local reports whether an address is the node's (default: the
 	// addresses of this network namespace's interfaces).
 	Local func(netip.Addr) bool
@@ -273,7 +275,11 @@ func (d *IPTables) Drift(ctx context.Context, s *model.State) ([]string, error) 
 		if err != nil {
 			return nil, err
 		}
-		diff, err := iptables.Drift(kernel, iptables.Render(s, d.Config, fam))
+		var counters iptables.Counters
+		if d.Counters != nil {
+			counters = d.Counters()
+		}
+		diff, err := iptables.Drift(kernel, iptables.RenderCounting(s, d.Config, fam, counters))
 		if err != nil {
 			return nil, fmt.Errorf("%v: %w", fam, err)
 		}

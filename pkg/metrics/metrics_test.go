@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -66,4 +67,46 @@ func value(t *testing.T, g prometheus.Gauge) float64 {
 		t.Fatal(err)
 	}
 	return pb.GetGauge().GetValue()
+}
+
+func TestNFAcctCountersAreExportedUnderKubeProxysNamesWhileReadable(t *testing.T) {
+	m := metrics.New("iptables")
+	counts := map[string]uint64{"lh": 7}
+	m.CollectNFAcct("lh", "inv", func(name string) (uint64, error) {
+		n, ok := counts[name]
+		if !ok {
+			return 0, errors.New("no such counter")
+		}
+		return n, nil
+	})
+	got := gather(t, m)
+	if v, ok := got["kubeproxy_iptables_localhost_nodeports_accepted_packets_total"]; !ok || v != 7 {
+		t.Errorf("localhost NodePorts: %v, %v; want 7", v, ok)
+	}
+	if _, ok := got["kubeproxy_iptables_ct_state_invalid_dropped_packets_total"]; ok {
+		t.Error("a counter that cannot be read is exported")
+	}
+	counts["inv"] = 2
+	if v := gather(t, m)["kubeproxy_iptables_ct_state_invalid_dropped_packets_total"]; v != 2 {
+		t.Errorf("INVALID drops: %v, want 2 once the counter exists", v)
+	}
+}
+
+// gather returns the value of every counter m's registry exports without
+// labels.
+func gather(t *testing.T, m *metrics.Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			if c := mt.GetCounter(); c != nil && len(mt.GetLabel()) == 0 {
+				out[mf.GetName()] = c.GetValue()
+			}
+		}
+	}
+	return out
 }

@@ -209,14 +209,14 @@ func TestFailedSyncsAreCountedPerFamilyAsKubeProxyDoes(t *testing.T) {
 		{"kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total", "IPv6", 1},
 		{"kubeproxy_sync_proxy_rules_iptables_restore_failures_total", "IPv4", 0},
 	} {
-		if got := counter(t, m, c.name, c.family); got != c.want {
+		if got := counter(t, m, c.name, "ip_family", c.family); got != c.want {
 			t.Errorf("%s{ip_family=%s} = %v, want %v", c.name, c.family, got, c.want)
 		}
 	}
 }
 
-// counter reads the counter name{ip_family=family} from m's registry.
-func counter(t *testing.T, m *metrics.Metrics, name, family string) float64 {
+// counter reads the counter name{label=value} from m's registry.
+func counter(t *testing.T, m *metrics.Metrics, name, label, value string) float64 {
 	t.Helper()
 	families, err := m.Registry.Gather()
 	if err != nil {
@@ -228,11 +228,28 @@ func counter(t *testing.T, m *metrics.Metrics, name, family string) float64 {
 		}
 		for _, metric := range mf.GetMetric() {
 			for _, l := range metric.GetLabel() {
-				if l.GetName() == "ip_family" && l.GetValue() == family {
+				if l.GetName() == label && l.GetValue() == value {
 					return metric.GetCounter().GetValue()
 				}
 			}
 		}
 	}
 	return 0
+}
+
+// repairingBackend reports two drift repairs on every Sync.
+type repairingBackend struct{ failingBackend }
+
+func (repairingBackend) Sync(context.Context, *model.State, model.Diff) error { return nil }
+func (repairingBackend) LastSyncStats() SyncStats                             { return SyncStats{DriftRepairs: 2} }
+
+func TestDriftRepairsAreCountedByMode(t *testing.T) {
+	m := metrics.New("iptables")
+	r := NewRunner(repairingBackend{}, func() *model.State { return &model.State{} }, RunnerOptions{
+		MinInterval: time.Second, MaxInterval: time.Minute, Clock: clocktesting.NewFakeClock(time.Now()), Metrics: m})
+	r.syncOnce(context.Background())
+	r.syncOnce(context.Background())
+	if got := counter(t, m, "proxyd_drift_repairs_total", "mode", "iptables"); got != 4 {
+		t.Errorf("proxyd_drift_repairs_total{mode=iptables} = %v, want 4", got)
+	}
 }

@@ -117,7 +117,9 @@ func (v *iptView) endpoints(ctx context.Context, p portRef) (int, error) {
 	if err != nil {
 		return -1, err
 	}
-	return strings.Count(out, "-j "+v.prefix+"SEP-"), nil
+	// An endpoint is a jump to its chain, or (proxyd, an endpoint on
+	// another node) a DNAT in the service chain itself.
+	return strings.Count(out, "-j "+v.prefix+"SEP-") + strings.Count(out, "-j DNAT "), nil
 }
 
 // nftActivity counts nf_tables transactions (generations) and the objects

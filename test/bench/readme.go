@@ -107,7 +107,7 @@ against the pre-contender baseline (leftovers are reported, then flushed).
   endpoint's readiness; from just before the API write until the service chain shows the new
   endpoint count (nftables over netlink: proxyd's port is found by the comment of its
   ` + "`service-ips`" + ` element, which is read alone each poll and whose verdict goes to ` + "`pick-<proto>-N`" + `, N
-  endpoints; kube-proxy's service chain's numgen modulus; iptables: ` + "`-j <PREFIX>SEP-`" + ` rules in
+  endpoints; kube-proxy's service chain's numgen modulus; iptables: ` + "`-j <PREFIX>SEP-`" + ` and ` + "`-j DNAT`" + ` rules in
   ` + "`iptables -S <chain>`" + `). The poll granularity row is the mean time of one poll: latencies are
   late by up to that much.
 - restart + idle: the contender is restarted with ` + "`--sync-period 2s`" + ` over the rules its first process

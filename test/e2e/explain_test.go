@@ -35,7 +35,12 @@ func TestExplain(t *testing.T) {
 	target := []svcPort{{"tcp", v1.ProtocolTCP, 8080}}
 	const vip, stickyVIP = "10.96.0.60", "10.96.0.61"
 	e.createService(t, "explained", vip, nil, tcp...)
-	e.createSlice(t, e.slice("explained-1", "explained", all, target...))
+	// Pod1 reaches the VIP itself (hairpin); it runs here, as a Pod that
+	// connects through this node's rules does (another node's Pod is
+	// DNATed by its own node's proxy).
+	explained := e.slice("explained-1", "explained", all, target...)
+	explained.Endpoints[0].NodeName = ptr(e.lab.NodeName)
+	e.createSlice(t, explained)
 	e.createServiceWith(t, "explained-sticky", stickyVIP, nil, func(s *v1.Service) { s.Spec.SessionAffinity = v1.ServiceAffinityClientIP }, tcp...)
 	e.createSlice(t, e.slice("explained-sticky-1", "explained-sticky", all, target...))
 	addr := vip + ":80"

@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/proxyd/proxyd/internal/nfacct"
 	"github.com/proxyd/proxyd/pkg/proxier"
 	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 	"github.com/proxyd/proxyd/pkg/proxier/ipvs"
@@ -64,6 +65,10 @@ func (o *Options) proxierConfig() proxier.Config {
 	}
 }
 
+// ProxierConfig is what the backends render with under these options, for
+// tools that render what proxyd should hold (test/soak's final check).
+func (o *Options) ProxierConfig() proxier.Config { return o.proxierConfig() }
+
 // sysctlSet reports whether the sysctl at path (under /proc/sys) is
 // readable and not 0.
 func sysctlSet(path string) bool {
@@ -80,7 +85,7 @@ func newBackend(o *Options, mode string) (proxier.Backend, error) {
 	case "ipvs":
 		return ipvs.New(cfg, ipvs.WithScheduler(o.IPVSScheduler))
 	case "iptables":
-		var opts []iptables.Option
+		opts := []iptables.Option{iptables.WithCounters(nfacct.Ensure)}
 		if o.IPTablesBackend != "auto" {
 			opts = append(opts, iptables.WithVariant(iptables.Variant(o.IPTablesBackend)))
 		}

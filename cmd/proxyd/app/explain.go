@@ -27,7 +27,7 @@ import (
 func dataplaneOf(b proxier.Backend) explain.Dataplane {
 	switch p := b.(type) {
 	case *iptables.Proxier:
-		return &explain.IPTables{Variant: p.Variant(), Config: p.Config()}
+		return &explain.IPTables{Variant: p.Variant(), Config: p.Config(), Counters: p.Counters}
 	case *nftables.Proxier:
 		return &explain.NFTables{Config: p.Config(), Families: p.Families()}
 	case *ipvs.Proxier:

@@ -20,6 +20,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/proxyd/proxyd/internal/nfacct"
 	"github.com/proxyd/proxyd/pkg/conntrack"
 	"github.com/proxyd/proxyd/pkg/healthcheck"
 	"github.com/proxyd/proxyd/pkg/healthz"
@@ -27,6 +28,7 @@ import (
 	"github.com/proxyd/proxyd/pkg/metrics"
 	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/proxier"
+	"github.com/proxyd/proxyd/pkg/proxier/iptables"
 )
 
 // Run is the daemon: it returns nil when ctx ends (SIGTERM), leaving the
@@ -61,6 +63,12 @@ func Run(ctx context.Context, o *Options) error {
 	}
 
 	m := metrics.New(o.Mode)
+	if o.Mode == "iptables" {
+		m.CollectNFAcct(iptables.CounterLocalhostNodePorts, iptables.CounterInvalidDropped, func(name string) (uint64, error) {
+			c, err := nfacct.Get(name)
+			return c.Packets, err
+		})
+	}
 	programmed := &lastState{}
 	events := informer.NewEventRecorder(client, nodeName)
 	collector, explainer, closeExplain := newDiagnostics(o, backend, events, programmed)

@@ -146,6 +146,8 @@ func ep(ip netip.Addr, node string, ready, serving, terminating bool) model.Slic
 
 func ready(ip netip.Addr) model.SliceEndpoint { return ep(ip, "node2", true, true, false) }
 
+func local(ip netip.Addr) model.SliceEndpoint { return ep(ip, NodeName, true, true, false) }
+
 func svc(name string, vips []netip.Addr, proto model.Protocol, port uint16, mod func(*model.Service)) *model.Service {
 	s := &model.Service{Namespace: "default", Name: name, ClusterIPs: vips,
 		Ports: []model.ServicePortSpec{{Name: "p", Protocol: proto, Port: port}}}
@@ -188,8 +190,10 @@ func Snapshot() model.Snapshot {
 		}),
 	}
 	slices := []*model.EndpointSlice{
-		slice("web", "web-a", model.IPv4, model.TCP, ready(Pod1), ready(Pod2)),
-		slice("web", "web-b", model.IPv4, model.TCP, ready(Pod3), ready(Pod1)), // Pod1 again: deduplicated
+		// Pod1 runs on this node (the hairpin case sends from it); Pod2 and
+		// Pod3 on another.
+		slice("web", "web-a", model.IPv4, model.TCP, local(Pod1), ready(Pod2)),
+		slice("web", "web-b", model.IPv4, model.TCP, ready(Pod3), local(Pod1)), // Pod1 again: deduplicated
 		slice("web", "web-v6", model.IPv6, model.TCP, ready(Pod1v6), ready(Pod2v6)),
 		slice("dns", "dns-a", model.IPv4, model.UDP, ready(Pod1), ready(Pod2)),
 		slice("notready", "notready-a", model.IPv4, model.TCP, ep(Pod3, "node2", false, false, false)),

@@ -1,6 +1,7 @@
 // Package iptables is proxyd's iptables backend: it renders a model.State
 // into iptables-restore text shaped like kube-proxy's iptables mode (a
-// dispatch chain, a chain per service port and per endpoint, statistic
+// dispatch chain, a chain per service port and per endpoint that may be
+// the source of its own connection — see picker.direct —, statistic
 // matches for the random choice, a mark bit that requests masquerade) but
 // with proxyd's own names (PROXYD-*), and applies it with one
 // iptables-restore --noflush per family per sync. The filter table rejects
@@ -37,6 +38,11 @@
 //     rendering only the service ports whose State pointer changed;
 //     it falls back to a full write on the first sync, after an error,
 //     when asked, and periodically;
+//   - drift.go and contain.go: each sync reads a size-independent mark of
+//     the tables and, only when someone else moved it, compares them with
+//     what was written and rewrites what drifted; a write the kernel
+//     refuses is narrowed to the service ports responsible, which are left
+//     out while everything else is programmed;
 //   - tables.go and parse.go: a small in-memory model of iptables tables
 //     that applies restore text the way the kernel does (references are
 //     checked, the batch is all or nothing); the unit tests' fake kernel and

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // restorer writes and reads one family's tables in bulk.
@@ -17,6 +18,10 @@ type restorer interface {
 	Restore(ctx context.Context, data []byte) error
 	// Save returns one table as iptables-save prints it.
 	Save(ctx context.Context, table string) ([]byte, error)
+	// Test applies restore input to empty tables in a network namespace
+	// of its own, which it then drops: the kernel's verdict on the text,
+	// with no effect on the node's rules.
+	Test(ctx context.Context, data []byte) error
 }
 
 // execRestorer runs iptables-restore and iptables-save.
@@ -40,6 +45,23 @@ func (e *execRestorer) Restore(ctx context.Context, data []byte) error {
 			msg += "; the line: " + l
 		}
 		return fmt.Errorf("%s: %w: %s", e.restore, err, msg)
+	}
+	return nil
+}
+
+// Test runs "iptables-restore -w 5" with data on stdin in a new network
+// namespace, which ends with it. (iptables-restore --test is no use here:
+// iptables-nft's checks nothing the kernel would, iptables-legacy's not
+// the hooks a target may be reached from.)
+func (e *execRestorer) Test(ctx context.Context, data []byte) error {
+	cmd := exec.CommandContext(ctx, e.restore, "-w", lockWait)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	cmd.Stdin = bytes.NewReader(data)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s in a scratch network namespace: %w: %s", e.restore, err, strings.TrimSpace(out.String()))
 	}
 	return nil
 }

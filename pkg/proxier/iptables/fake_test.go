@@ -27,19 +27,103 @@ type fakeKernel struct {
 	writes [][]byte
 	// failRestores makes the next n restores fail without effect.
 	failRestores int
+	// refuse, when set, makes the kernel refuse any batch with a rule for
+	// which it returns true, as it would refuse an address or a match it
+	// cannot take.
+	refuse func(rule []string) bool
+	// tests counts Test calls.
+	tests int
+	// gen counts committed changes, like the nftables generation: one per
+	// table section of a restore, one per single-rule command.
+	gen uint32
 }
 
-func newFakeKernel() *fakeKernel { return &fakeKernel{ruleset: newRuleset()} }
+func (k *fakeKernel) mark() (mark, error) { return mark{k.gen}, nil }
+
+func (k *fakeKernel) counting() bool { return true }
+
+// Insert and Delete count their commit in gen.
+func (k *fakeKernel) Insert(table, chain string, pos int, rulespec ...string) error {
+	if err := k.ruleset.Insert(table, chain, pos, rulespec...); err != nil {
+		return err
+	}
+	k.gen++
+	return nil
+}
+
+func (k *fakeKernel) Delete(table, chain string, rulespec ...string) error {
+	if err := k.ruleset.Delete(table, chain, rulespec...); err != nil {
+		return err
+	}
+	k.gen++
+	return nil
+}
+
+// newFakeKernel returns empty tables in a namespace without nfacct
+// counters (see fakeAcct).
+func newFakeKernel() *fakeKernel {
+	k := &fakeKernel{ruleset: newRuleset()}
+	k.ruleset.counters = fakeAcct{}.has
+	return k
+}
+
+// fakeAcct is a network namespace's nfacct counters, shared by its
+// families' tables as in the kernel.
+type fakeAcct map[string]bool
+
+func (a fakeAcct) has(name string) bool { return a[name] }
+
+func (a fakeAcct) ensure(name string) error {
+	a[name] = true
+	return nil
+}
 
 func (k *fakeKernel) Restore(_ context.Context, data []byte) error {
 	if k.failRestores > 0 {
 		k.failRestores--
 		return errors.New("fake iptables-restore: injected failure")
 	}
+	if err := k.refused(data); err != nil {
+		return err
+	}
 	if err := k.restore(data, true); err != nil {
 		return fmt.Errorf("fake iptables-restore: %w", err)
 	}
 	k.writes = append(k.writes, data)
+	blocks, _ := parseRestore(data)
+	k.gen += uint32(len(blocks))
+	return nil
+}
+
+// Test applies data to empty tables, as in a fresh network namespace.
+func (k *fakeKernel) Test(_ context.Context, data []byte) error {
+	k.tests++
+	if err := k.refused(data); err != nil {
+		return err
+	}
+	if err := newRuleset().restore(data, true); err != nil {
+		return fmt.Errorf("fake iptables-restore in a scratch namespace: %w", err)
+	}
+	return nil
+}
+
+// refused returns the kernel's refusal of data, if k.refuse takes one of
+// its rules.
+func (k *fakeKernel) refused(data []byte) error {
+	if k.refuse == nil {
+		return nil
+	}
+	blocks, err := parseRestore(data)
+	if err != nil {
+		return err
+	}
+	for _, b := range blocks {
+		for _, o := range b.ops {
+			if o.rule != nil && k.refuse(o.rule) {
+				return fmt.Errorf("fake iptables-restore: line %d failed", o.line)
+			}
+		}
+	}
 	return nil
 }
 
@@ -56,11 +140,15 @@ func (k *fakeKernel) lastWrite() string {
 }
 
 // canonical prints the tables in an order-independent form: per table,
-// chains sorted by name, each with its rules in order.
+// chains sorted by name, each with its rules in order. A table with
+// nothing but empty built-in chains is left out, as if never used.
 func (k *fakeKernel) canonical() string {
 	var b strings.Builder
 	for _, tn := range slices.Sorted(maps.Keys(k.tables)) {
 		t := k.tables[tn]
+		if !slices.ContainsFunc(slices.Collect(maps.Values(t.chains)), func(c *chain) bool { return !c.builtin || len(c.rules) > 0 }) {
+			continue
+		}
 		fmt.Fprintf(&b, "*%s\n", tn)
 		for _, cn := range slices.Sorted(maps.Keys(t.chains)) {
 			fmt.Fprintf(&b, ":%s\n", cn)
@@ -77,22 +165,24 @@ type testProxier struct {
 	*Proxier
 	kernels map[model.IPFamily]*fakeKernel
 	clock   *clocktesting.FakeClock
+	acct    fakeAcct
 }
 
 func newTestProxier(t *testing.T, cfg proxier.Config, opts ...Option) *testProxier {
 	t.Helper()
 	clk := clocktesting.NewFakeClock(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
-	o := options{clock: clk, fullEvery: DefaultFullSyncEvery,
+	o := options{clock: clk, verifyEvery: DefaultVerifyEvery,
 		families: []model.IPFamily{model.IPv4, model.IPv6}}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	tp := &testProxier{kernels: map[model.IPFamily]*fakeKernel{}, clock: clk}
+	tp := &testProxier{kernels: map[model.IPFamily]*fakeKernel{}, clock: clk, acct: fakeAcct{}}
 	var fams []*family
 	for _, fam := range o.families {
 		k := newFakeKernel()
+		k.ruleset.counters = tp.acct.has
 		tp.kernels[fam] = k
-		fams = append(fams, &family{fam: fam, r: newRenderer(cfg, fam), restorer: k, ruler: k})
+		fams = append(fams, &family{fam: fam, r: newRenderer(cfg, fam), restorer: k, ruler: k, watch: k})
 	}
 	tp.Proxier = newProxier(cfg, o, fams)
 	return tp
@@ -131,6 +221,7 @@ func TestFakeKernelRefusesWhatTheKernelRefuses(t *testing.T) {
 		{"a loop", "*nat\n:PROXYD-E - [0:0]\n:PROXYD-F - [0:0]\n-A PROXYD-E -j PROXYD-F\n-A PROXYD-F -j PROXYD-E\n-A PREROUTING -j PROXYD-E\nCOMMIT\n"},
 		{"a table without COMMIT", "*nat\n:PROXYD-G - [0:0]\n"},
 		{"an unknown table", "*bogus\nCOMMIT\n"},
+		{"a rule bumping an nfacct counter that does not exist", "*filter\n-A PROXYD-SERVICES -m nfacct --nfacct-name nothing -j DROP\nCOMMIT\n"},
 	} {
 		t.Run(tc.name+" fails the whole batch", func(t *testing.T) {
 			k := newFakeKernel()

@@ -4,12 +4,12 @@ import (
 	"fmt"
 )
 
-// ruler is the single-rule interface proxyd needs for the built-in chains
-// it shares with everyone else. *github.com/coreos/go-iptables/iptables.IPTables
+// ruler is the single-rule interface proxyd needs to remove its jumps
+// from the built-in chains it shares with everyone else (a full write
+// inserts them in its restore). *github.com/coreos/go-iptables/iptables.IPTables
 // implements it, and so does the in-memory ruleset.
 type ruler interface {
 	Exists(table, chain string, rulespec ...string) (bool, error)
-	Insert(table, chain string, pos int, rulespec ...string) error
 	Delete(table, chain string, rulespec ...string) error
 }
 
@@ -49,25 +49,22 @@ var jumpRules = []jumpRule{
 	{tableFilter, "FORWARD", []string{"-m", "comment", "--comment", forwardComment, "-j", ChainForward}},
 }
 
-// ensureJumps inserts each jump rule at the top of its built-in chain
-// unless it is already there somewhere; it never touches another rule.
-// It returns how many rules it inserted.
-func ensureJumps(r ruler) (int, error) {
-	n := 0
+// insertJumps puts each jump rule whose target chain exists at the top of
+// its built-in chain in rs unless it is there already, as a full write
+// leaves the kernel's tables.
+func insertJumps(rs *ruleset) error {
 	for _, j := range jumpRules {
-		ok, err := r.Exists(j.table, j.chain, j.spec...)
-		if err != nil {
-			return n, fmt.Errorf("check jump from %s %s to %s: %w", j.table, j.chain, j.target(), err)
-		}
-		if ok {
+		if t, ok := rs.tables[j.table]; !ok || t.chains[j.target()] == nil {
 			continue
 		}
-		if err := r.Insert(j.table, j.chain, 1, j.spec...); err != nil {
-			return n, fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.target(), err)
+		if ok, _ := rs.Exists(j.table, j.chain, j.spec...); ok {
+			continue
 		}
-		n++
+		if err := rs.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+			return fmt.Errorf("insert jump from %s %s to %s: %w", j.table, j.chain, j.target(), err)
+		}
 	}
-	return n, nil
+	return nil
 }
 
 // maxDuplicateJumps bounds how many copies of one jump rule deleteJumps

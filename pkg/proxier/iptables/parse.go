@@ -170,16 +170,3 @@ func joinWords(words []string) string {
 	}
 	return b.String()
 }
-
-// chainNames returns the chains declared in iptables-save text, in order.
-func chainNames(save []byte) []string {
-	var out []string
-	for line := range bytes.Lines(save) {
-		if len(line) > 1 && line[0] == ':' {
-			if f := bytes.Fields(line[1:]); len(f) > 0 {
-				out = append(out, string(f[0]))
-			}
-		}
-	}
-	return out
-}

@@ -56,6 +56,9 @@ type planOptions struct {
 	// stale are the PROXYD-* chains the kernel holds; a full write deletes
 	// those it does not write.
 	stale staleChains
+	// jumps are the jump rules a full write inserts at the top of their
+	// built-in chains (those the kernel lacks).
+	jumps []jumpRule
 	// alwaysServices rewrites both PROXYD-SERVICES chains every time, as
 	// kube-proxy does; only the measurements use it.
 	alwaysServices bool
@@ -139,6 +142,9 @@ func (r *renderer) plan(t *restoreText, s *model.State, w *written, o planOption
 	r.writeShared(t, w, o.sorted, &dirty)
 	if full {
 		r.deleteStale(t, w, o.stale)
+		for _, j := range o.jumps {
+			t.insertFirst(j.table, j.chain, j.spec)
+		}
 	}
 	w.count()
 	return w

@@ -12,14 +12,19 @@ import (
 // Render returns the iptables-restore text (for --noflush) that programs s
 // in full for family fam: the nat and filter tables' PROXYD-* chains,
 // ClusterIPs, NodePorts and external IPs. It is
-// pure; the jump rules from the built-in chains are not part of it (the
-// Proxier ensures them with single-rule commands, see jumpRules).
+// pure; the jump rules from the built-in chains are not part of it (a
+// full write of the Proxier inserts the missing ones, see jumpRules).
 func Render(s *model.State, cfg proxier.Config, fam model.IPFamily) []byte {
+	return RenderCounting(s, cfg, fam, Counters{})
+}
+
+// RenderCounting is Render with the rules that bump the nfacct counters c
+// names (see Counters).
+func RenderCounting(s *model.State, cfg proxier.Config, fam model.IPFamily, c Counters) []byte {
 	r := newRenderer(cfg, fam)
+	r.counters = c
 	r.forNode(s.Node)
-	var t restoreText
-	r.plan(&t, s, nil, planOptions{sorted: s.Sorted})
-	return t.bytes()
+	return r.render(s)
 }
 
 // renderer renders the rules of one family under one Config.
@@ -35,6 +40,7 @@ type renderer struct {
 	rejectWith string
 	loopback   string // the loopback range
 	localhost  bool   // NodePorts are served on loopback too (IPv4 only)
+	counters   Counters
 	cfg        proxier.Config
 	node       model.Node
 	npAll      bool         // NodePorts answer on every local address
@@ -115,7 +121,11 @@ func (r *renderer) baseChains(t *text) {
 	t.begin(ChainForward)
 	r.dropMarked(t)
 	if !r.cfg.ConntrackTCPLiberal {
-		t.rule("-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		if r.counters.InvalidDropped {
+			t.rule("-m", "conntrack", "--ctstate", "INVALID", "-m", "nfacct", "--nfacct-name", CounterInvalidDropped, "-j", "DROP")
+		} else {
+			t.rule("-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP")
+		}
 	}
 	t.rule("-m", "comment", "--comment", `"proxyd forwarding rules"`,
 		"-m", "mark", "--mark", r.markMask, "-j", "ACCEPT")
@@ -366,8 +376,14 @@ func (r *renderer) nodePortRule(t *text, sp *model.ServicePort) {
 		return
 	}
 	proto := sp.Key.Protocol.Lower()
-	t.rule("-p", proto, "-m", "comment", "--comment", quoteComment(portName(sp.Key)),
-		"-m", proto, "--dport", strconv.Itoa(int(sp.NodePort)), "-j", extChain(sp.Key))
+	comment := quoteComment(portName(sp.Key))
+	port := strconv.Itoa(int(sp.NodePort))
+	if r.localhost && r.counters.LocalhostNodePorts {
+		// The same jump, first counted when it is for loopback.
+		t.rule("-d", r.loopback, "-p", proto, "-m", "comment", "--comment", comment,
+			"-m", proto, "--dport", port, "-m", "nfacct", "--nfacct-name", CounterLocalhostNodePorts, "-j", extChain(sp.Key))
+	}
+	t.rule("-p", proto, "-m", "comment", "--comment", comment, "-m", proto, "--dport", port, "-j", extChain(sp.Key))
 }
 
 // externalFilterRules renders sp's rules in filter's

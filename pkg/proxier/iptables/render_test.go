@@ -120,7 +120,8 @@ func countLines(text []byte) (rules, chains, deletes int) {
 
 // TestRuleCountIsStable guards the size of the ruleset: a Service port
 // with a ClusterIP and n endpoints costs 1 dispatch rule, 1 masquerade
-// rule, n choice rules and 2n endpoint rules in n+1 chains, plus 11 base
+// rule, n choice rules and 2n endpoint rules in n+1 chains (an endpoint
+// known to run on another node: its choice rule only), plus 11 base
 // rules in 8 chains per family and 1 REJECT per ServiceCIDR. A change here
 // changes the kernel's cost for every cluster; update the formula only on
 // purpose.
@@ -155,6 +156,19 @@ func TestRuleCountIsStable(t *testing.T) {
 		rules, _, _ := countLines(Render(s, flowspec.Config(), model.IPv4))
 		if want := 11 + 3 + 4*(1+1+3); rules != want {
 			t.Errorf("%d rules, want %d", rules, want)
+		}
+	})
+	t.Run("an endpoint on another node costs one rule and no chain", func(t *testing.T) {
+		s := syntheticState(100, 10, false)
+		for _, sp := range s.Services {
+			for i := range sp.Endpoints {
+				sp.Endpoints[i].NodeName = "node2"
+			}
+		}
+		s.Node.Name = flowspec.NodeName
+		rules, chains, _ := countLines(Render(s, flowspec.Config(), model.IPv4))
+		if want := 11 + 1 + 100*(1+1+10); rules != want || chains != 8+100 {
+			t.Errorf("%d rules, %d chains; want %d rules, %d chains", rules, chains, want, 8+100)
 		}
 	})
 	t.Run("affinity adds one recent rule per endpoint", func(t *testing.T) {

@@ -8,9 +8,10 @@ import "hash/maphash"
 // shared chains come before the service ports' own, so that a full write
 // reads from the dispatch down.
 type restoreText struct {
-	tables  [2]tableText // tableFilter, tableNAT: the order they are written in
-	chains  int          // chain lines written for chains that stay
-	deleted int          // -X lines written
+	tables   [2]tableText // tableFilter, tableNAT: the order they are written in
+	chains   int          // chain lines written for chains that stay
+	deleted  int          // -X lines written
+	inserted int          // -I lines written
 }
 
 type tableText struct {
@@ -66,6 +67,27 @@ func (t *restoreText) deleteChain(table, name string) {
 	tt.deletes.writeString(name)
 	tt.deletes.writeByte('\n')
 	t.deleted++
+}
+
+// insertFirst writes "-I chain 1 spec": a rule at the top of a built-in
+// chain, after every chain line of the table, so that its target exists.
+// Only a full write uses it, which declares chains in both tables (a
+// section without a chain line is left out).
+func (t *restoreText) insertFirst(table, chain string, spec []string) {
+	tt := &t.tables[tableIndex(table)]
+	tt.rules.writeString("-I " + chain + " 1 " + joinWords(spec) + "\n")
+	t.inserted++
+}
+
+// sections is how many table sections bytes writes (each one commit).
+func (t *restoreText) sections() int {
+	n := 0
+	for i := range t.tables {
+		if t.tables[i].chains.Len()+t.tables[i].ownChains.Len() > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // empty reports whether nothing would be written.

@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -68,8 +67,17 @@ func selectExternal(sp *model.ServicePort) {
 	}
 }
 
+// endpoint is a ready endpoint on another node, as the spec's are but
+// Pod1 of web (see localEndpoint).
 func endpoint(ip netip.Addr) model.Endpoint {
-	return model.Endpoint{IP: ip, Port: flowspec.EchoPort, Ready: true, Serving: true}
+	return model.Endpoint{IP: ip, Port: flowspec.EchoPort, Ready: true, Serving: true, NodeName: "node2"}
+}
+
+// localEndpoint is a ready endpoint on the spec's node.
+func localEndpoint(ip netip.Addr) model.Endpoint {
+	e := endpoint(ip)
+	e.NodeName = flowspec.NodeName
+	return e
 }
 
 func setEndpoints(eps ...model.Endpoint) func(*model.ServicePort) {
@@ -295,33 +303,32 @@ func TestPartialSyncWritesOnlyWhatChanged(t *testing.T) {
 		v6    *restoreSummary
 	}{
 		{
-			name:  "an endpoint added to web rewrites web's chain and adds one endpoint chain",
-			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod2), endpoint(flowspec.Pod3), endpoint(pod4), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+			name:  "a local endpoint added to web rewrites web's chain and adds the endpoint's chain",
+			state: withPort(base, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod2), endpoint(flowspec.Pod3), localEndpoint(pod4), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
 			v4:    &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, pod4))}, Deleted: none},
 		},
 		{
-			name:  "an endpoint removed from web rewrites web's chain and deletes that endpoint's chain",
-			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
-			v4: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, pod4), sepOf(webKey, flowspec.Pod2))},
-				Deleted: map[string][]string{"nat": sorted(sepOf(webKey, pod4), sepOf(webKey, flowspec.Pod2))}},
+			name:  "a local and a remote endpoint removed from web rewrite web's chain and delete the local one's chain",
+			state: withPort(base, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+			v4: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, pod4))},
+				Deleted: map[string][]string{"nat": {sepOf(webKey, pod4)}}},
 		},
 		{
 			name:  "an IPv6 endpoint change touches only the IPv6 tables",
-			state: withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
-			v6: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, flowspec.Pod2v6))},
-				Deleted: map[string][]string{"nat": {sepOf(webKey, flowspec.Pod2v6)}}},
+			state: withPort(base, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+			v6:    &restoreSummary{Declared: map[string][]string{"nat": {webSVC}}, Deleted: none},
 		},
 		{
-			name: "a Service losing its last endpoint rewrites both dispatch chains and deletes its chains",
-			state: withPort(withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+			name: "a Service losing its last endpoint rewrites both dispatch chains and deletes its chain",
+			state: withPort(withPort(base, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
 				dnsKey, setEndpoints()),
 			v4: &restoreSummary{
-				Declared: map[string][]string{"nat": sorted(ChainServices, dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2)), "filter": {ChainServices}},
-				Deleted:  map[string][]string{"nat": sorted(dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2))}},
+				Declared: map[string][]string{"nat": sorted(ChainServices, dnsSVC), "filter": {ChainServices}},
+				Deleted:  map[string][]string{"nat": {dnsSVC}}},
 		},
 		{
 			name: "a Service removed while it rejects rewrites only filter's dispatch chain",
-			state: withPort(withPort(withPort(base, webKey, setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
+			state: withPort(withPort(withPort(base, webKey, setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6))),
 				dnsKey, setEndpoints()), emptyKey, nil),
 			v4: &restoreSummary{Declared: map[string][]string{"filter": {ChainServices}}, Deleted: none},
 		},
@@ -329,9 +336,9 @@ func TestPartialSyncWritesOnlyWhatChanged(t *testing.T) {
 			name:  "back to the first State",
 			state: base,
 			v4: &restoreSummary{
-				Declared: map[string][]string{"nat": sorted(ChainServices, webSVC, dnsSVC, sepOf(dnsKey, flowspec.Pod1), sepOf(dnsKey, flowspec.Pod2), sepOf(webKey, flowspec.Pod2)), "filter": {ChainServices}},
+				Declared: map[string][]string{"nat": sorted(ChainServices, webSVC, dnsSVC), "filter": {ChainServices}},
 				Deleted:  none},
-			v6: &restoreSummary{Declared: map[string][]string{"nat": sorted(webSVC, sepOf(webKey, flowspec.Pod2v6))}, Deleted: none},
+			v6: &restoreSummary{Declared: map[string][]string{"nat": {webSVC}}, Deleted: none},
 		},
 	}
 
@@ -385,7 +392,7 @@ func TestAFailedWriteKeepsTheOldRulesAndTheNextSyncIsFull(t *testing.T) {
 	tp.sync(t, flowspec.State())
 	k := tp.kernels[model.IPv4]
 	before := k.canonical()
-	next := withPort(flowspec.State(), webKey, setEndpoints(endpoint(flowspec.Pod1)))
+	next := withPort(flowspec.State(), webKey, setEndpoints(localEndpoint(flowspec.Pod1)))
 	k.failRestores = 1
 	if err := tp.Sync(context.Background(), next, model.Diff{}); err == nil || !strings.Contains(err.Error(), "sync IPv4 iptables rules") {
 		t.Fatalf("Sync error %v, want the injected failure wrapped", err)
@@ -427,19 +434,11 @@ func TestFullSyncDeletesStaleProxydChainsAndNothingElse(t *testing.T) {
 	}
 }
 
-func TestFullSyncHappensPeriodicallyAndOnRequest(t *testing.T) {
-	tp := newTestProxier(t, flowspec.Config(), WithFullSyncEvery(10*time.Minute))
+func TestFullSyncHappensOnRequest(t *testing.T) {
+	tp := newTestProxier(t, flowspec.Config())
 	tp.sync(t, flowspec.State())
-	tp.clock.Step(9 * time.Minute)
 	if st := tp.sync(t, flowspec.State()); st.Full {
-		t.Error("full sync before the period elapsed")
-	}
-	tp.clock.Step(time.Minute)
-	if st := tp.sync(t, flowspec.State()); !st.Full || st.Skipped {
-		t.Errorf("stats %+v once the period elapsed, want a full write", st)
-	}
-	if st := tp.sync(t, flowspec.State()); st.Full {
-		t.Error("the period did not restart after the full sync")
+		t.Error("a second sync of the same State was full")
 	}
 	tp.RequestFullSync()
 	if st := tp.sync(t, flowspec.State()); !st.Full {
@@ -545,7 +544,7 @@ func TestAServicePortTheModelShouldNeverBuildDoesNotBlockTheOthers(t *testing.T)
 	} {
 		sp := &model.ServicePort{Key: model.ServicePortKey{Namespace: "x", Name: "y", Protocol: model.TCP}}
 		mod(sp)
-		setEndpoints(endpoint(flowspec.Pod1))(sp)
+		setEndpoints(localEndpoint(flowspec.Pod1))(sp)
 		s = withPort(s, sp.Key, func(p *model.ServicePort) { *p = *sp })
 	}
 	tp := newTestProxier(t, proxier.Config{})
@@ -560,7 +559,7 @@ func TestPartialSyncGolden(t *testing.T) {
 	tp := newTestProxier(t, flowspec.Config())
 	tp.sync(t, flowspec.State())
 	next := withPort(withPort(flowspec.State(), webKey,
-		setEndpoints(endpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
+		setEndpoints(localEndpoint(flowspec.Pod1), endpoint(flowspec.Pod3), endpoint(flowspec.Pod1v6), endpoint(flowspec.Pod2v6))),
 		dnsKey, setEndpoints())
 	tp.sync(t, next)
 	golden(t, "partial-ipv4.restore", []byte(tp.kernels[model.IPv4].lastWrite()))

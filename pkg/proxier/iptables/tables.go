@@ -45,6 +45,9 @@ var knownTargets = map[string]bool{
 // does not allow it all fail the whole batch.
 type ruleset struct {
 	tables map[string]*table
+	// counters, when set, says which nfacct counters exist: a rule naming
+	// another is refused, as xt_nfacct refuses it.
+	counters func(name string) bool
 }
 
 type table struct {
@@ -112,6 +115,9 @@ func (rs *ruleset) restore(data []byte, noflush bool) error {
 			t.reset()
 		}
 		for _, o := range b.ops {
+			if err := rs.counted(o.rule); err != nil {
+				return fmt.Errorf("line %d: %w", o.line, err)
+			}
 			if err := t.apply(o); err != nil {
 				return fmt.Errorf("line %d: %w", o.line, err)
 			}
@@ -309,8 +315,24 @@ func (rs *ruleset) saveAll() []byte {
 	return b.Bytes()
 }
 
+// counted refuses a rule that bumps an nfacct counter that does not exist.
+func (rs *ruleset) counted(rule []string) error {
+	if rs.counters == nil {
+		return nil
+	}
+	for i, w := range rule {
+		if w == "--nfacct-name" && i+1 < len(rule) && !rs.counters(rule[i+1]) {
+			return fmt.Errorf("nfacct: accounting object %q does not exist", rule[i+1])
+		}
+	}
+	return nil
+}
+
 // single applies one rule command as its own batch.
 func (rs *ruleset) single(tableName string, o op) error {
+	if err := rs.counted(o.rule); err != nil {
+		return err
+	}
 	next := rs.clone()
 	t, err := next.table(tableName)
 	if err != nil {

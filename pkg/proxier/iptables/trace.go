@@ -58,17 +58,8 @@ func newTracer(v4, v6 []byte, ensureJumps bool) (*Tracer, error) {
 		if err := rs.restore(text, false); err != nil {
 			return nil, fmt.Errorf("parse %v rules: %w", fam, err)
 		}
-		for _, j := range jumpRules {
-			if !ensureJumps {
-				break
-			}
-			if t, ok := rs.tables[j.table]; !ok || t.chains[j.target()] == nil {
-				continue
-			}
-			if ok, _ := rs.Exists(j.table, j.chain, j.spec...); ok {
-				continue
-			}
-			if err := rs.Insert(j.table, j.chain, 1, j.spec...); err != nil {
+		if ensureJumps {
+			if err := insertJumps(rs); err != nil {
 				return nil, fmt.Errorf("%v rules: %w", fam, err)
 			}
 		}

@@ -79,7 +79,7 @@ func matches(r []string, pk *packet) (bool, error) {
 // knownModules are the match modules the tracer evaluates.
 var knownModules = map[string]bool{
 	"comment": true, "tcp": true, "udp": true, "sctp": true, "multiport": true, "statistic": true,
-	"mark": true, "conntrack": true, "state": true, "addrtype": true, "recent": true,
+	"mark": true, "conntrack": true, "state": true, "addrtype": true, "recent": true, "nfacct": true,
 }
 
 // optionArgs says how many arguments option w takes.
@@ -107,6 +107,11 @@ func matchOne(module, w string, args []string, pk *packet, eval bool) (bool, err
 	switch module {
 	case "comment":
 		if w == "--comment" {
+			return true, nil
+		}
+	case "nfacct":
+		// It counts the packet and always matches.
+		if w == "--nfacct-name" {
 			return true, nil
 		}
 	case "tcp", "udp", "sctp":

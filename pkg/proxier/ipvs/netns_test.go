@@ -10,6 +10,7 @@ import (
 
 	"github.com/proxyd/proxyd/internal/testenv"
 	"github.com/proxyd/proxyd/internal/testns"
+	"github.com/proxyd/proxyd/pkg/model"
 	"github.com/proxyd/proxyd/pkg/nft"
 	"github.com/proxyd/proxyd/pkg/proxier/flowspec"
 )
@@ -155,5 +156,34 @@ func wantKernelLists(t *testing.T, ns string, r *Ruleset) {
 	}
 	if !reflect.DeepEqual(back.Canonical(), r.Table().Canonical()) {
 		t.Errorf("read back\n%s\nrendered\n%s", back.Canonical(), r.Table().Canonical())
+	}
+}
+
+// TestNftablesTableOfAThousandServices writes the table of 1000 Services
+// of 10 endpoints (10,000 hairpin elements): one batch larger than the
+// default netlink socket limit, which failed with "message too long"
+// before the socket's limits were raised, and reads it back intact.
+func TestNftablesTableOfAThousandServices(t *testing.T) {
+	ns := testNetns(t, "nftbig")
+	fw := &nftFirewall{netnsPath: "/run/netns/" + ns}
+	var sps []*model.ServicePort
+	for i := range 1000 {
+		var eps []string
+		for j := range 10 {
+			eps = append(eps, fmt.Sprintf("10.244.%d.%d:%d", i>>8, i&0xff, 8000+j))
+		}
+		sps = append(sps, sp(fmt.Sprintf("s%04d", i), model.TCP, fmt.Sprintf("10.96.%d.%d", i>>8, i&0xff), 80, eps...))
+	}
+	r := RenderNetfilter(Render(state(sps...), "rr"), flowspec.Config())
+	if err := fw.Apply(r); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fw.Delete() })
+	back, err := fw.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := nft.Drift(back, r.Table()); len(d) > 0 {
+		t.Errorf("the table read back differs from the one written: %v", d)
 	}
 }

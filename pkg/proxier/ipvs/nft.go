@@ -26,6 +26,10 @@ type Firewall interface {
 	// NodeServers reads back the NodeServers of the table in place; a
 	// missing table has none.
 	NodeServers() ([]Tuple, error)
+	// Generation is the ruleset generation, which every commit to
+	// nftables in the network namespace (anyone's, to any table) moves on
+	// by one.
+	Generation() (uint32, error)
 }
 
 // nftFirewall is the Firewall on the kernel's nf_tables, via netlink.
@@ -49,7 +53,7 @@ func (n *nftFirewall) withNetns(fn func(fd int) error) error {
 
 // conn opens a connection in the namespace open at fd.
 func conn(fd int) (*nft.Conn, error) {
-	c, err := nft.Dial(fd)
+	c, err := nft.Dial(fd, nft.LargeBuffers)
 	if err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
@@ -128,16 +132,39 @@ func (n *nftFirewall) NodeServers() ([]Tuple, error) {
 	return nodeServers(t), nil
 }
 
+// Generation reads the ruleset generation.
+func (n *nftFirewall) Generation() (uint32, error) {
+	var gen uint32
+	err := n.withNetns(func(fd int) error {
+		r, err := nft.NewReader(fd)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		gen, err = r.Generation()
+		return err
+	})
+	return gen, err
+}
+
 // notPresent covers a missing table and a kernel without nf_tables.
 func notPresent(err error) bool {
 	return errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.EPROTONOSUPPORT) || errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, os.ErrNotExist)
 }
 
 // FakeFirewall keeps the last applied Ruleset, as the kernel would keep
-// the table. It is safe for concurrent use.
+// the table, and counts commits like the ruleset generation. Commit stands
+// for another writer. It is safe for concurrent use.
 type FakeFirewall struct {
 	mu      sync.Mutex
 	current *Ruleset
+	// foreign, when set, is the table another writer left in place of
+	// current.
+	foreign *nft.Table
+	gen     uint32
+	// Refuse, when set, is the kernel's verdict on a table: an error
+	// refuses the Apply, which then changes nothing.
+	Refuse func(*Ruleset) error
 	// Applies counts successful Apply calls.
 	Applies int
 	// Err, when set, makes the next Apply fail without changing anything.
@@ -153,9 +180,15 @@ func (f *FakeFirewall) Apply(r *Ruleset) error {
 		f.Err = nil
 		return err
 	}
+	if f.Refuse != nil {
+		if err := f.Refuse(r); err != nil {
+			return err
+		}
+	}
 	c := *r
-	f.current = &c
+	f.current, f.foreign = &c, nil
 	f.Applies++
+	f.gen++
 	return nil
 }
 
@@ -163,14 +196,36 @@ func (f *FakeFirewall) Apply(r *Ruleset) error {
 func (f *FakeFirewall) Delete() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.current = nil
+	if f.current != nil || f.foreign != nil {
+		f.gen++
+	}
+	f.current, f.foreign = nil, nil
 	return nil
+}
+
+// Commit is another writer's commit: t (nil: no table) takes the place of
+// the table, and the generation moves on.
+func (f *FakeFirewall) Commit(t *nft.Table) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.current, f.foreign = nil, t
+	f.gen++
+}
+
+// Generation counts the commits so far.
+func (f *FakeFirewall) Generation() (uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gen, nil
 }
 
 // Read returns the table in place, nil if none.
 func (f *FakeFirewall) Read() (*nft.Table, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.foreign != nil {
+		return f.foreign, nil
+	}
 	if f.current == nil {
 		return nil, nil
 	}
@@ -181,7 +236,10 @@ func (f *FakeFirewall) Read() (*nft.Table, error) {
 func (f *FakeFirewall) NodeServers() ([]Tuple, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.current == nil {
+	switch {
+	case f.foreign != nil:
+		return nodeServers(f.foreign), nil
+	case f.current == nil:
 		return nil, nil
 	}
 	return slices.Clone(f.current.NodeServers), nil

@@ -50,9 +50,17 @@ type Proxier struct {
 	written     map[VSKey]*VirtualServer
 	writtenVIPs map[netip.Addr]bool
 	rules       *Ruleset
+	rulesText   string // rules.String()
 	sysctlsSet  bool
 	draining    map[drainKey]time.Time
 	stats       proxier.SyncStats
+	// gen is the ruleset generation right after proxyd's last write of
+	// the proxyd-ipvs table (or its last check that found it intact),
+	// when genKnown.
+	gen      uint32
+	genKnown bool
+	// repairs are what the running Sync found changed by someone else.
+	repairs []string
 }
 
 // Option configures a Proxier.
@@ -198,11 +206,16 @@ func (p *Proxier) Draining() int {
 
 // Sync makes the kernel's IPVS table, proxyd-ipvs0's addresses and the
 // proxyd-ipvs nftables table match s. It reads the kernel's virtual servers
-// each time and writes only what differs. A Sync after an error, or with an
-// empty Diff (the runner's periodic resync), also re-reads every owned
-// virtual server's real servers; otherwise only those of changed or
-// draining virtual servers. IPVS has no transactions: on error the kernel
-// holds a mix, and the next Sync repairs it.
+// and addresses each time and writes only what differs. A Sync after an
+// error, or with an empty Diff (the runner's periodic resync), also
+// re-reads every owned virtual server's real servers; otherwise only those
+// of changed or draining virtual servers. The nftables table is read back
+// only when someone else committed to nftables since proxyd's last write.
+// What someone else changed is put back and counted as a drift repair
+// (repair.go). IPVS has no transactions: on error the kernel holds a mix,
+// and the next Sync repairs it. A virtual server, or a service port's
+// nftables rules, that the kernel refuses is left out while everything
+// else is written, and Sync returns a proxier.RefusedError.
 func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -213,6 +226,7 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	}
 	rules := RenderNetfilter(desired, p.cfg)
 	full := !p.trusted || d.Empty()
+	p.repairs = nil
 	ops, err := p.apply(ctx, desired, rules, full)
 	if err != nil {
 		p.trusted = false
@@ -227,8 +241,9 @@ func (p *Proxier) Sync(ctx context.Context, s *model.State, d model.Diff) error 
 	for _, c := range tab.Chains {
 		nrules += len(c.Rules)
 	}
-	p.stats = proxier.SyncStats{Full: full, KernelOps: ops, Skipped: ops == 0, RuleCount: nrules, ChainCount: len(tab.Chains)}
-	p.log.Info("synced", "full", full, "kernelOps", ops, "virtualServers", len(desired.Servers),
+	p.stats = proxier.SyncStats{Full: full, KernelOps: ops, Skipped: ops == 0, RuleCount: nrules, ChainCount: len(tab.Chains),
+		DriftRepairs: len(p.repairs)}
+	p.log.Info("synced", "full", full, "kernelOps", ops, "driftRepairs", len(p.repairs), "virtualServers", len(desired.Servers),
 		"realServers", reals, "draining", len(p.draining), "duration", p.clock.Since(start))
 	return nil
 }
@@ -296,7 +311,7 @@ func (p *Proxier) Cleanup(ctx context.Context) error {
 	if err := p.fw.Delete(); err != nil {
 		errs = append(errs, err)
 	}
-	p.trusted, p.written, p.rules = false, nil, nil
+	p.trusted, p.written, p.rules, p.rulesText, p.genKnown = false, nil, nil, "", false
 	p.writtenVIPs, p.draining = map[netip.Addr]bool{}, map[drainKey]time.Time{}
 	p.log.Info("cleaned up", "virtualServers", deleted, "errors", len(errs))
 	if len(errs) > 0 {

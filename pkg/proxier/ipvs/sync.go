@@ -58,8 +58,13 @@ func toDest(rs RealServer) *mobyipvs.Destination {
 }
 
 // apply writes desired and rules, returning the number of kernel changes.
+// What the kernel holds otherwise than the last Sync left it (when that
+// one succeeded) is recorded with p.repaired. A virtual server the kernel
+// refuses is left out, everything else written, and the refusal returned
+// as a proxier.RefusedError naming its service port.
 func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, full bool) (int, error) {
 	ops := 0
+	trusted := p.trusted
 	p.ensureSysctls()
 	if err := p.links.EnsureLink(LinkName); err != nil {
 		return ops, err
@@ -86,7 +91,7 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 			nodeOwned[k] = true
 		}
 	}
-	if !p.trusted {
+	if !trusted {
 		recorded, err := p.fw.NodeServers()
 		if err != nil {
 			return ops, err
@@ -110,20 +115,32 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 			kernel[k] = s
 		}
 	}
+	// prev is what the last Sync wrote of a virtual server, when the
+	// kernel is known to have held it.
+	prev := func(k VSKey) *VirtualServer {
+		if !trusted {
+			return nil
+		}
+		return p.written[k]
+	}
 
 	// Add and update first, so traffic keeps flowing while it changes.
+	var refused refusals
 	for _, vs := range desired.Sorted() {
 		if err := ctx.Err(); err != nil {
 			return ops, err
 		}
-		n, err := p.syncServer(vs, kernel[vs.VSKey], full)
+		n, err := p.syncServer(vs, kernel[vs.VSKey], prev(vs.VSKey), full)
 		ops += n
 		if err != nil {
-			return ops, err
+			refused.add(vs.Service, err)
 		}
 	}
 	for _, a := range desired.VIPs() {
 		if !bound[a] {
+			if trusted && p.writtenVIPs[a] {
+				p.repaired("address %s was removed from %s", a, LinkName)
+			}
 			if err := p.links.AddAddr(LinkName, a); err != nil {
 				return ops, err
 			}
@@ -131,18 +148,19 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 		}
 		p.writtenVIPs[a] = true
 	}
-	if !p.trusted || !rules.Equal(p.rules) {
-		if err := p.fw.Apply(rules); err != nil {
-			return ops, err
-		}
-		p.rules = rules
-		ops++
+	n, err := p.syncFirewall(desired, rules, trusted)
+	ops += n
+	if err != nil {
+		return ops, err
 	}
 
 	// Then delete what is no longer wanted.
 	for _, k := range sortedKeys(kernel) {
 		if _, ok := desired.Servers[k]; ok {
 			continue
+		}
+		if trusted && p.written[k] == nil {
+			p.repaired("virtual server %s on an address of proxyd's was added by someone else", k)
 		}
 		if err := p.handle.DelService(kernel[k]); err != nil && !isNotExist(err) {
 			return ops, fmt.Errorf("delete virtual server %s: %w", k, err)
@@ -157,6 +175,9 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 	}
 	for _, a := range boundList {
 		if !want[a] {
+			if trusted && !p.writtenVIPs[a] {
+				p.repaired("address %s was added to %s by someone else", a, LinkName)
+			}
 			if err := p.links.DelAddr(LinkName, a); err != nil {
 				return ops, err
 			}
@@ -169,7 +190,7 @@ func (p *Proxier) apply(ctx context.Context, desired *Table, rules *Ruleset, ful
 		}
 	}
 	p.written = desired.Servers
-	return ops, nil
+	return ops, refused.err()
 }
 
 func sortedKeys(m map[VSKey]*mobyipvs.Service) []VSKey {
@@ -183,8 +204,10 @@ func sortedKeys(m map[VSKey]*mobyipvs.Service) []VSKey {
 
 // syncServer makes one virtual server match vs. Its real servers are only
 // read back when the sync is full, the service is new or changed, or some
-// of its real servers drain.
-func (p *Proxier) syncServer(vs *VirtualServer, kernel *mobyipvs.Service, full bool) (int, error) {
+// of its real servers drain. prev is what the last Sync wrote of it (nil
+// when new or not trusted): where the kernel differs from prev, someone
+// else changed it, and the write that undoes that is a repair.
+func (p *Proxier) syncServer(vs *VirtualServer, kernel *mobyipvs.Service, prev *VirtualServer, full bool) (int, error) {
 	ops := 0
 	svc := toService(vs)
 	switch {
@@ -199,8 +222,14 @@ func (p *Proxier) syncServer(vs *VirtualServer, kernel *mobyipvs.Service, full b
 			}
 		}
 		ops++
+		if prev != nil {
+			p.repaired("virtual server %s was missing", vs.VSKey)
+		}
 		p.log.Debug("added virtual server", "vs", vs.VSKey, "service", vs.Service)
 	case serviceDiffers(kernel, svc):
+		if prev != nil && serviceDiffers(kernel, toService(prev)) {
+			p.repaired("virtual server %s had scheduler %s, flags %#x, timeout %d s", vs.VSKey, kernel.SchedName, kernel.Flags&^flagHashed, kernel.Timeout)
+		}
 		if err := p.handle.UpdateService(svc); err != nil {
 			if isNotExist(err) && kernel.SchedName != svc.SchedName {
 				err = schedulerError(vs.Scheduler, err)
@@ -209,9 +238,12 @@ func (p *Proxier) syncServer(vs *VirtualServer, kernel *mobyipvs.Service, full b
 		}
 		ops++
 	default:
-		if prev, ok := p.written[vs.VSKey]; !full && ok && slices.Equal(prev.RealServers, vs.RealServers) && !p.drainsUnder(vs.VSKey) {
+		if last, ok := p.written[vs.VSKey]; !full && ok && slices.Equal(last.RealServers, vs.RealServers) && !p.drainsUnder(vs.VSKey) {
 			return ops, nil
 		}
+	}
+	if kernel == nil {
+		prev = nil // the missing virtual server is the one repair
 	}
 	var have []*mobyipvs.Destination
 	if kernel != nil {
@@ -224,6 +256,7 @@ func (p *Proxier) syncServer(vs *VirtualServer, kernel *mobyipvs.Service, full b
 	for _, rs := range vs.RealServers {
 		wantRS[rs.Addr] = rs
 	}
+	p.noteRealServerDrift(vs.VSKey, prev, have)
 	haveRS := map[netip.AddrPort]bool{}
 	for _, d := range have {
 		ap := destAddr(d)

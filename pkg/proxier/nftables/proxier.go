@@ -57,7 +57,7 @@ func New(cfg proxier.Config, opts ...Option) (*Proxier, error) {
 		opt(&o)
 	}
 	p := &Proxier{cfg: cfg, families: o.families, written: map[model.IPFamily]*written{}, drift: driftCheck{netnsFD: o.netnsFD}}
-	conn, err := nft.Dial(o.netnsFD, largeBuffers)
+	conn, err := nft.Dial(o.netnsFD, nft.LargeBuffers)
 	if err != nil {
 		return nil, fmt.Errorf("nftables mode: open netlink: %w", err)
 	}

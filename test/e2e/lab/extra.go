@@ -3,7 +3,9 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -68,3 +70,16 @@ func NodeSysctls() map[string]string {
 
 // IP runs `ip -n ns -batch -` with one command a line.
 func IP(ns string, lines ...string) error { return ipBatch(ns, lines) }
+
+// DefaultBinDir is where the upstream binaries are: $PROXYD_LAB_BIN, else
+// the directory `make tools` recorded in ~/.cache/proxyd/.bin-path, else "".
+func DefaultBinDir() string {
+	if v := os.Getenv("PROXYD_LAB_BIN"); v != "" {
+		return v
+	}
+	home, _ := os.UserHomeDir()
+	if b, err := os.ReadFile(filepath.Join(home, ".cache/proxyd/.bin-path")); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	return ""
+}

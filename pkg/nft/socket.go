@@ -1,4 +1,4 @@
-package nftables
+package nft
 
 import (
 	"fmt"
@@ -14,9 +14,12 @@ import (
 // same). They are limits, not allocations.
 const socketBuffer = 1 << 30
 
-// largeBuffers raises the socket's limits past net.core.{w,r}mem_max with
-// the *BUFFORCE options, which CAP_NET_ADMIN allows.
-func largeBuffers(c *netlink.Conn) error {
+// LargeBuffers raises a netlink socket's limits past
+// net.core.{w,r}mem_max with the *BUFFORCE options, which CAP_NET_ADMIN
+// allows; a google/nftables connection gets it with
+// gnft.WithSockOptions(nft.LargeBuffers). Without it a table of a few
+// thousand set elements fails with EMSGSIZE ("message too long").
+func LargeBuffers(c *netlink.Conn) error {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
