@@ -50,7 +50,9 @@ func newNFTView(ns, table, svcPrefix string) (*nftView, error) {
 		svcPrefix: svcPrefix, nsFile: f, conn: c, raw: raw}, nil
 }
 
-func (v *nftView) how() string { return "netlink (google/nftables): per poll, the port's service-ips element (proxyd) or its chain (kube-proxy)" }
+func (v *nftView) how() string {
+	return "netlink (google/nftables): per poll, the port's service-ips element (proxyd) or its chain (kube-proxy)"
+}
 
 func (v *nftView) close() {
 	_ = v.conn.CloseLasting()

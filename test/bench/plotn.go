@@ -110,7 +110,8 @@ func vsNPlot(title, ylabel string, files []csvFile, ss []series) string {
 		}
 	}
 	s.legend(names)
-	s.markerKey(len(names), ss, odd, capped)
+	y0 := s.markerKey(len(names), ss, odd, capped)
+	s.runDates(y0, files)
 	return s.String()
 }
 
@@ -148,7 +149,7 @@ func closing(shape string) string {
 
 // markerKey explains, below the legend, the line styles and the markers
 // of the rows off the lines (odd) and of capped full syncs.
-func (s *svgDoc) markerKey(after int, ss []series, odd []string, capped bool) {
+func (s *svgDoc) markerKey(after int, ss []series, odd []string, capped bool) (bottom float64) {
 	x := float64(plotW - marginR + 15)
 	y := float64(marginT + 10 + 20*after + 14)
 	if len(ss) > 1 {
@@ -170,5 +171,19 @@ func (s *svgDoc) markerKey(after int, ss []series, odd []string, capped bool) {
 	if capped {
 		s.marker("triangle", x+7, y-4, "", "")
 		s.text(x+18, y, "start", "stopped at the cap", "")
+		y += 18
+	}
+	return y
+}
+
+// runDates lists below y the day each row was measured: the points of one
+// plot may come from runs of different days and builds.
+func (s *svgDoc) runDates(y float64, files []csvFile) {
+	x := float64(plotW - marginR + 15)
+	y += 10
+	s.text(x, y, "start", "measured on", `fill="#555" font-size="11"`)
+	for _, f := range files {
+		y += 15
+		s.text(x, y, "start", f.key.label()+": "+f.date(), `fill="#555" font-size="11"`)
 	}
 }
