@@ -146,14 +146,25 @@ e2e-upstream: e2e-images
 	$(UPSTREAM_ENV) $(GO) run ./test/e2e/upstream -contenders $(CONTENDERS) -repeat proxyd-nftables=3 -images $(BIN)/images -out docs/e2e
 
 # bench measures proxyd against upstream kube-proxy in the same lab and
-# writes docs/bench (table, CSV, plots): every contender at 1k Services, the
-# nftables ones at 10k (iptables-nft-restore alone takes many minutes
-# there; add them with BENCH_10K=all). BENCH_30K=1 adds the 30k row.
+# writes docs/bench (CSVs, plots, targets.md, README.md) and the targets
+# table in README.md: every contender at 1k Services, the nftables ones at
+# 10k (iptables-nft-restore alone takes many minutes there; add them with
+# BENCH_10K=all). The long rows are opt-in: BENCH_30K=1 adds 30k × 10,
+# BENCH_135639=1 adds kubernetes#135639's 5k Services × 50 endpoints, where
+# a full sync still running after 20 min is stopped and reported "> 20 min".
+# BENCH_USERSPACE='-bench <name> <package>' runs the Go benchmark of the
+# userspace part of one change into docs/bench/userspace.txt (the targets
+# table reads its userspace-ms/op).
 BENCH_10K ?= proxyd-nftables,kube-proxy-nftables
+BENCH_NFT := $(if $(filter all,$(BENCH_10K)),,-contenders $(BENCH_10K))
+BENCH_RUN = PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -proxyd $(BIN)/proxyd -out docs/bench -readme README.md
 bench: build tools
-	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 1000 -proxyd $(BIN)/proxyd -out docs/bench
-	PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 10000 $(if $(filter all,$(BENCH_10K)),,-contenders $(BENCH_10K)) -proxyd $(BIN)/proxyd -out docs/bench
-	$(if $(BENCH_30K),PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -n 30000 -contenders $(BENCH_10K) -proxyd $(BIN)/proxyd -out docs/bench)
+	$(if $(BENCH_USERSPACE),{ echo "# date=$$(date -u +%FT%TZ)"; echo "# cmd=go test -count 5 $(BENCH_USERSPACE)"; \
+		$(GO) test -run '^$$' -count 5 $(BENCH_USERSPACE); } > docs/bench/userspace.txt)
+	$(BENCH_RUN) -n 1000
+	$(BENCH_RUN) -n 10000 $(BENCH_NFT)
+	$(if $(BENCH_30K),$(BENCH_RUN) -n 30000 $(BENCH_NFT))
+	$(if $(BENCH_135639),$(BENCH_RUN) -n 5000 -pods 50 -sync-cap 20m $(BENCH_NFT))
 
 # soak runs proxyd (nftables mode) in the lab under an hour of Service and
 # EndpointSlice churn while a client connects to an untouched Service every

@@ -82,3 +82,94 @@ func TestRatioAndFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestRowKeysNameFilesThatDoNotCollide(t *testing.T) {
+	for _, tc := range []struct {
+		key         rowKey
+		file, label string
+	}{
+		{rowKey{n: 5000, pods: 10}, "results-5000.csv", "5k × 10"},
+		{rowKey{n: 5000, pods: 50}, "results-5000x50.csv", "5k × 50"},
+		{rowKey{n: 1500, pods: 10}, "results-1500.csv", "1500 × 10"},
+	} {
+		if got := tc.key.csvName(); got != tc.file {
+			t.Errorf("%v: file %q, want %q", tc.key, got, tc.file)
+		}
+		if got := tc.key.label(); got != tc.label {
+			t.Errorf("%v: label %q, want %q", tc.key, got, tc.label)
+		}
+		if back, ok := parseCSVName(tc.file); !ok || back != tc.key {
+			t.Errorf("parseCSVName(%q) = %v, %v", tc.file, back, ok)
+		}
+	}
+	for _, other := range []string{"results-x50.csv", "results-1000.csv.bak", "userspace.txt"} {
+		if k, ok := parseCSVName(other); ok {
+			t.Errorf("parseCSVName(%q) = %v, want no row", other, k)
+		}
+	}
+}
+
+func TestACappedFullSyncIsABoundNotANumber(t *testing.T) {
+	kp := newResult("kube-proxy-nftables")
+	kp.capped, kp.status = 20*time.Minute, "capped: full sync not done"
+	pd := newResult("proxyd-nftables")
+	pd.v["full_sync_s"], pd.v["steady_rss_mib"] = 15, 100
+	if got := kp.get("full_sync_s").cell(); got != "> 20 min" {
+		t.Errorf("capped cell = %q", got)
+	}
+	if got := kp.get("steady_rss_mib").cell(); got != "n/a" {
+		t.Errorf("other metrics of a capped contender = %q, want n/a", got)
+	}
+	if q := parseQuantity("> 20 min"); !q.atLeast || q.v != 1200 {
+		t.Errorf("parseQuantity(> 20 min) = %+v", q)
+	}
+	if q := parseQuantity("> 180 s"); !q.atLeast || q.v != 180 {
+		t.Errorf("parseQuantity(> 180 s) = %+v", q)
+	}
+	rs := []*result{pd, kp}
+	// 15/1200 = 0.0125: the bound is rounded up, so it stays true.
+	if got := ratio(rs, "nftables", "full_sync_s"); got != "< 0.013x" {
+		t.Errorf("ratio against a capped kube-proxy = %q", got)
+	}
+	if got := ratio(rs, "nftables", "steady_rss_mib"); got != "" {
+		t.Errorf("ratio of an unmeasured metric = %q", got)
+	}
+	if got := ratioOf(quantity{v: 1200, atLeast: true}, quantity{v: 400}); got != "> 3.00x" {
+		t.Errorf("ratio of a capped proxyd = %q", got)
+	}
+}
+
+func TestTargetVerdictsTakeBoundsIntoAccount(t *testing.T) {
+	capped := quantity{v: 1200, atLeast: true}
+	for _, tc := range []struct {
+		name       string
+		a, b       quantity
+		limit      float64
+		vsPeer, ge bool
+		want       string
+	}{
+		{"a value under its limit is met", quantity{v: 9}, notMeasured, 10, false, false, met},
+		{"a value over its limit is missed", quantity{v: 11}, notMeasured, 10, false, false, missed},
+		{"a missing value is not measured", notMeasured, notMeasured, 10, false, false, notMeasuredV},
+		{"a capped value over a ≤ limit is missed", capped, notMeasured, 20, false, false, missed},
+		{"a capped value meets a ≥ limit", capped, notMeasured, 1000, false, true, met},
+		{"a small ratio is met", quantity{v: 1}, quantity{v: 20}, 0.1, true, false, met},
+		{"a large ratio is missed", quantity{v: 3}, quantity{v: 20}, 0.1, true, false, missed},
+		{"a bound under the limit against a capped peer is met", quantity{v: 15}, capped, 0.1, true, false, met},
+		{"a bound over the limit against a capped peer decides nothing", quantity{v: 600}, capped, 0.1, true, false, undecided},
+		{"both capped decides nothing", capped, capped, 0.1, true, false, undecided},
+		{"a capped proxyd over the limit is missed", capped, quantity{v: 60}, 0.1, true, false, missed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got string
+			if tc.vsPeer {
+				got = judgeRatio(tc.a, tc.b, tc.limit)
+			} else {
+				got = judge(tc.a, tc.limit, tc.ge)
+			}
+			if got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -104,6 +104,84 @@ func (r *running) stop() error {
 	return nil
 }
 
+// stopAll stops the contender and then every process it had started that
+// outlived it (an nft or iptables-restore in the middle of a full sync), so
+// that the cleanup after it does not race a commit still on its way.
+func (r *running) stopAll(logf func(string, ...any)) error {
+	kids := descendants(r.p.PID(), 3)
+	born := map[int]string{}
+	for _, pid := range kids {
+		born[pid] = startTime(pid)
+	}
+	err := r.stop()
+	// A killed nft finishes the commit it is in first: at 5k × 50 that
+	// can take a while.
+	deadline := time.Now().Add(2 * time.Minute)
+	for _, pid := range kids {
+		// The same process still, not a new one under a reused PID.
+		if born[pid] == "" || startTime(pid) != born[pid] {
+			continue
+		}
+		if syscall.Kill(pid, syscall.SIGKILL) == nil {
+			logf("%s: killed its child %d, still running after it stopped", r.c.name, pid)
+		}
+		for time.Now().Before(deadline) && startTime(pid) == born[pid] && !zombie(pid) {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return err
+}
+
+// descendants lists pid's live descendants, depth levels down.
+func descendants(pid, depth int) []int {
+	if depth == 0 {
+		return nil
+	}
+	var out []int
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			if child, err := strconv.Atoi(f); err == nil {
+				out = append(append(out, child), descendants(child, depth-1)...)
+			}
+		}
+	}
+	return out
+}
+
+// statFields are the fields of /proc/<pid>/stat after the command name
+// (which may contain spaces, in parentheses); nil when the process is gone.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return nil
+	}
+	return strings.Fields(string(b[i+1:]))
+}
+
+// startTime is the process's start time in clock ticks after boot (stat
+// field 22), "" when it is gone: with the PID it names one process.
+func startTime(pid int) string {
+	if f := statFields(pid); len(f) > 19 {
+		return f[19]
+	}
+	return ""
+}
+
+// zombie says whether pid has exited and waits to be reaped.
+func zombie(pid int) bool {
+	f := statFields(pid)
+	return len(f) == 0 || f[0] == "Z"
+}
+
 // exitReason explains an exited contender with its log's last lines.
 func (r *running) exitReason() string {
 	b, _ := os.ReadFile(r.p.Log)
@@ -164,48 +242,22 @@ func readProc(pid int) (procStat, error) {
 }
 
 // children sums CPU and RSS of pid's live descendants, depth levels down.
-func children(pid, depth int) (time.Duration, time.Duration, int64) {
-	if depth == 0 {
-		return 0, 0, 0
-	}
-	var total, sys time.Duration
-	var rss int64
-	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-	for _, t := range tasks {
-		b, err := os.ReadFile(t)
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			child, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
-			if cs, err := readProcOnly(child); err == nil {
-				c, sy, r := children(child, depth-1)
-				total += cs.cpu + c
-				sys += cs.sys + sy
-				rss += cs.rss + r
-			}
+func children(pid, depth int) (cpu, sys time.Duration, rss int64) {
+	for _, child := range descendants(pid, depth) {
+		if cs, err := readProcOnly(child); err == nil {
+			cpu += cs.cpu
+			sys += cs.sys
+			rss += cs.rss
 		}
 	}
-	return total, sys, rss
+	return cpu, sys, rss
 }
 
 func readProcOnly(pid int) (procStat, error) {
 	var s procStat
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return s, err
-	}
-	// Fields after the command, which may contain spaces, in parentheses.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return s, fmt.Errorf("/proc/%d/stat: no ')'", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
+	f := statFields(pid)
 	if len(f) < 15 {
-		return s, fmt.Errorf("/proc/%d/stat: short", pid)
+		return s, fmt.Errorf("/proc/%d/stat: gone or short", pid)
 	}
 	// utime, stime, cutime, cstime (fields 14-17): the children's part
 	// counts too, since kube-proxy runs nft / iptables-restore and the

@@ -9,11 +9,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -24,13 +22,20 @@ import (
 type kernelView interface {
 	// programmed counts the bench Services whose ClusterIP is dispatched.
 	programmed(ctx context.Context, ips map[[4]byte]bool) (int, error)
-	// chains maps bench Service names to their service-port chain.
-	chains(ctx context.Context) (map[string]string, error)
-	// endpoints counts the endpoints the chain load-balances over.
-	endpoints(ctx context.Context, chain string) (int, error)
+	// ports finds each bench Service's port in the kernel, by its name.
+	ports(ctx context.Context) (map[string]portRef, error)
+	// endpoints counts the endpoints the port load-balances over.
+	endpoints(ctx context.Context, p portRef) (int, error)
 	// how names the reading method, for the report.
 	how() string
 	close()
+}
+
+// portRef is where a service port's endpoint choice is: its chain, or the
+// key of its element in the service-ips map, whose verdict names the chain.
+type portRef struct {
+	chain string
+	key   []byte
 }
 
 func ip4Key(s string) ([4]byte, error) {
@@ -39,104 +44,6 @@ func ip4Key(s string) ([4]byte, error) {
 		return [4]byte{}, fmt.Errorf("not an IPv4 address")
 	}
 	return a.As4(), nil
-}
-
-// nftView reads nftables over netlink, in the node netns.
-type nftView struct {
-	table     *nftables.Table
-	svcPrefix string
-	nsFile    *os.File
-	mu        sync.Mutex
-	conn      *nftables.Conn
-}
-
-// newNFTView opens a netlink connection to nf_tables in netns ns.
-func newNFTView(ns, table, svcPrefix string) (*nftView, error) {
-	f, err := os.Open(filepath.Join("/run/netns", ns))
-	if err != nil {
-		return nil, err
-	}
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("nftables netlink in %s: %w", ns, err)
-	}
-	return &nftView{table: &nftables.Table{Name: table, Family: nftables.TableFamilyIPv4},
-		svcPrefix: svcPrefix, nsFile: f, conn: c}, nil
-}
-
-func (v *nftView) how() string { return "netlink (google/nftables)" }
-
-func (v *nftView) close() {
-	_ = v.conn.CloseLasting()
-	_ = v.nsFile.Close()
-}
-
-func (v *nftView) programmed(_ context.Context, ips map[[4]byte]bool) (int, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	set, err := v.conn.GetSetByName(v.table, "service-ips")
-	if err != nil {
-		return 0, nil // no table or map yet
-	}
-	elems, err := v.conn.GetSetElements(set)
-	if err != nil {
-		return 0, nil
-	}
-	n := 0
-	for _, e := range elems {
-		if len(e.Key) >= 4 && ips[[4]byte(e.Key[:4])] {
-			n++
-		}
-	}
-	return n, nil
-}
-
-var nftSvcChain = regexp.MustCompile(`(?:^|-)` + benchNS + `/(bench-\d+)/tcp/`)
-
-func (v *nftView) chains(_ context.Context) (map[string]string, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	all, err := v.conn.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for _, c := range all {
-		if c.Table.Name != v.table.Name || !strings.HasPrefix(c.Name, v.svcPrefix) {
-			continue
-		}
-		if m := nftSvcChain.FindStringSubmatch(c.Name); m != nil {
-			out[m[1]] = c.Name
-		}
-	}
-	return out, nil
-}
-
-func (v *nftView) endpoints(_ context.Context, chain string) (int, error) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	rules, err := v.conn.GetRules(v.table, &nftables.Chain{Name: chain, Table: v.table})
-	if err != nil {
-		return -1, err
-	}
-	mod, nat := 0, 0
-	for _, r := range rules {
-		for _, e := range r.Exprs {
-			switch x := e.(type) {
-			case *expr.Numgen:
-				mod = max(mod, int(x.Modulus))
-			case *expr.NAT:
-				if x.Type == expr.NATTypeDestNAT {
-					nat++
-				}
-			}
-		}
-	}
-	if mod > 0 {
-		return mod, nil
-	}
-	return nat, nil
 }
 
 // iptView reads iptables by running iptables-save in the node netns.
@@ -192,14 +99,21 @@ func (v *iptView) programmed(ctx context.Context, ips map[[4]byte]bool) (int, er
 	return len(m), err
 }
 
-func (v *iptView) chains(ctx context.Context) (map[string]string, error) { return v.services(ctx) }
+func (v *iptView) ports(ctx context.Context) (map[string]portRef, error) {
+	m, err := v.services(ctx)
+	out := make(map[string]portRef, len(m))
+	for name, chain := range m {
+		out[name] = portRef{chain: chain}
+	}
+	return out, err
+}
 
-func (v *iptView) endpoints(ctx context.Context, chain string) (int, error) {
+func (v *iptView) endpoints(ctx context.Context, p portRef) (int, error) {
 	list := v.list
 	if list == "" {
 		list = "iptables"
 	}
-	out, err := v.l.Exec(ctx, v.l.NodeNS, list, "-w", "-t", "nat", "-S", chain)
+	out, err := v.l.Exec(ctx, v.l.NodeNS, list, "-w", "-t", "nat", "-S", p.chain)
 	if err != nil {
 		return -1, err
 	}

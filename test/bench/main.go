@@ -2,15 +2,20 @@
 // (a real etcd + kube-apiserver, a node netns, echo Pods):
 //
 //	go run ./test/bench -n 1000,10000 -out docs/bench
+//	go run ./test/bench -n 5000 -pods 50 -sync-cap 20m   # kubernetes#135639
 //	go run ./test/bench -smoke          # CI: N=1000, K=50; fails only on harness errors
 //
 // For each N it creates N selector-less Services with one EndpointSlice of
-// one endpoint per lab Pod, then runs each contender in turn in the node
+// one endpoint per lab Pod (-pods), then runs each contender in turn in the node
 // netns, cleaning the netns (and checking it is clean) between them:
 // full-sync time, network programming latency over K single-endpoint
 // changes, memory, connect latency to the VIPs, and idle-resync cost. It
 // prints a table with proxyd/kube-proxy ratios and writes
-// results-<N>.csv, SVG plots and README.md into -out.
+// results-<N>.csv (results-<N>x<pods>.csv unless -pods is 10), SVG and PNG
+// plots, targets.md and README.md into -out; with -readme, the generated
+// targets section of that file too. A contender whose full sync has not
+// finished after -sync-cap is stopped and reported as "> cap", which is a
+// result, not a failure.
 //
 // It needs root, the upstream binaries ($PROXYD_LAB_BIN, as `make tools`
 // builds them) and bin/proxyd ($PROXYD_BIN).
@@ -56,6 +61,13 @@ func defaultLabBin() string {
 	return ""
 }
 
+// flagSet says whether the named flag was given on the command line.
+func flagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 func defaultProxyd() string {
 	if v := os.Getenv("PROXYD_BIN"); v != "" {
 		return v
@@ -75,21 +87,29 @@ func run() error {
 		labBin      = flag.String("lab-bin", defaultLabBin(), "directory with etcd, kube-apiserver, kubectl, kube-proxy")
 		pods        = flag.Int("pods", 10, "echo Pods = endpoints per Service")
 		workers     = flag.Int("workers", 64, "concurrent API writers when creating the workload")
-		syncTimeout = flag.Duration("sync-timeout", 0, "full-sync timeout; default 120s + 60ms*N")
+		syncCap     = flag.Duration("sync-cap", 20*time.Minute, "stop a contender whose full sync has not finished after this; its row reports \"> cap\" (-smoke: 3m)")
+		syncTimeout = flag.Duration("sync-timeout", 0, "timeout of the restarted contender's first sync; default 120s + 60ms*N*pods/10")
 		chTimeout   = flag.Duration("change-timeout", 0, "per-change timeout; default 30s + 5ms*N")
 		idlePeriod  = flag.Duration("idle-period", 2*time.Second, "--sync-period of the idle phase")
 		idleN       = flag.Int("idle-periods", 5, "sync periods measured in the idle phase")
 		total       = flag.Duration("timeout", 90*time.Minute, "give up on the whole run after this")
-		reportOnly  = flag.Bool("report-only", false, "only redraw the plots and README.md from the CSVs in -out")
+		reportOnly  = flag.Bool("report-only", false, "only redraw the plots, targets.md and README.md from the CSVs in -out")
+		readmePath  = flag.String("readme", "", "also regenerate the targets table between the markers in this file (the repository's README.md)")
 		note        = flag.String("note", "", "free text recorded with the results (e.g. how the binaries were built)")
 		heapDir     = flag.String("heap-profiles", "", "directory for proxyd's heap profile at steady state (runs proxyd with --profiling)")
 	)
 	flag.Parse()
 	if *reportOnly {
-		return writeReport(*out)
+		return writeReport(*out, *readmePath)
 	}
 	if *smoke {
 		*nList, *k, *connects = "1000", 50, 300
+		if !flagSet("sync-cap") {
+			*syncCap = 3 * time.Minute
+		}
+	}
+	if *syncCap <= 0 {
+		return fmt.Errorf("-sync-cap %v: want a positive duration", *syncCap)
 	}
 	var ns []int
 	for _, s := range strings.Split(*nList, ",") {
@@ -128,10 +148,11 @@ func run() error {
 
 	cmdline := "go run ./test/bench " + strings.Join(os.Args[1:], " ")
 	for _, n := range ns {
-		p := params{n: n, k: *k, connects: *connects, syncTimeout: *syncTimeout, changeTimeout: *chTimeout,
+		key := rowKey{n: n, pods: *pods}
+		p := params{n: n, k: *k, connects: *connects, syncCap: *syncCap, syncTimeout: *syncTimeout, changeTimeout: *chTimeout,
 			idlePeriod: *idlePeriod, idlePeriods: *idleN, heapDir: *heapDir, logf: log.Printf}
 		if p.syncTimeout == 0 {
-			p.syncTimeout = 120*time.Second + time.Duration(n)*60*time.Millisecond
+			p.syncTimeout = 120*time.Second + time.Duration(n**pods/10)*60*time.Millisecond
 		}
 		if p.changeTimeout == 0 {
 			p.changeTimeout = 30*time.Second + time.Duration(n)*5*time.Millisecond
@@ -139,19 +160,19 @@ func run() error {
 		begin := time.Now()
 		rs, env, err := runN(ctx, *labBin, *pods, *workers, cs, p)
 		if err != nil {
-			return fmt.Errorf("at N=%d: %w", n, err)
+			return fmt.Errorf("at %s: %w", key.label(), err)
 		}
 		env.wall = time.Since(begin)
 		env.cmdline = cmdline
 		env.note = *note
-		fmt.Print(table(n, rs, env))
-		if err := writeCSV(filepath.Join(*out, fmt.Sprintf("results-%d.csv", n)), rs, env); err != nil {
+		fmt.Print(table(key, rs, env))
+		if err := writeCSV(filepath.Join(*out, key.csvName()), rs, env); err != nil {
 			return err
 		}
-		if err := writeReport(*out); err != nil {
+		if err := writeReport(*out, *readmePath); err != nil {
 			return err
 		}
-		log.Printf("N=%d done in %v; wrote %s", n, env.wall.Round(time.Second), *out)
+		log.Printf("%s done in %v; wrote %s", key.label(), env.wall.Round(time.Second), *out)
 	}
 	return nil
 }
@@ -159,6 +180,9 @@ func run() error {
 // runEnv describes the run for the report.
 type runEnv struct {
 	n, k, connects, pods int
+	syncCap              time.Duration
+	idlePeriod           time.Duration
+	idlePeriods          int
 	createS              float64 // workload creation seconds
 	directP50, directP99 float64 // connect straight to a Pod, ms
 	labStartS            float64
@@ -169,7 +193,8 @@ type runEnv struct {
 
 // runN runs every contender at one N in one lab.
 func runN(ctx context.Context, labBin string, pods, workers int, cs []contender, p params) ([]*result, runEnv, error) {
-	env := runEnv{n: p.n, k: p.k, connects: p.connects, pods: pods, when: time.Now().UTC()}
+	env := runEnv{n: p.n, k: p.k, connects: p.connects, pods: pods, syncCap: p.syncCap,
+		idlePeriod: p.idlePeriod, idlePeriods: p.idlePeriods, when: time.Now().UTC()}
 	sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	l, err := lab.Start(sctx, lab.Config{Logf: log.Printf, BinDir: labBin, Pods: pods})
 	cancel()
@@ -220,7 +245,7 @@ func runN(ctx context.Context, labBin string, pods, workers int, cs []contender,
 	}
 	var rs []*result
 	for _, c := range cs {
-		log.Printf("=== %s at N=%d", c.name, p.n)
+		log.Printf("=== %s at %s", c.name, rowKey{n: p.n, pods: pods}.label())
 		r, err := runContender(ctx, l, c, w, p, base)
 		if err != nil {
 			return nil, env, fmt.Errorf("contender %s: %w", c.name, err)

@@ -22,7 +22,8 @@ import (
 // params are the knobs of one measurement run.
 type params struct {
 	n, k, connects int
-	syncTimeout    time.Duration
+	syncCap        time.Duration // full sync: stop and report "> syncCap"
+	syncTimeout    time.Duration // the restarted process's first sync
 	changeTimeout  time.Duration
 	idlePeriod     time.Duration
 	idlePeriods    int
@@ -35,7 +36,8 @@ type params struct {
 // metric keys of metricDefs, NaN when not measured.
 type result struct {
 	name     string
-	status   string // ok, skipped: ..., failed: ...
+	status   string        // ok, capped: ..., skipped: ..., failed: ...
+	capped   time.Duration // full sync still running when stopped after this
 	v        map[string]float64
 	leftover string
 	view     string
@@ -92,7 +94,7 @@ func waitProgrammed(ctx context.Context, r *running, v kernelView, w *workload, 
 			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%w: %d of %d Services programmed after %v", errTimeout, got, len(w.names), timeout)
+			return 0, fmt.Errorf("%w: %d of %d Services programmed after %v", errCapped, got, len(w.names), timeout)
 		}
 		if err := ctx.Err(); err != nil {
 			return 0, err
@@ -106,6 +108,8 @@ func waitProgrammed(ctx context.Context, r *running, v kernelView, w *workload, 
 var (
 	errExited  = errors.New("process exited")
 	errTimeout = errors.New("timeout")
+	// errCapped: the full sync did not finish within -sync-cap.
+	errCapped = errors.New("full sync not done")
 	// errSyncFailing: nothing programmed and the contender keeps logging
 	// failed syncs; waiting for the timeout would only waste time.
 	errSyncFailing = errors.New("syncs keep failing")
@@ -128,20 +132,25 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 	if err != nil {
 		return res, err
 	}
-	d, err := waitProgrammed(ctx, r, v, w, p.syncTimeout)
+	d, err := waitProgrammed(ctx, r, v, w, p.syncCap)
 	if err != nil {
 		switch {
 		case errors.Is(err, errExited) && r.notAvailable():
 			res.status = "skipped: " + firstLine(r.exitReason())
 		case errors.Is(err, errExited):
 			res.status = "failed: " + r.exitReason()
-		case errors.Is(err, errTimeout), errors.Is(err, errSyncFailing):
+		case errors.Is(err, errCapped):
+			res.capped = p.syncCap
+			res.status = "capped: " + err.Error() + "; stopped"
+		case errors.Is(err, errSyncFailing):
 			res.status = "failed: full sync " + err.Error()
 		default:
-			_ = r.stop()
+			_ = r.stopAll(logf)
 			return res, err
 		}
-		_ = r.stop()
+		if err := r.stopAll(logf); err != nil {
+			logf("%v", err)
+		}
 		left, cerr := cleanNode(ctx, l, c, base)
 		res.leftover = left
 		return res, cerr
@@ -158,21 +167,21 @@ func runContender(ctx context.Context, l *lab.Lab, c contender, w *workload, p p
 	if _, err := waitFirstSync(ctx, l, r, p.syncTimeout); err != nil {
 		logf("%s: %v", c.name, err)
 	}
-	chains, err := v.chains(ctx)
-	for try := 0; err == nil && len(chains) < p.n && try < 50; try++ {
+	ports, err := v.ports(ctx)
+	for try := 0; err == nil && len(ports) < p.n && try < 50; try++ {
 		time.Sleep(100 * time.Millisecond)
-		chains, err = v.chains(ctx)
+		ports, err = v.ports(ctx)
 	}
 	if err != nil {
 		_ = r.stop()
-		return res, fmt.Errorf("%s: list service chains: %w", c.name, err)
+		return res, fmt.Errorf("%s: find the service ports: %w", c.name, err)
 	}
 	m0, err := waitMetrics(ctx, l, r, 20*time.Second)
 	if err != nil {
 		logf("%s: %v", c.name, err)
 	}
 	c0, _ := readProc(r.p.PID())
-	lat, apiLat, polls, pollTime, timeouts, err := programmingLatency(ctx, r, v, w, chains, p)
+	lat, apiLat, polls, pollTime, timeouts, err := programmingLatency(ctx, r, v, w, ports, p)
 	if err != nil {
 		_ = r.stop()
 		return res, err
@@ -274,14 +283,14 @@ func saveHeap(ctx context.Context, l *lab.Lab, path string, logf func(string, ..
 
 // programmingLatency makes p.k single-endpoint changes one after another,
 // each on another Service, and times API write → visible in the kernel.
-func programmingLatency(ctx context.Context, r *running, v kernelView, w *workload, chains map[string]string, p params) (
+func programmingLatency(ctx context.Context, r *running, v kernelView, w *workload, ports map[string]portRef, p params) (
 	lat, api []time.Duration, polls int, pollTime time.Duration, timeouts int, err error) {
 	order := rand.Perm(len(w.names))
 	for k := 0; k < p.k; k++ {
 		i := order[k%len(order)]
-		chain, ok := chains[w.names[i]]
+		port, ok := ports[w.names[i]]
 		if !ok {
-			return nil, nil, 0, 0, 0, fmt.Errorf("%s: no kernel chain found for %s", r.c.name, w.names[i])
+			return nil, nil, 0, 0, 0, fmt.Errorf("%s: %s not found in the kernel", r.c.name, w.names[i])
 		}
 		want, before, after, err := w.toggle(ctx, i)
 		if err != nil {
@@ -291,7 +300,7 @@ func programmingLatency(ctx context.Context, r *running, v kernelView, w *worklo
 		deadline := before.Add(p.changeTimeout)
 		for {
 			t := time.Now()
-			n, err := v.endpoints(ctx, chain)
+			n, err := v.endpoints(ctx, port)
 			now := time.Now()
 			polls++
 			pollTime += now.Sub(t)

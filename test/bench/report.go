@@ -69,6 +69,84 @@ func fmtVal(v float64) string {
 	return strconv.FormatFloat(v, 'f', 3, 64)
 }
 
+// quantity is one measured value; atLeast marks a full sync stopped at
+// the cap, whose true value is larger than v.
+type quantity struct {
+	v       float64
+	atLeast bool
+}
+
+var notMeasured = quantity{v: math.NaN()}
+
+// get is the result's value of key: NaN unless the contender ran to the
+// end, the cap for the full sync of a capped one.
+func (r *result) get(key string) quantity {
+	switch {
+	case r.capped > 0 && key == "full_sync_s":
+		return quantity{v: r.capped.Seconds(), atLeast: true}
+	case r.status != "ok":
+		return notMeasured
+	}
+	return quantity{v: r.v[key]}
+}
+
+// cell is the quantity as the tables and CSVs write it: "> 20 min" for a
+// capped full sync.
+func (q quantity) cell() string {
+	if !q.atLeast {
+		return fmtVal(q.v)
+	}
+	d := time.Duration(q.v * float64(time.Second))
+	if d%time.Minute == 0 {
+		return fmt.Sprintf("> %d min", int(d/time.Minute))
+	}
+	return fmt.Sprintf("> %s s", fmtVal(q.v))
+}
+
+// parseQuantity is cell's inverse; anything else (n/a, text) is NaN.
+func parseQuantity(c string) quantity {
+	if rest, ok := strings.CutPrefix(c, "> "); ok {
+		num, unit, _ := strings.Cut(rest, " ")
+		v, err := strconv.ParseFloat(num, 64)
+		switch {
+		case err != nil:
+			return notMeasured
+		case unit == "min":
+			return quantity{v: 60 * v, atLeast: true}
+		case unit == "s":
+			return quantity{v: v, atLeast: true}
+		}
+		return notMeasured
+	}
+	v, err := strconv.ParseFloat(c, 64)
+	if err != nil {
+		return notMeasured
+	}
+	return quantity{v: v}
+}
+
+// ratioOf is a over b as text: "0.12x", "< 0.013x" when only b was
+// capped (rounded up, so the bound stays true), "> 4.5x" when only a was;
+// "" when it says nothing.
+func ratioOf(a, b quantity) string {
+	if math.IsNaN(a.v) || math.IsNaN(b.v) || b.v == 0 || (a.atLeast && b.atLeast) {
+		return ""
+	}
+	r := a.v / b.v
+	digits := 2
+	if r < 0.1 {
+		digits = 3
+	}
+	scale := math.Pow(10, float64(digits))
+	switch {
+	case b.atLeast:
+		return "< " + strconv.FormatFloat(math.Ceil(r*scale)/scale, 'f', digits, 64) + "x"
+	case a.atLeast:
+		return "> " + strconv.FormatFloat(math.Floor(r*scale)/scale, 'f', digits, 64) + "x"
+	}
+	return strconv.FormatFloat(r, 'f', digits, 64) + "x"
+}
+
 // ratio is proxyd's value over kube-proxy's in one mode, as text.
 func ratio(rs []*result, mode, key string) string {
 	var a, b *result
@@ -79,14 +157,10 @@ func ratio(rs []*result, mode, key string) string {
 			b = r
 		}
 	}
-	if a == nil || b == nil || a.status != "ok" || b.status != "ok" {
+	if a == nil || b == nil {
 		return ""
 	}
-	x, y := a.v[key], b.v[key]
-	if math.IsNaN(x) || math.IsNaN(y) || y == 0 {
-		return ""
-	}
-	return strconv.FormatFloat(x/y, 'f', 2, 64) + "x"
+	return ratioOf(a.get(key), b.get(key))
 }
 
 // rows is the table: header, then one row per metric, then status and
@@ -106,11 +180,7 @@ func rows(rs []*result) [][]string {
 	for _, d := range metricDefs {
 		row := []string{d.key, d.unit}
 		for _, r := range rs {
-			if r.status != "ok" {
-				row = append(row, "n/a")
-				continue
-			}
-			row = append(row, fmtVal(r.v[d.key]))
+			row = append(row, r.get(d.key).cell())
 		}
 		out = append(out, append(row, ratio(rs, "nftables", d.key), ratio(rs, "iptables", d.key)))
 	}
@@ -138,6 +208,9 @@ func envLines(e runEnv) []string {
 	return append(out,
 		fmt.Sprintf("n=%d", e.n), fmt.Sprintf("k=%d", e.k), fmt.Sprintf("connects=%d", e.connects),
 		fmt.Sprintf("endpoints_per_service=%d", e.pods),
+		fmt.Sprintf("sync_cap=%v", e.syncCap),
+		fmt.Sprintf("idle_periods=%d", e.idlePeriods),
+		fmt.Sprintf("idle_period=%v", e.idlePeriod),
 		fmt.Sprintf("workload_create_s=%.1f", e.createS),
 		fmt.Sprintf("direct_pod_connect_p50_ms=%.3f", e.directP50),
 		fmt.Sprintf("direct_pod_connect_p99_ms=%.3f", e.directP99),
@@ -159,7 +232,7 @@ func kernelRelease() string {
 }
 
 // table renders the result table for the terminal.
-func table(n int, rs []*result, e runEnv) string {
+func table(key rowKey, rs []*result, e runEnv) string {
 	t := rows(rs)
 	// Long strings (status, leftovers) go below the table.
 	var notes []string
@@ -193,7 +266,7 @@ func table(n int, rs []*result, e runEnv) string {
 		}
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n== N=%d Services x %d endpoints, K=%d changes, %d connects ==\n", n, e.pods, e.k, e.connects)
+	fmt.Fprintf(&b, "\n== %s: %d Services x %d endpoints, K=%d changes, %d connects ==\n", key.label(), key.n, key.pods, e.k, e.connects)
 	for _, row := range shown {
 		for i, c := range row {
 			if i < 2 {
@@ -227,33 +300,61 @@ func writeCSV(path string, rs []*result, e runEnv) error {
 	return f.Close()
 }
 
-// csvFile is one results-<N>.csv read back.
+// csvFile is one results-*.csv read back.
 type csvFile struct {
-	n    int
+	key  rowKey
+	name string // results-5000x50.csv
 	env  []string
 	rows [][]string
 }
 
-func (c csvFile) value(contender, key string) float64 {
-	col := -1
-	for i, h := range c.rows[0] {
-		if h == contender {
-			col = i
-		}
+// get is a contender's value of a metric, notMeasured when absent.
+func (c csvFile) get(contender, key string) quantity {
+	if cell := c.cell(contender, key); cell != "" {
+		return parseQuantity(cell)
 	}
+	return notMeasured
+}
+
+// cell is the text of a column's row of key, "" when there is none.
+func (c csvFile) cell(column, key string) string {
+	col := slices.Index(c.rows[0], column)
 	if col < 0 {
-		return math.NaN()
+		return ""
 	}
 	for _, r := range c.rows[1:] {
 		if r[0] == key && col < len(r) {
-			v, err := strconv.ParseFloat(r[col], 64)
-			if err != nil {
-				return math.NaN()
-			}
+			return r[col]
+		}
+	}
+	return ""
+}
+
+// value is get's number: NaN unless measured exactly.
+func (c csvFile) value(contender, key string) float64 {
+	if q := c.get(contender, key); !q.atLeast {
+		return q.v
+	}
+	return math.NaN()
+}
+
+// envValue is the value of a "key=value" line of the file's header.
+func (c csvFile) envValue(key string) string {
+	for _, e := range c.env {
+		if v, ok := strings.CutPrefix(e, key+"="); ok {
 			return v
 		}
 	}
-	return math.NaN()
+	return ""
+}
+
+// date is the day of the run, from the header.
+func (c csvFile) date() string {
+	d := c.envValue("date")
+	if len(d) >= 10 {
+		return d[:10]
+	}
+	return "undated"
 }
 
 func (c csvFile) contenders() []string {
@@ -271,15 +372,15 @@ func readCSVs(dir string) ([]csvFile, error) {
 	paths, _ := filepath.Glob(filepath.Join(dir, "results-*.csv"))
 	var out []csvFile
 	for _, p := range paths {
-		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "results-"), ".csv"))
-		if err != nil {
+		key, ok := parseCSVName(filepath.Base(p))
+		if !ok {
 			continue
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {
 			return nil, err
 		}
-		cf := csvFile{n: n}
+		cf := csvFile{key: key, name: filepath.Base(p)}
 		var body strings.Builder
 		sc := bufio.NewScanner(strings.NewReader(string(b)))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -297,139 +398,11 @@ func readCSVs(dir string) ([]csvFile, error) {
 		}
 		out = append(out, cf)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].n < out[j].n })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].key.n != out[j].key.n {
+			return out[i].key.n < out[j].key.n
+		}
+		return out[i].key.pods < out[j].key.pods
+	})
 	return out, nil
-}
-
-// writeReport redraws the plots and README.md from every results-*.csv in dir.
-func writeReport(dir string) error {
-	files, err := readCSVs(dir)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "sync-vs-n.svg"), []byte(syncPlot(files)), 0o644); err != nil {
-		return err
-	}
-	for _, f := range files {
-		for _, pl := range []struct {
-			name, title, k1, k2 string
-			logY                bool
-		}{
-			{"latency", "network programming latency (ms)", "prog_p50_ms", "prog_p99_ms", true},
-			{"connect", "TCP connect to a VIP (ms)", "conn_p50_ms", "conn_p99_ms", false},
-		} {
-			svg := barPlot(fmt.Sprintf("%s, N=%d", pl.title, f.n), f, pl.k1, pl.k2, pl.logY)
-			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("%s-%d.svg", pl.name, f.n)), []byte(svg), 0o644); err != nil {
-				return err
-			}
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "README.md"), []byte(readmeWithNotes(dir, files)), 0o644); err != nil {
-		return err
-	}
-	return writePNGs(dir)
-}
-
-// writePNGs renders every plot to PNG too when rsvg-convert (Debian
-// librsvg2-bin) is installed; without it the SVGs are the plots.
-func writePNGs(dir string) error {
-	tool, err := exec.LookPath("rsvg-convert")
-	if err != nil {
-		return nil
-	}
-	svgs, _ := filepath.Glob(filepath.Join(dir, "*.svg"))
-	for _, svg := range svgs {
-		png := strings.TrimSuffix(svg, ".svg") + ".png"
-		if out, err := exec.Command(tool, "-o", png, svg).CombinedOutput(); err != nil {
-			return fmt.Errorf("rsvg-convert %s: %v: %s", svg, err, out)
-		}
-	}
-	return nil
-}
-
-func readme(files []csvFile) string {
-	labels := map[string]string{}
-	for _, d := range metricDefs {
-		labels[d.key] = d.label
-	}
-	var b strings.Builder
-	b.WriteString(`# proxyd vs upstream kube-proxy — benchmark results
-
-Generated by ` + "`go run ./test/bench`" + ` (test/bench/) from the results-<N>.csv files in this
-directory; every number below was measured by that harness on the machine named in each section.
-Re-running overwrites the CSV of the same N and regenerates this file and the plots.
-
-Method, per N: one lab (real etcd + kube-apiserver, node netns, echo Pods), N selector-less
-Services (one TCP port 80 -> 8080) each with one EndpointSlice of one endpoint per Pod, written by
-the harness through an unthrottled client. The contenders then run one after another in the node
-netns with the same flags (` + "`--sync-period 30s`, min sync period 0" + `); after each the harness runs
-the contender's own ` + "`--cleanup`" + ` and diffs ` + "`nft list ruleset`, `iptables-save`, `iptables-legacy-save`" + `
-against the pre-contender baseline (leftovers are reported, then flushed).
-
-- full sync: process start until all N ClusterIPs are in the kernel (nftables: elements of the
-  ` + "`service-ips`" + ` map read over netlink every 20 ms; iptables: ` + "`<PREFIX>SERVICES`" + ` rules in iptables-save).
-- programming latency: K changes one after another, each on another Service, toggling one
-  endpoint's readiness; from just before the API write until the service chain shows the new
-  endpoint count (nftables: numgen modulus read over netlink; iptables: ` + "`-j <PREFIX>SEP-`" + ` and ` + "`-j DNAT`" + ` rules in
-  ` + "`iptables -S <chain>`" + `). The poll granularity row is the mean time of one poll: latencies are
-  late by up to that much.
-- restart + idle: the contender is restarted with ` + "`--sync-period 2s`" + ` over the rules its first process
-  left in place; restart_sync_s is start -> its first sync done (its sync-duration metric, every IP
-  family). After 1.5 more periods of quiet, CPU, its sync count, proxyd's kernel-object counter and
-  every nf_tables transaction in the netns (netlink monitor) are counted over 5 periods. Note that
-  kube-proxy 1.37 uses the sync period only as a retry interval (periodic resync is 1 h), so 0 idle
-  syncs is its normal behaviour, while proxyd re-checks the kernel every period.
-- CPU is utime+stime+cutime+cstime from /proc (10 ms ticks): kube-proxy's nft / iptables-restore
-  children and the kernel work done in their syscalls count.
-- memory: VmHWM and VmRSS of the first process after the changes.
-- connect: TCP connects from the client netns to random VIPs, timed around connect() only, on a
-  thread already in the netns; the direct-to-Pod figure is the same loop without a proxy.
-
-`)
-	for i := len(files) - 1; i >= 0; i-- {
-		f := files[i]
-		fmt.Fprintf(&b, "## N = %d\n\n", f.n)
-		for _, e := range f.env {
-			fmt.Fprintf(&b, "- %s\n", e)
-		}
-		b.WriteString("\n")
-		for ri, r := range f.rows {
-			if ri > 0 && (r[0] == "leftover_after_cleanup" || r[0] == "kernel_read_by" || r[0] == "status") {
-				continue
-			}
-			what := "what"
-			if ri > 0 {
-				what = labels[r[0]]
-			}
-			cells := append([]string{r[0], what}, r[1:]...)
-			b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
-			if ri == 0 {
-				b.WriteString(strings.Repeat("|---", len(cells)) + "|\n")
-			}
-		}
-		b.WriteString("\n")
-		for _, r := range f.rows[1:] {
-			if r[0] != "status" && r[0] != "leftover_after_cleanup" && r[0] != "kernel_read_by" {
-				continue
-			}
-			for ci, c := range r[2:] {
-				if 2+ci < len(f.rows[0]) && c != "" {
-					fmt.Fprintf(&b, "- %s %s: %s\n", f.rows[0][2+ci], r[0], c)
-				}
-			}
-		}
-		fmt.Fprintf(&b, "\n![programming latency](latency-%d.svg) ![connect latency](connect-%d.svg)\n\n", f.n, f.n)
-	}
-	b.WriteString("## Full sync vs N\n\n![full sync time vs N](sync-vs-n.svg)\n")
-	return b.String()
-}
-
-// readmeWithNotes is readme plus notes.md from dir, if any: hand-written
-// observations that survive regeneration.
-func readmeWithNotes(dir string, files []csvFile) string {
-	s := readme(files)
-	if b, err := os.ReadFile(filepath.Join(dir, "notes.md")); err == nil {
-		s += "\n" + string(b)
-	}
-	return s
 }

@@ -118,55 +118,6 @@ func (s *svgDoc) legend(names []string) {
 	}
 }
 
-// syncPlot is full-sync seconds vs N, log-log, one line per contender.
-func syncPlot(files []csvFile) string {
-	s := newSVG("full sync time vs number of Services (10 endpoints each)")
-	seen := map[string]bool{}
-	var names []string
-	var ns, vals []float64
-	for _, f := range files {
-		ns = append(ns, float64(f.n))
-		for _, c := range f.contenders() {
-			if v := f.value(c, "full_sync_s"); !math.IsNaN(v) {
-				vals = append(vals, v)
-				if !seen[c] {
-					seen[c] = true
-					names = append(names, c)
-				}
-			}
-		}
-	}
-	x, y := logAxis(ns), logAxis(vals)
-	if len(ns) == 1 {
-		x = axis{lo: ns[0] / 3, hi: ns[0] * 3, log: true}
-	}
-	s.yAxis(y, "seconds (log)")
-	for _, t := range x.ticks() {
-		px := marginL + innerW()*x.frac(t)
-		fmt.Fprintf(&s.b, `<line x1="%.1f" x2="%.1f" y1="%d" y2="%.0f" stroke="#eee"/>`+"\n", px, px, marginT, marginT+innerH())
-		s.text(px, marginT+innerH()+16, "middle", fmtVal(t), "")
-	}
-	s.text(marginL+innerW()/2, plotH-12, "middle", "Services (log)", "")
-	for _, c := range names {
-		var pts []string
-		for _, f := range files {
-			v := f.value(c, "full_sync_s")
-			if math.IsNaN(v) || v <= 0 {
-				continue
-			}
-			px, py := marginL+innerW()*x.frac(float64(f.n)), marginT+innerH()*(1-y.frac(v))
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px, py))
-			fmt.Fprintf(&s.b, `<circle cx="%.1f" cy="%.1f" r="4" fill="%s"><title>%s N=%d: %s s</title></circle>`+"\n",
-				px, py, color(c), c, f.n, fmtVal(v))
-		}
-		if len(pts) > 1 {
-			fmt.Fprintf(&s.b, `<polyline points="%s" fill="none" stroke="%s" stroke-width="2"/>`+"\n", strings.Join(pts, " "), color(c))
-		}
-	}
-	s.legend(names)
-	return s.String()
-}
-
 // barPlot is two bars (k1 solid, k2 light) per contender.
 func barPlot(title string, f csvFile, k1, k2 string, logY bool) string {
 	s := newSVG(title)
