@@ -152,10 +152,11 @@ e2e-upstream: e2e-images
 # BENCH_10K=all). The long rows are opt-in: BENCH_30K=1 adds 30k × 10,
 # BENCH_135639=1 adds kubernetes#135639's 5k Services × 50 endpoints, where
 # a full sync still running after 20 min is stopped and reported "> 20 min".
-# BENCH_USERSPACE='-bench <name> <package>' runs the Go benchmark of the
+# BENCH_USERSPACE (default: BenchmarkUserspaceOneEndpointChange) runs the Go benchmark of the
 # userspace part of one change into docs/bench/userspace.txt (the targets
 # table reads its userspace-ms/op).
 BENCH_10K ?= proxyd-nftables,kube-proxy-nftables
+BENCH_USERSPACE ?= -bench '^BenchmarkUserspaceOneEndpointChange$$' ./test/pipeline/
 BENCH_NFT := $(if $(filter all,$(BENCH_10K)),,-contenders $(BENCH_10K))
 BENCH_RUN = PROXYD_LAB_BIN=$$(cat $(CACHE)/.bin-path) $(GO) run ./test/bench -proxyd $(BIN)/proxyd -out docs/bench -readme README.md
 bench: build tools
