@@ -46,21 +46,6 @@ func main() {
 	}
 }
 
-func defaultLabBin() string {
-	if v := os.Getenv("PROXYD_LAB_BIN"); v != "" {
-		return v
-	}
-	home, _ := os.UserHomeDir()
-	if b, err := os.ReadFile(filepath.Join(home, ".cache/proxyd/.bin-path")); err == nil {
-		return strings.TrimSpace(string(b))
-	}
-	m, _ := filepath.Glob(filepath.Join(home, ".cache/proxyd/tools-*/bin"))
-	if len(m) > 0 {
-		return m[0]
-	}
-	return ""
-}
-
 // flagSet says whether the named flag was given on the command line.
 func flagSet(name string) bool {
 	set := false
@@ -84,7 +69,7 @@ func run() error {
 		smoke       = flag.Bool("smoke", false, "CI smoke run: N=1000, K=50, 300 connects; exit non-zero only on harness errors")
 		contenders  = flag.String("contenders", strings.Join(allContenders, ","), "contenders to run, in order")
 		proxydBin   = flag.String("proxyd", defaultProxyd(), "proxyd binary")
-		labBin      = flag.String("lab-bin", defaultLabBin(), "directory with etcd, kube-apiserver, kubectl, kube-proxy")
+		labBin      = flag.String("lab-bin", lab.DefaultBinDir(), "directory with etcd, kube-apiserver, kubectl, kube-proxy")
 		pods        = flag.Int("pods", 10, "echo Pods = endpoints per Service")
 		workers     = flag.Int("workers", 64, "concurrent API writers when creating the workload")
 		syncCap     = flag.Duration("sync-cap", 20*time.Minute, "stop a contender whose full sync has not finished after this; its row reports \"> cap\" (-smoke: 3m)")
